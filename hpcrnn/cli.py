@@ -1,0 +1,62 @@
+"""The shared shell wrapper of every stage: `python -m hpcrnn.<stage> CONFIG [key=value ...]`.
+
+It parses arguments, loads the config with the one loader, writes the resolved copy into the run
+directory, calls ``run_<stage>(cfg)`` and maps the outcome to the documented exit statuses. User errors
+print one line without a traceback (``--debug`` shows it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable
+
+from hpcrnn.errors import EXIT_ERROR, EXIT_OK, HpcrnnError
+
+EPILOG = """exit statuses: 0 done; 1 internal error; 2 usage/config/input error;
+3 training diverged (non-finite loss); 75 checkpointed, requeue me; 76 checkpointed, stopped.
+Relative paths in a config resolve against the current directory; the resolved copy in the run
+directory holds absolute paths."""
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="experiment YAML file, or a run directory holding config.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides parsed as YAML, e.g. train.max_steps=200 model.cell=gru")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None,
+            save: bool = True) -> int:
+    """Parse, load, call ``fn(cfg, args)``; return the exit status (never raises for user errors)."""
+    args = parser.parse_args(argv)
+    try:
+        from hpcrnn.config import load_config, save_resolved
+
+        cfg = load_config(args.config, args.overrides)
+        if save:
+            save_resolved(cfg)
+        result = fn(cfg, args)
+        return int(getattr(result, "exit_code", EXIT_OK) or EXIT_OK)
+    except HpcrnnError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"{parser.prog}: internal error: {e.__class__.__name__}: {msg} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def main_for(prog: str, description: str, fn: Callable, argv: list[str] | None = None) -> int:
+    return run_cli(make_parser(prog, description), fn, argv)

@@ -1,0 +1,478 @@
+"""Typed experiment configuration: YAML + dotted overrides + ${VAR} expansion, validated.
+
+One YAML file describes a whole experiment in sections (run, paths, data, model, train, generate, slurm).
+Every stage resolves it the same way:
+
+    cfg = load_config("configs/lstm256.yaml", ["train.max_steps=200", "model.cell=gru"])
+
+Relative paths resolve against the *current working directory* of the command that first resolves the
+config (for the shipped configs: the repository root). The resolved config written to
+``<run dir>/config.yaml`` holds absolute paths only, so a job requeued hours later, from any directory,
+runs exactly what was submitted.
+
+Errors are ``ConfigError`` with one line naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from hpcrnn.errors import ConfigError
+from hpcrnn.fsutil import atomic_write_text
+
+RESOLVED_NAME = "config.yaml"
+
+
+def _f(default=dataclasses.MISSING, *, factory=None, min=None, max=None, gt=None, lt=None, help=""):
+    """A dataclass field with range metadata the validator checks."""
+    meta = {"min": min, "max": max, "gt": gt, "lt": lt, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # default: the config file's stem
+
+
+@dataclass
+class PathsConfig:
+    scratch: str = "scratch"  # root of everything a run writes; point it at $SCRATCH on a cluster
+    jobs: str = "jobs"  # submitit job folders (sbatch scripts, pickles, logs)
+
+
+@dataclass
+class DataConfig:
+    # a file (.txt/.xz/.gz), a directory, a list of these, or {train: PATH, val: PATH, test: PATH}
+    corpus: Any = ""
+    format: Literal["auto", "plain", "mastercook", "mealmaster"] = "auto"
+    document_start: Optional[str] = None  # regex that starts a document, e.g. "^Title:"
+    tokenizer: Literal["recipe", "whitespace", "char"] = "recipe"
+    min_count: int = _f(5, min=1)
+    rare: Literal["unk", "drop"] = "unk"
+    repair: bool = True  # repair cp437-read-as-latin-1 mojibake where the evidence is clear
+    window: int = _f(50, min=1)
+    stride: Optional[int] = _f(None, min=1)  # default: the window
+    split: list[float] = _f(factory=lambda: [0.9, 0.05, 0.05])
+    seed: int = 0
+    h5_path: Optional[str] = None  # default: <run dir>/corpus.h5
+
+
+@dataclass
+class ModelConfig:
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    hidden: int = _f(256, min=1)
+    layers: int = _f(1, min=1)
+    embedding: int = _f(256, min=1)
+    dropout: float = _f(0.0, min=0.0, lt=1.0)
+    tie_weights: bool = False  # needs embedding == hidden
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _f(128, min=1)  # global batch, split evenly over the ranks
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = _f(2e-3, gt=0.0)
+    momentum: float = _f(0.0, min=0.0, lt=1.0)
+    weight_decay: float = _f(0.0, min=0.0)
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    warmup_steps: int = _f(0, min=0)
+    min_lr: float = _f(0.0, min=0.0)
+    plateau_factor: float = _f(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = _f(2, min=0)
+    clip_grad: float = _f(1.0, min=0.0)  # 0 disables clipping
+    loss: Literal["all", "last"] = "all"
+    max_steps: int = _f(0, min=0)  # 0: use epochs
+    epochs: float = _f(1.0, gt=0.0)
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True  # autocast on CUDA only
+    num_workers: int = _f(0, min=0)
+    checkpoint_every: int = _f(500, min=1)
+    eval_every: int = _f(500, min=1)
+    eval_batches: int = _f(0, min=0)  # 0: the whole val split
+    log_every: int = _f(50, min=1)
+    keep_last: int = _f(2, min=2)
+    time_limit: float = _f(0.0, min=0.0)  # seconds of wall clock; 0: none
+    stop_signal: str = "SIGUSR2"
+    progress: Literal["auto", "bar", "lines"] = "auto"
+
+
+@dataclass
+class GenerateConfig:
+    name: str = "default"
+    checkpoint: Optional[str] = None  # a checkpoint dir or step number; default: newest complete
+    num_recipes: int = _f(100, min=1)
+    batch_size: int = _f(64, min=1)
+    temperature: float = _f(0.8, min=0.0)
+    top_k: int = _f(0, min=0)
+    top_p: float = _f(1.0, gt=0.0, max=1.0)
+    max_tokens: int = _f(600, min=1)
+    seed: int = 0
+    prompt: str = ""  # "": the start of a recipe; "random": the lecture's random seed window
+    shards: int = _f(1, min=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison
+
+
+@dataclass
+class SlurmResources:
+    """Resources of one stage's job. In slurm.preprocess|train|generate, None inherits slurm.defaults."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time_min: Optional[int] = _f(None, min=1)
+    nodes: Optional[int] = _f(None, min=1)
+    tasks_per_node: Optional[int] = _f(None, min=1)
+    gpus_per_node: Optional[int] = _f(None, min=0)
+    cpus_per_task: Optional[int] = _f(None, min=1)
+    mem_gb: Optional[float] = _f(None, gt=0.0)
+    constraint: Optional[str] = None
+    signal_delay_s: Optional[int] = _f(None, min=0)
+    additional: Optional[dict] = None  # extra sbatch parameters, e.g. {mail-type: END}
+
+
+def _default_resources() -> SlurmResources:
+    return SlurmResources(time_min=60, nodes=1, tasks_per_node=1, gpus_per_node=0, cpus_per_task=2,
+                          signal_delay_s=90, additional={})
+
+
+@dataclass
+class SlurmConfig:
+    defaults: SlurmResources = _f(factory=_default_resources)
+    preprocess: SlurmResources = _f(factory=SlurmResources)
+    train: SlurmResources = _f(factory=SlurmResources)
+    generate: SlurmResources = _f(factory=SlurmResources)
+    max_num_timeout: int = _f(3, min=0)  # submitit's cap on time-limit requeues
+
+    def for_stage(self, stage: str) -> SlurmResources:
+        merged = dataclasses.asdict(self.defaults)
+        for k, v in dataclasses.asdict(getattr(self, stage)).items():
+            if v is not None:
+                merged[k] = v
+        return SlurmResources(**merged)
+
+
+@dataclass
+class Config:
+    run: RunConfig = _f(factory=RunConfig)
+    paths: PathsConfig = _f(factory=PathsConfig)
+    data: DataConfig = _f(factory=DataConfig)
+    model: ModelConfig = _f(factory=ModelConfig)
+    train: TrainConfig = _f(factory=TrainConfig)
+    generate: GenerateConfig = _f(factory=GenerateConfig)
+    slurm: SlurmConfig = _f(factory=SlurmConfig)
+    source: str = field(default="", compare=False, repr=False)  # the file it came from (not saved)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.paths.scratch) / self.run.name
+
+    @property
+    def jobs_dir(self) -> Path:
+        return Path(self.paths.jobs) / self.run.name
+
+    @property
+    def h5_path(self) -> Path:
+        return Path(self.data.h5_path) if self.data.h5_path else self.run_dir / "corpus.h5"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# ---------------------------------------------------------------- validation
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def expand_env(value: str, key: str, src: str) -> str:
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if m.group(2) is not None:
+            return m.group(2)
+        raise ConfigError(f"{src}: {key}: environment variable ${{{name}}} is not set")
+
+    return _ENV.sub(sub, value)
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + "|".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _check_value(value: Any, tp: Any, key: str, src: str) -> Any:
+    """Coerce/validate one leaf value against its annotation."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], key, src)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = [str(a) for a in typing.get_args(tp)]
+            hint = difflib.get_close_matches(str(value), choices, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{src}: {key}: {value!r} is not {_type_name(tp)}{extra}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}: {key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(v, item, f"{key}[{i}]", src) for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}: {key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{src}: {key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{src}: {key}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{src}: {key}: expected a finite number, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # e.g. run.name: 2024 or generate.checkpoint: 1200
+        if not isinstance(value, str):
+            raise ConfigError(f"{src}: {key}: expected a string, got {type(value).__name__} {value!r}")
+        return expand_env(value, key, src)
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
+
+
+def _check_range(value: Any, meta: dict, key: str, src: str) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"{src}: {key}: {value!r} is below the minimum {meta['min']}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ConfigError(f"{src}: {key}: {value!r} is above the maximum {meta['max']}")
+    if meta.get("gt") is not None and not value > meta["gt"]:
+        raise ConfigError(f"{src}: {key}: {value!r} must be greater than {meta['gt']}")
+    if meta.get("lt") is not None and not value < meta["lt"]:
+        raise ConfigError(f"{src}: {key}: {value!r} must be less than {meta['lt']}")
+
+
+def _build(cls, raw: Any, prefix: str, src: str, base: Any = None):
+    """Build dataclass ``cls`` from a mapping over ``base`` (or the defaults), naming the dotted key of
+    any problem. A partial section keeps the defaults of the keys it does not name."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        where = prefix or "the top level"
+        raise ConfigError(f"{src}: {where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    obj = base if base is not None else cls()
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            hint = difflib.get_close_matches(str(k), list(fields), n=1, cutoff=0.6)
+            extra = f" (did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?)" if hint else ""
+            known = "" if extra else f" (known: {', '.join(fields)})"
+            raise ConfigError(f"{src}: {key}: unknown key{extra}{known}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _build(tp, v, key, src, base=getattr(obj, k))
+        else:
+            val = _check_value(v, tp, key, src)
+            _check_range(val, fields[k].metadata, key, src)
+            kwargs[k] = val
+    return dataclasses.replace(obj, **kwargs)
+
+
+def _check_corpus(corpus: Any, src: str) -> Any:
+    key = "data.corpus"
+    if isinstance(corpus, str):
+        return expand_env(corpus, key, src)
+    if isinstance(corpus, list):
+        if not corpus or not all(isinstance(c, str) for c in corpus):
+            raise ConfigError(f"{src}: {key}: a list of corpus paths must be non-empty strings")
+        return [expand_env(c, f"{key}[{i}]", src) for i, c in enumerate(corpus)]
+    if isinstance(corpus, dict):
+        want = {"train", "val", "test"}
+        if set(corpus) != want:
+            raise ConfigError(f"{src}: {key}: a split mapping needs exactly the keys train, val, test "
+                              f"(got {', '.join(map(str, corpus)) or 'none'})")
+        out = {}
+        for k in ("train", "val", "test"):
+            if not isinstance(corpus[k], str):
+                raise ConfigError(f"{src}: {key}.{k}: expected a path, got {corpus[k]!r}")
+            out[k] = expand_env(corpus[k], f"{key}.{k}", src)
+        return out
+    raise ConfigError(f"{src}: {key}: expected a path, a list of paths or {{train, val, test}}, got {corpus!r}")
+
+
+def _abs(p: str) -> str:
+    return str(Path(p).expanduser().absolute()) if p else p
+
+
+def validate(cfg: Config, src: str) -> Config:
+    """Cross-field checks and path resolution (relative to the current working directory)."""
+    d, m, t, g = cfg.data, cfg.model, cfg.train, cfg.generate
+    d.corpus = _check_corpus(d.corpus, src)
+    if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1.0) > 1e-6 or d.split[0] <= 0:
+        raise ConfigError(f"{src}: data.split: expected three non-negative fractions (train, val, test) "
+                          f"summing to 1 with train > 0, got {d.split}")
+    if d.document_start is not None:
+        try:
+            re.compile(d.document_start, re.M)
+        except re.error as e:
+            raise ConfigError(f"{src}: data.document_start: invalid regex {d.document_start!r}: {e}") from None
+    if m.tie_weights and m.embedding != m.hidden:
+        raise ConfigError(f"{src}: model.tie_weights: needs model.embedding == model.hidden "
+                          f"({m.embedding} != {m.hidden})")
+    import signal as _signal
+    if not hasattr(_signal, t.stop_signal) or not t.stop_signal.startswith("SIG"):
+        raise ConfigError(f"{src}: train.stop_signal: {t.stop_signal!r} is not a signal name like SIGUSR2")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", cfg.run.name or "x"):
+        raise ConfigError(f"{src}: run.name: {cfg.run.name!r} may hold only letters, digits and _ . + -")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", g.name):
+        raise ConfigError(f"{src}: generate.name: {g.name!r} may hold only letters, digits and _ . + -")
+    # resolve paths once, so the saved config is cwd-independent
+    cfg.paths.scratch = _abs(cfg.paths.scratch)
+    cfg.paths.jobs = _abs(cfg.paths.jobs)
+    if isinstance(d.corpus, str):
+        d.corpus = _abs(d.corpus)
+    elif isinstance(d.corpus, list):
+        d.corpus = [_abs(c) for c in d.corpus]
+    elif isinstance(d.corpus, dict):
+        d.corpus = {k: _abs(v) for k, v in d.corpus.items()}
+    if d.h5_path:
+        d.h5_path = _abs(d.h5_path)
+    if g.checkpoint and not g.checkpoint.isdigit():
+        g.checkpoint = _abs(g.checkpoint)
+    return cfg
+
+
+# ---------------------------------------------------------------- overrides and loading
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. train.max_steps=200")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"override {item!r}: {key!r} is not a dotted key like train.max_steps")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(value, (dict, list)) and not text.lstrip().startswith(("{", "[")):
+        value = text  # "generate.prompt=Title: Soup" means the string, not a mapping
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict:
+    src = str(path)
+    if not path.exists():
+        raise ConfigError(f"{src}: config file not found")
+    if path.is_dir():
+        raise ConfigError(f"{src}: is a directory, expected a YAML config file (or a run directory holding {RESOLVED_NAME})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{src}: cannot read config: {e.__class__.__name__}: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{src}:{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def config_path_of(arg: str | os.PathLike) -> Path:
+    """A CONFIG argument may be a YAML file or a run directory holding config.yaml."""
+    p = Path(arg)
+    if p.is_dir() and (p / RESOLVED_NAME).is_file():
+        return p / RESOLVED_NAME
+    return p
+
+
+def from_dict(raw: dict, src: str = "<config>", default_name: str = "run") -> Config:
+    raw = dict(raw)
+    cfg = _build(Config, {k: v for k, v in raw.items()}, "", src)
+    if not cfg.run.name:
+        cfg.run.name = default_name
+    cfg.source = src
+    return validate(cfg, src)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Load, override, expand, validate and resolve a config file. Raises ConfigError."""
+    p = config_path_of(path)
+    raw = read_yaml(p)
+    raw = apply_overrides(raw, list(overrides or []))
+    stem = p.parent.name if p.name == RESOLVED_NAME and p.parent.name else p.stem
+    return from_dict(raw, str(p), default_name=stem)
+
+
+def save_resolved(cfg: Config) -> Path:
+    """Write the resolved config to <run dir>/config.yaml (atomically) and return its path."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    out = cfg.run_dir / RESOLVED_NAME
+    atomic_write_text(out, cfg.to_yaml())
+    return out
