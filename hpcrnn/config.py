@@ -95,7 +95,8 @@ class TrainConfig:
     max_steps: int = _f(0, min=0)  # 0: use epochs
     epochs: float = _f(1.0, gt=0.0)
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic kernels: a resumed run is bitwise identical (CPU)
+    threads: int = _f(0, min=0)  # torch CPU threads; 0: SLURM_CPUS_PER_TASK or torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True  # autocast on CUDA only
     num_workers: int = _f(0, min=0)

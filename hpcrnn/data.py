@@ -1,0 +1,95 @@
+"""Per-rank window batches with a resumable position.
+
+The global batch at training step ``s`` is fully determined by (seed, epoch, position): epoch and position
+come from ``divmod(s, batches_per_epoch)``, the epoch's order is a permutation seeded by (seed, epoch) and the
+same on every rank, and rank ``r`` of ``W`` takes the r-th contiguous slice of the global batch. So a
+checkpoint needs only the step to resume the data exactly, at any world size, and 2 ranks see together
+exactly what 1 rank sees. The incomplete last batch of an epoch is dropped so every step has the full
+global batch.
+
+Windows are gathered from the token stream held in memory (about 2 bytes a token) with one numpy fancy
+index per batch: no per-window copies are ever stored. With ``train.num_workers > 0`` a DataLoader does the
+gathering; each worker opens the HDF5 file itself, read-only, after the fork, and ignores the stop signals
+(only the trainer's main process decides when to stop).
+"""
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import torch
+
+
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch.Tensor:
+    """[b, window + 1] int64 token ids: inputs are [:, :-1], targets [:, 1:]."""
+    idx = starts[:, None] + np.arange(window + 1, dtype=np.int64)
+    return torch.from_numpy(tokens[idx].astype(np.int64))
+
+
+class WindowBatches:
+    def __init__(self, starts: np.ndarray, global_batch: int, rank: int, world: int, seed: int):
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} is not divisible by world size {world}")
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.global_batch, self.rank, self.world, self.seed = global_batch, rank, world, seed
+        self.local = global_batch // world
+        self._epoch, self._order = -1, None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.starts) // self.global_batch
+
+    def position(self, step: int) -> tuple[int, int]:
+        return divmod(step, self.batches_per_epoch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order, self._epoch = self.starts[rng.permutation(len(self.starts))], epoch
+        return self._order
+
+    def rank_starts(self, step: int) -> np.ndarray:
+        """This rank's window start offsets for global training step ``step``."""
+        epoch, pos = self.position(step)
+        lo = pos * self.global_batch + self.rank * self.local
+        return self.order(epoch)[lo:lo + self.local]
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class _StepDataset(torch.utils.data.Dataset):
+    """Item i = this rank's batch for global step i; the HDF5 file is opened lazily in each worker."""
+
+    def __init__(self, h5_path: str, batches: WindowBatches, window: int):
+        self.h5_path, self.batches, self.window = h5_path, batches, window
+        self._tokens = None
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        if self._tokens is None:
+            from hpcrnn.corpus import open_corpus
+
+            self._tokens = open_corpus(self.h5_path).tokens()
+        return gather_windows(self._tokens, self.batches.rank_starts(step), self.window)
+
+
+def batch_iterator(tokens: np.ndarray, batches: WindowBatches, window: int, start_step: int,
+                   num_workers: int = 0, h5_path: str | None = None):
+    """Yield (step, batch) from ``start_step`` on, forever; the trainer decides when to stop."""
+    if num_workers == 0:
+        step = start_step
+        while True:
+            yield step, gather_windows(tokens, batches.rank_starts(step), window)
+            step += 1
+    else:
+        ds = _StepDataset(h5_path, batches, window)
+        sampler = iter(range(start_step, 1 << 62))
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler, num_workers=num_workers,
+                                             worker_init_fn=ignore_stop_signals, prefetch_factor=4,
+                                             persistent_workers=False)
+        yield from enumerate(loader, start_step)

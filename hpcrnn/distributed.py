@@ -1,0 +1,124 @@
+"""Who am I: rank and world size from torchrun, Slurm/submitit or nothing; process group set-up.
+
+One code path for 1 process, N processes on one machine and N x M across nodes:
+- torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
+- Slurm (``srun`` or a submitit job, one task per rank) sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID;
+  the master is the first host of SLURM_JOB_NODELIST and the port is derived from the job id, so every task
+  of a job agrees without talking;
+- submitit's local executor sets SUBMITIT_LOCAL_GLOBAL_RANK / _NTASKS / _LOCAL_RANK;
+- otherwise a single process, and no process group at all (collectives become no-ops).
+NCCL on CUDA, gloo on CPU.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = ""
+    launcher: str = "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _first_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    # "node[01-04,07]" -> "node01"; "a,b" -> "a"
+    head = nodelist.split(",")[0]
+    if "[" in head:
+        prefix, rest = head.split("[", 1)
+        return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+    return head
+
+
+def detect() -> tuple[int, int, int, str]:
+    """(rank, world_size, local_rank, launcher) from the environment, without side effects."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun"
+    if "SUBMITIT_LOCAL_GLOBAL_RANK" in env:
+        return (int(env["SUBMITIT_LOCAL_GLOBAL_RANK"]), int(env.get("SUBMITIT_LOCAL_NTASKS", 1)),
+                int(env.get("SUBMITIT_LOCAL_LOCAL_RANK", 0)), "submitit-local")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
+        # SLURM_STEP_ID: we are a task of a job step (srun / submitit), not the batch script itself
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm"
+    return 0, 1, 0, "single"
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+    rank, world, local_rank, launcher = detect()
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        n = torch.cuda.device_count()
+        dev = torch.device("cuda", local_rank % max(n, 1))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    info = DistInfo(rank, world, local_rank, dev, "", launcher)
+    if world > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "127.0.0.1"
+            os.environ["MASTER_ADDR"] = _first_host(nodelist) if launcher == "slurm" else "127.0.0.1"
+        if "MASTER_PORT" not in os.environ:
+            job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "0"
+            digits = "".join(ch for ch in job if ch.isdigit()) or "0"
+            os.environ["MASTER_PORT"] = str(20000 + int(digits) % 20000)
+        info.backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(info.backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op)
+    return t
+
+
+def all_gather_object(obj) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
