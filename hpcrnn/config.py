@@ -267,6 +267,11 @@ def _check_value(value: Any, tp: Any, key: str, src: str) -> Any:
             raise ConfigError(f"{src}: {key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string: accept it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{src}: {key}: expected a number, got {value!r}")
         value = float(value)

@@ -30,3 +30,58 @@ def shared_5k() -> Path:
     if not RECIPES_5K.exists():
         pytest.skip("../shared/data/recipes/recipes-5k.txt not present")
     return RECIPES_5K
+
+
+_TITLES = ["apple pie", "bean soup", "corn bread", "dill salad", "egg curry", "fig jam", "garlic bread",
+           "ham stew", "leek soup", "mint tea", "nut cake", "onion tart", "pea soup", "rice pudding"]
+_INGR = ["flour", "sugar", "salt", "butter", "milk", "eggs", "onion", "garlic", "rice", "beans", "apples",
+         "water", "oil", "pepper", "dill", "mint", "nuts", "figs", "leeks", "ham"]
+_UNITS = ["c ", "ts", "tb", "lb", "oz"]
+_VERBS = ["mix", "stir", "bake", "boil", "chop", "add", "serve", "cool", "fold", "heat"]
+
+
+def make_recipes(n: int, seed: int = 0) -> str:
+    """A small synthetic MealMaster-like corpus (Title:/Categories:/Yield:, ingredients, instructions)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        title = rng.choice(_TITLES).upper()
+        ingr = rng.sample(_INGR, rng.randint(3, 6))
+        lines = [f"Title: {title}", f"Categories: {rng.choice(['Soups', 'Desserts', 'Breads'])}",
+                 f"Yield: {rng.randint(1, 8)} Servings"]
+        lines += [f"{rng.randint(1, 4)} {rng.choice(_UNITS)} {w.capitalize()}" for w in ingr]
+        for _ in range(rng.randint(1, 3)):
+            a, b = rng.sample(ingr, 2)
+            lines.append(f"{rng.choice(_VERBS).capitalize()} the {a} and {b} -- {rng.randint(5, 60)} minutes at 350F.")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    p = tmp_path / "tiny-recipes.txt"
+    p.write_text(make_recipes(300))
+    return p
+
+
+def tiny_config(tmp_path: Path, corpus: Path, **sections) -> Path:
+    """Write a small experiment YAML for fast tests and return its path."""
+    import yaml
+
+    raw = {
+        "run": {"name": "tiny"},
+        "paths": {"scratch": str(tmp_path / "scratch"), "jobs": str(tmp_path / "jobs")},
+        "data": {"corpus": str(corpus), "document_start": "^Title:", "min_count": 1, "window": 12},
+        "model": {"hidden": 16, "embedding": 16},
+        "train": {"batch_size": 8, "max_steps": 24, "checkpoint_every": 5, "eval_every": 10, "log_every": 5,
+                  "eval_batches": 2, "deterministic": True, "threads": 1, "lr": 0.01},
+        "generate": {"num_recipes": 4, "batch_size": 4, "max_tokens": 60, "quality_sample": 5},
+    }
+    for sec, vals in sections.items():
+        raw.setdefault(sec, {}).update(vals)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p

@@ -27,7 +27,8 @@ def test_defaults_and_name_from_stem(tmp_path):
 def test_overrides_are_yaml_values(tmp_path):
     cfg = load_config(write(tmp_path, "train: {max_steps: 10}\n"),
                       ["train.max_steps=200", "model.cell=gru", "data.split=[0.8, 0.1, 0.1]",
-                       "train.deterministic=true", "generate.prompt=Title: Soup"])
+                       "train.deterministic=true", "generate.prompt=Title: Soup", "train.lr=1e-3"])
+    assert cfg.train.lr == 0.001
     assert cfg.train.max_steps == 200 and cfg.model.cell == "gru"
     assert cfg.data.split == [0.8, 0.1, 0.1] and cfg.train.deterministic is True
     assert cfg.generate.prompt == "Title: Soup"
