@@ -1,0 +1,364 @@
+"""Quality figures of a recipe, generated or real, so the two can be read side by side.
+
+Every figure is computed the same way for a generated recipe and for a held-out (test-split) recipe:
+
+``structure``
+    ``has_title`` (a ``Title:`` line with a word in it, or, for a headerless layout, a short first line),
+    ``has_ingredients`` (at least one ingredient line: the block that :func:`hpcrnn.text.ingredient_block`
+    finds after the header) and ``has_instructions`` (at least :data:`MIN_INSTRUCTION_WORDS` words after
+    the ingredient block); ``structure`` is all three.
+
+``coherence`` (ingredient coherence)
+    The lecture's model writes instructions that use ingredients its list never named. The *ingredient
+    words* are derived from the training corpus (:func:`build_ingredient_words`): words of the ingredient
+    *names* in training recipes' ingredient lines (the part after amount and unit and before the first
+    ``,`` ``;`` ``--`` ``(``; ``1/2 c  Chopped parsley, fresh`` names ``chopped parsley``), normalised
+    (lower case, a plural ``s``/``es``/``ies`` folded to the singular), at least three letters long, not a
+    unit, size or preparation word (:data:`NOT_INGREDIENTS`), named in at least ``min_recipes`` training
+    recipes, and *mostly used as an ingredient*: in at least half the recipes whose instructions mention
+    the word, it is also in the ingredient names (this drops ``heat``, ``bowl``, ``minute`` without a hand
+    list). A recipe's coherence is the share of the distinct ingredient words its instructions mention that
+    appear anywhere in its own ingredient lines; ``None`` when its instructions mention none.
+
+``repeated_4grams``
+    The share of the token 4-grams that repeat an earlier 4-gram of the same token sequence:
+    ``1 - distinct / total`` (0 for fewer than four tokens). The greedy loop of the lecture scores high.
+
+``longest_copy``
+    Novelty: the longest run of tokens copied verbatim from the training split's token stream, exact
+    (:class:`CopyIndex`). For a generated recipe it is measured on the generated tokens (not the prompt).
+
+Aggregates over many recipes come from :func:`summarize`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+MIN_INSTRUCTION_WORDS = 5
+
+_TITLE = re.compile(r"^\s*title\s*:\s*(.*)$", re.I)
+_HEADERISH = re.compile(r"^\s*(title|categories|yield|servings)\s*:", re.I)
+_WORD = re.compile(r"[^\W\d_]+")
+_AMOUNT = re.compile(r"^[\s\d/.,½¼¾⅓⅔⅛-]*")
+_NAME_END = re.compile(r"\s--|--|[,;(]")
+
+# MealMaster/MasterCook measure abbreviations and spelled-out units.
+UNITS = frozenset("""x ea t ts tsp tb tbs tbsp c cup cups pt qt ga gal oz fl lb lbs g kg mg ml l dl cl pk pkg
+cn can cans sm md lg ds pn dr sl bn ct cb pinch dash pound pounds ounce ounces teaspoon teaspoons tablespoon
+tablespoons quart quarts pint pints gallon gallons liter liters litre litres gram grams package packages
+packet packets envelope envelopes jar jars bottle bottles box boxes bunch bunches stick sticks slice slices
+piece pieces clove cloves head heads sprig sprigs stalk stalks whole each inch inches large medium small
+container containers carton cartons bag bags""".split())
+
+# Words of ingredient names that describe the ingredient rather than name it, and function words.
+NOT_INGREDIENTS = frozenset("""and or of the for to with without in on into at from about plus more less
+taste optional divided note see below above recipe recipes if as needed desired some any other extra
+fresh freshly frozen dried dry canned cooked uncooked raw ripe hot cold warm lukewarm room temperature
+chopped minced diced sliced grated shredded crushed ground peeled seeded cored halved quartered cubed
+trimmed rinsed drained softened melted beaten mashed pitted packed sifted toasted roasted cut finely
+coarsely thinly thickly roughly lightly well very firmly fine coarse thin thick lean boneless skinless
+skinned split whole large medium small big little jumbo extra mini baby young new old sweet unsweetened
+sweetened salted unsalted low fat free nonfat lowfat reduced light heavy regular plain quick instant
+prepared homemade bought style type brand good best inch inches piece pieces part parts cup cups can cans
+package pkg size sized total approx approximately each per few several such use used using made make
+into strips cubes chunks rings wedges halves pint quart pound ounce tablespoon teaspoon container jar
+mixed assorted favorite favourite fully partially room-temperature then cool cooled chilled hard soft
+tender""".split())
+
+
+def normalize_word(w: str) -> str:
+    """Lower case; fold an English plural to the singular (``tomatoes`` and ``tomato`` meet)."""
+    w = w.lower()
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith(("oes", "ches", "shes", "sses", "xes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def words(text: str) -> list[str]:
+    """Normalised words of at least three letters."""
+    return [normalize_word(w) for w in _WORD.findall(text) if len(w) >= 3]
+
+
+# ---------------------------------------------------------------- parsing
+
+@dataclass
+class ParsedRecipe:
+    title: Optional[str]
+    ingredient_lines: list[str]
+    instructions: str
+
+    @property
+    def has_title(self) -> bool:
+        return bool(self.title and _WORD.search(self.title))
+
+    @property
+    def has_ingredients(self) -> bool:
+        return any(_WORD.search(line) for line in self.ingredient_lines)
+
+    @property
+    def has_instructions(self) -> bool:
+        return len(_WORD.findall(self.instructions)) >= MIN_INSTRUCTION_WORDS
+
+
+def parse_recipe(text: str) -> ParsedRecipe:
+    """Split recipe text into title, ingredient lines and instructions.
+
+    The corpus' layout (``Title:``/``Categories:``/``Yield:`` header, ingredient lines, instructions) is
+    found with :func:`hpcrnn.text.ingredient_block`, the same rule the detokenizer uses to capitalise
+    ingredient names. Text without that header (e.g. a generated fragment that starts mid-recipe) has no
+    ingredient block; its first line counts as a title when it is short and not a sentence.
+    """
+    from hpcrnn.text import ingredient_block
+
+    lines = text.split("\n")
+    title = None
+    for line in lines:
+        m = _TITLE.match(line)
+        if m:
+            title = m.group(1).strip()
+            break
+    start, end = ingredient_block(lines)
+    if end > start:
+        ingredients = [ln.strip() for ln in lines[start:end] if ln.strip()]
+        instructions = "\n".join(lines[end:])
+    elif start > 0:  # a header and nothing that looks like ingredients
+        ingredients, instructions = [], "\n".join(lines[start:])
+    else:
+        ingredients = []
+        body = [ln for ln in lines]
+        first = next((ln.strip() for ln in body if ln.strip()), "")
+        if title is None and first and len(first) <= 80 and not first.endswith((".", "!", "?")) \
+                and not _HEADERISH.match(first):
+            title = first
+            body = body[body.index(next(ln for ln in body if ln.strip())) + 1:]
+        instructions = "\n".join(ln for ln in body if not _HEADERISH.match(ln))
+    return ParsedRecipe(title, ingredients, instructions)
+
+
+def ingredient_name(line: str) -> str:
+    """The name part of an ingredient line: after amount and unit, before the first , ; -- ( ."""
+    s = _AMOUNT.sub("", line.strip())
+    parts = s.split(None, 1)
+    if parts and parts[0].lower().rstrip(".") in UNITS and len(parts) > 1:
+        s = parts[1]
+    s = s.lstrip("- ")  # a MealMaster continuation line: "-Beaten"
+    m = _NAME_END.search(s)
+    return s[:m.start()] if m else s
+
+
+def name_words(line: str) -> set[str]:
+    """Candidate ingredient words of one ingredient line."""
+    return {w for w in words(ingredient_name(line)) if w not in NOT_INGREDIENTS and w not in UNITS}
+
+
+def build_ingredient_words(parsed: Iterable[ParsedRecipe], min_recipes: int = 3,
+                           min_ingredient_share: float = 0.5) -> frozenset[str]:
+    """The ingredient vocabulary of a corpus (see the module docstring for the definition)."""
+    in_names: dict[str, int] = {}
+    in_instr: dict[str, int] = {}
+    both: dict[str, int] = {}
+    for p in parsed:
+        names = set()
+        for line in p.ingredient_lines:
+            names |= name_words(line)
+        instr = set(words(p.instructions))
+        for w in names:
+            in_names[w] = in_names.get(w, 0) + 1
+        for w in instr:
+            in_instr[w] = in_instr.get(w, 0) + 1
+            if w in names:
+                both[w] = both.get(w, 0) + 1
+    out = set()
+    for w, n in in_names.items():
+        if n < min_recipes:
+            continue
+        mentioned = in_instr.get(w, 0)
+        # "mostly used as an ingredient": where instructions say it, the ingredient list usually has it
+        if mentioned and both.get(w, 0) < min_ingredient_share * mentioned:
+            continue
+        out.add(w)
+    return frozenset(out)
+
+
+def coherence(p: ParsedRecipe, ingredient_words: frozenset[str]) -> tuple[Optional[float], int]:
+    """(share of the ingredient words named in the instructions that the ingredient lines hold, how many
+    distinct ingredient words the instructions name)."""
+    mentioned = {w for w in words(p.instructions) if w in ingredient_words}
+    if not mentioned:
+        return None, 0
+    own = set()
+    for line in p.ingredient_lines:
+        own.update(words(line))
+    return len(mentioned & own) / len(mentioned), len(mentioned)
+
+
+# ---------------------------------------------------------------- repetition
+
+def repeated_ngram_share(tokens: Sequence[int], n: int = 4) -> float:
+    """1 - distinct n-grams / n-grams (0.0 below n tokens)."""
+    t = len(tokens)
+    if t < n:
+        return 0.0
+    grams = [tuple(tokens[i:i + n]) for i in range(t - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+# ---------------------------------------------------------------- novelty
+
+class CopyIndex:
+    """Exact longest verbatim copy of a token sequence from one (large) token stream.
+
+    Built once in O(T log T) with numpy: every position of the stream gets a key made of the next ``K``
+    tokens packed into two 64-bit integers (``K`` = 8 for vocabularies up to 65,535 tokens), and the
+    positions are sorted by that key — a suffix array truncated at depth ``K``. A query asks
+    "does this n-gram occur?": for n <= K it is a range search on the sorted keys; for longer n the
+    candidates of the rarer of the first and last K-gram are checked against the stream directly. The
+    longest copy of a recipe then takes O(len(recipe)) such questions (the classic two-pointer scan: the
+    best length only grows). Memory: about 20 bytes per stream token.
+    """
+
+    def __init__(self, stream: np.ndarray, vocab_size: int):
+        stream = np.asarray(stream, dtype=np.int64)
+        self.sentinel = int(vocab_size)  # never a real token: pads the end and separates segments
+        self.bits = max(1, self.sentinel.bit_length())
+        if self.bits > 32:
+            raise ValueError(f"vocabulary of {vocab_size} tokens is too large for CopyIndex")
+        self.per = 64 // self.bits
+        self.K = 2 * self.per
+        n = len(stream)
+        self.n = n
+        self.pad = np.concatenate([stream, np.full(self.K, self.sentinel, dtype=np.int64)])
+        self.k1 = self._keys(0)
+        self.k2 = self._keys(self.per)
+        order = np.lexsort((self.k2, self.k1))
+        self.sa = order.astype(np.int32 if n < 2 ** 31 else np.int64)
+        self.k1 = self.k1[order]
+        self.k2 = self.k2[order]
+        self.pad = self.pad.astype(np.int32 if self.bits < 32 else np.int64)
+
+    def _keys(self, offset: int) -> np.ndarray:
+        n = self.n
+        key = np.zeros(n, dtype=np.uint64)
+        for i in range(self.per):
+            key <<= np.uint64(self.bits)
+            key |= self.pad[offset + i: offset + i + n].astype(np.uint64)
+        return key
+
+    def _pack(self, seq: np.ndarray) -> tuple[int, int]:
+        """Inclusive key range of every key whose first len(seq) tokens are seq (len(seq) <= per)."""
+        v = 0
+        for t in seq:
+            v = (v << self.bits) | int(t)
+        rest = self.bits * (self.per - len(seq))
+        lo = v << rest
+        return lo, lo | ((1 << rest) - 1)
+
+    def _range(self, seq: np.ndarray) -> tuple[int, int]:
+        """Half-open range of self.sa whose positions start with seq (1 <= len(seq) <= K)."""
+        a = seq[:self.per]
+        lo1, hi1 = self._pack(a)
+        lo = int(np.searchsorted(self.k1, np.uint64(lo1), "left"))
+        hi = int(np.searchsorted(self.k1, np.uint64(hi1), "right"))
+        if len(seq) <= self.per or lo == hi:
+            return lo, hi
+        lo2, hi2 = self._pack(seq[self.per:])
+        sub = self.k2[lo:hi]
+        return lo + int(np.searchsorted(sub, np.uint64(lo2), "left")), \
+            lo + int(np.searchsorted(sub, np.uint64(hi2), "right"))
+
+    def occurs(self, seq: np.ndarray) -> bool:
+        """Whether seq (a non-empty int array) occurs in the stream."""
+        m = len(seq)
+        if m <= self.K:
+            lo, hi = self._range(seq)
+            return hi > lo
+        lo_a, hi_a = self._range(seq[:self.K])
+        if hi_a == lo_a:
+            return False
+        lo_b, hi_b = self._range(seq[m - self.K:])
+        if hi_b == lo_b:
+            return False
+        if hi_a - lo_a <= hi_b - lo_b:
+            cand = self.sa[lo_a:hi_a].astype(np.int64)
+            known = (0, self.K)
+        else:
+            cand = self.sa[lo_b:hi_b].astype(np.int64) - (m - self.K)
+            known = (m - self.K, m)
+        cand = cand[(cand >= 0) & (cand + m <= self.n)]
+        # narrow a large candidate set one token at a time, then compare what is left in one go
+        d = 0
+        while len(cand) > 64 and d < m:
+            if not known[0] <= d < known[1]:
+                cand = cand[self.pad[cand + d] == seq[d]]
+            d += 1
+        if len(cand) == 0:
+            return False
+        block = self.pad[cand[:, None] + np.arange(m)]
+        return bool((block == seq[None, :]).all(axis=1).any())
+
+    def longest_copy(self, seq: Sequence[int]) -> int:
+        """The length of the longest contiguous run of seq that occurs verbatim in the stream."""
+        s = np.asarray(seq, dtype=np.int64)
+        n = len(s)
+        best = 0
+        for j in range(n):
+            if j + best >= n:
+                break
+            while j + best < n and self.occurs(s[j:j + best + 1]):
+                best += 1
+        return best
+
+
+# ---------------------------------------------------------------- one recipe, many recipes
+
+def recipe_quality(text: str, tokens: Sequence[int], ingredient_words: frozenset[str],
+                   index: Optional[CopyIndex]) -> dict:
+    """The figures of one recipe: ``text`` as written, ``tokens`` the ids the figures count on."""
+    p = parse_recipe(text)
+    coh, n_mentioned = coherence(p, ingredient_words)
+    return {
+        "has_title": p.has_title,
+        "has_ingredients": p.has_ingredients,
+        "has_instructions": p.has_instructions,
+        "structure": p.has_title and p.has_ingredients and p.has_instructions,
+        "ingredient_lines": len(p.ingredient_lines),
+        "instruction_ingredient_words": n_mentioned,
+        "coherence": None if coh is None else round(coh, 4),
+        "repeated_4grams": round(repeated_ngram_share(list(tokens), 4), 4),
+        "longest_copy": index.longest_copy(tokens) if index is not None else None,
+    }
+
+
+def _mean(xs: list) -> Optional[float]:
+    return round(float(np.mean(xs)), 4) if xs else None
+
+
+def summarize(qualities: list[dict], lengths: Optional[list[int]] = None) -> dict:
+    """Aggregate figures over recipes (shares, means, the distribution of the longest copy)."""
+    n = len(qualities)
+    out: dict = {"recipes": n}
+    if not n:
+        return out
+    for k in ("has_title", "has_ingredients", "has_instructions", "structure"):
+        out[k] = round(sum(bool(q[k]) for q in qualities) / n, 4)
+    coh = [q["coherence"] for q in qualities if q.get("coherence") is not None]
+    out["coherence_mean"] = _mean(coh)
+    out["coherence_recipes"] = len(coh)
+    out["ingredient_lines_mean"] = _mean([q["ingredient_lines"] for q in qualities])
+    out["repeated_4grams_mean"] = _mean([q["repeated_4grams"] for q in qualities])
+    cp = [q["longest_copy"] for q in qualities if q.get("longest_copy") is not None]
+    if cp:
+        out["longest_copy_mean"] = _mean(cp)
+        out["longest_copy_median"] = float(np.median(cp))
+        out["longest_copy_max"] = int(max(cp))
+    if lengths is not None and lengths:
+        out["tokens_mean"] = _mean(lengths)
+    return out
