@@ -1,0 +1,427 @@
+"""The generation job: sampling, batched generation against a plain reference, files, reruns, shards,
+bad input, and an end-to-end preprocess -> train -> generate run."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, run_module
+from hpcrnn import checkpoint as ckpt
+from hpcrnn import generate as G
+from hpcrnn.config import ModelConfig, load_config
+from hpcrnn.errors import ConfigError, InputError
+from hpcrnn.model import RecurrentLM, build_model
+
+torch.set_num_threads(1)
+
+_TITLES = ["apple pie", "bean soup", "corn bread", "dill salad", "egg curry", "fig jam", "garlic bread",
+           "ham stew", "leek soup", "mint tea", "nut cake", "onion tart", "pea soup", "rice pudding"]
+_INGR = ["flour", "sugar", "salt", "butter", "milk", "eggs", "onion", "garlic", "rice", "beans", "apples",
+         "water", "oil", "pepper", "dill", "mint", "nuts", "figs", "leeks", "ham"]
+_UNITS = ["c ", "ts", "tb", "lb", "oz"]
+_VERBS = ["mix", "stir", "bake", "boil", "chop", "add", "serve", "cool", "fold", "heat"]
+
+
+def make_recipes(n: int, seed: int = 0) -> str:
+    """A small MealMaster-like corpus: Title:/Categories:/Yield:, ingredient lines, instructions."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ingr = rng.sample(_INGR, rng.randint(3, 6))
+        lines = [f"Title: {rng.choice(_TITLES).upper()}", f"Categories: {rng.choice(['Soups', 'Desserts'])}",
+                 f"Yield: {rng.randint(1, 8)} Servings"]
+        lines += [f"{rng.randint(1, 4)} {rng.choice(_UNITS)} {w.capitalize()}" for w in ingr]
+        for _ in range(rng.randint(1, 3)):
+            a, b = rng.sample(ingr, 2)
+            lines.append(f"{rng.choice(_VERBS).capitalize()} the {a} and {b} for {rng.randint(5, 60)} minutes, "
+                         f"then {rng.choice(_VERBS)} it well.")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def write_config(tmp: Path, **sections) -> Path:
+    corpus = tmp / "recipes.txt"
+    if not corpus.exists():
+        corpus.write_text(make_recipes(200))
+    raw = {
+        "run": {"name": "tiny"},
+        "paths": {"scratch": str(tmp / "scratch"), "jobs": str(tmp / "jobs")},
+        "data": {"corpus": str(corpus), "document_start": "^Title:", "min_count": 1, "window": 12,
+                 "split": [0.8, 0.1, 0.1]},
+        "model": {"hidden": 16, "embedding": 16},
+        "train": {"batch_size": 8, "max_steps": 30, "checkpoint_every": 10, "eval_every": 10, "log_every": 10,
+                  "eval_batches": 2, "threads": 1, "lr": 0.02, "device": "cpu"},
+        "generate": {"num_recipes": 7, "batch_size": 3, "max_tokens": 40, "quality_sample": 5,
+                     "device": "cpu"},
+    }
+    for sec, vals in sections.items():
+        raw.setdefault(sec, {}).update(vals)
+    p = tmp / "tiny.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def save_random_checkpoint(cfg, step: int = 5, seed: int = 0, eor_bias: float = 1.2, vocab_hash=None) -> Path:
+    """A checkpoint of a random-weight model (so these tests do not need training). The end-of-recipe
+    logit is raised so that recipes end at different lengths, some before max_tokens."""
+    from hpcrnn.corpus import open_corpus
+
+    c = open_corpus(cfg.h5_path)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, len(c.vocab))
+    with torch.no_grad():
+        model.head.bias[c.eor_id] += eor_bias
+    meta = {"config": cfg.to_dict(), "vocab_hash": vocab_hash or c.vocab_hash, "vocab_size": len(c.vocab)}
+    return ckpt.save_checkpoint(cfg.checkpoint_dir, step, model.state_dict(), {}, meta)
+
+
+def prepared(tmp: Path, checkpoint: bool = True, **sections):
+    from hpcrnn.corpus import run_preprocess
+
+    path = write_config(tmp, **sections)
+    cfg = load_config(path)
+    run_preprocess(cfg)
+    if checkpoint:
+        save_random_checkpoint(cfg)
+    return path, cfg
+
+
+def with_(cfg_path: Path, *overrides: str):
+    return load_config(cfg_path, list(overrides))
+
+
+def files_of(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("recipe-*.txt"))}
+
+
+# ------------------------------------------------------------------------------------ sampling
+
+
+def test_sample_next_greedy_topk_topp_and_inverse_cdf():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    logits[:, 7] = float("-inf")  # a banned token
+    u = torch.rand(4)
+    assert torch.equal(G.sample_next(logits, None, 0.0, 0, 1.0), logits.argmax(-1))
+    assert torch.equal(G.sample_next(logits, u, 1.0, 1, 1.0), logits.argmax(-1))  # top_k 1 is greedy
+    assert torch.equal(G.sample_next(logits, u, 1.0, 0, 1e-6), logits.argmax(-1))  # so is a tiny top_p
+    # inverse CDF over evenly spaced u reproduces the softmax distribution
+    row = torch.tensor([[2.0, 1.0, 0.0, float("-inf"), -1.0]])
+    n = 20000
+    us = (torch.arange(n) + 0.5) / n
+    picks = G.sample_next(row.expand(n, -1), us, 1.0, 0, 1.0)
+    freq = torch.bincount(picks, minlength=5).float() / n
+    assert torch.allclose(freq, torch.softmax(row[0], -1), atol=2e-4)
+    assert freq[3] == 0  # never the banned token, even for u next to 1
+    assert G.sample_next(row, torch.tensor([0.9999999]), 1.0, 0, 1.0).item() == 4
+    # temperature sharpens; top_k 2 keeps the two most likely; top_p 0.7 keeps {0, 1} (0.66 + 0.24)
+    p_hot = torch.bincount(G.sample_next(row.expand(n, -1), us, 0.5, 0, 1.0), minlength=5).float() / n
+    assert torch.allclose(p_hot, torch.softmax(row[0] / 0.5, -1), atol=2e-4)
+    assert set(G.sample_next(row.expand(n, -1), us, 1.0, 2, 1.0).tolist()) == {0, 1}
+    assert set(G.sample_next(row.expand(n, -1), us, 1.0, 0, 0.7).tolist()) == {0, 1}
+    topk = torch.bincount(G.sample_next(row.expand(n, -1), us, 1.0, 2, 1.0), minlength=5).float() / n
+    assert topk[0] == pytest.approx(np.exp(2) / (np.exp(2) + np.exp(1)), abs=2e-4)
+
+
+def reference_generate(model, prompt, uniforms, max_tokens, stop_id, temperature, top_k, top_p, banned):
+    """One recipe, the plain way: run the prompt, then one token at a time with its own state."""
+    with torch.no_grad():
+        logits, state = model(torch.tensor([prompt]), None)
+        logits = logits[:, -1]
+        out = []
+        while len(out) < max_tokens:
+            logits[:, banned] = float("-inf")
+            u = None if uniforms is None else torch.tensor([uniforms[len(out)]])
+            t = int(G.sample_next(logits, u, temperature, top_k, top_p)[0])
+            out.append(t)
+            if t == stop_id:
+                break
+            logits, state = model.step(torch.tensor([t]), state)
+    stopped = bool(out) and out[-1] == stop_id
+    return (out[:-1] if stopped else out), stopped
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.9, 5, 0.8)])
+def test_batched_generation_equals_one_at_a_time(cell, temperature, top_k, top_p):
+    """Continuous batching (refilled and shrinking slots, prompts of different lengths) gives every recipe
+    exactly what the plain one-recipe loop gives it, for any batch size."""
+    torch.manual_seed(1)
+    V, stop = 40, 1
+    model = RecurrentLM(V, ModelConfig(cell=cell, hidden=24, embedding=12, layers=2)).eval()
+    with torch.no_grad():
+        model.embed.weight.mul_(3)  # livelier states: more varied recipes
+    rng = np.random.default_rng(0)
+    jobs = []
+    for k in range(11):
+        prompt = rng.integers(2, V, size=int(rng.integers(1, 9))).tolist()
+        u = None if temperature == 0 else rng.random(30, dtype=np.float32)
+        jobs.append(G.Job(k, prompt, u))
+    kw = dict(max_tokens=30, stop_id=stop, temperature=temperature, top_k=top_k, top_p=top_p, banned=[0])
+    bias = model.head.bias.data[stop].item()
+    for extra in np.arange(0.0, 3.0, 0.02):  # an end-of-recipe bias that gives both endings
+        model.head.bias.data[stop] = bias + extra
+        want = {j.key: reference_generate(model, j.prompt, j.uniforms, 30, stop, temperature, top_k, top_p, [0])
+                for j in jobs}
+        if len({s for _, s in want.values()}) == 2 and len({len(t) for t, _ in want.values()}) > 3:
+            break
+    else:
+        pytest.fail("no bias gives recipes of both endings and several lengths")
+    for bs in (1, 4, 16):
+        got = {}
+        for key, toks, stopped in G.generate_batched(model, iter(jobs), batch_size=bs, **kw):
+            assert key not in got
+            got[key] = (toks, stopped)
+        assert got == want, f"batch size {bs}"
+    got = {k: (t, s) for k, t, s in G.generate_batched(model, iter(jobs), batch_size=4, sync_every=5, **kw)}
+    assert got == want  # a host check every 5 steps (the GPU setting) changes nothing
+
+
+# ------------------------------------------------------------------------------------ the job
+
+
+def test_writes_recipes_index_and_summary(tmp_path):
+    cfg_path, cfg = prepared(tmp_path)
+    r = G.run_generate(cfg)
+    out = tmp_path / "scratch" / "tiny" / "generated" / "default"
+    assert r.out_dir == out and r.complete and r.written == 7 and r.skipped == 0 and r.checkpoint_step == 5
+    assert sorted(files_of(out)) == [f"recipe-{i:05d}.txt" for i in range(1, 8)]
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [rec["recipe"] for rec in index] == list(range(1, 8))
+    for rec in index:
+        text = (out / rec["file"]).read_text()
+        assert text.startswith("Title:") and "<eor>" not in text and "<unk>" not in text
+        assert rec["stopped"] in ("eor", "max_tokens") and 0 < rec["tokens"] <= 40
+        assert rec["checkpoint_step"] == 5 and rec["seed"] == 0 and rec["prompt_tokens"] == 2
+        assert set(rec["quality"]) >= {"structure", "coherence", "repeated_4grams", "longest_copy"}
+        assert rec["sampling"] == {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_tokens": 40}
+    assert {rec["stopped"] for rec in index} == {"eor", "max_tokens"}
+    s = json.loads((out / "summary.json").read_text())
+    assert s["num_recipes"] == 7 and s["checkpoint"]["step"] == 5 and s["generated"]["recipes"] == 7
+    real = s["real_test_sample"]
+    assert real["recipes"] == 5 and real["structure"] == 1.0 and real["coherence_mean"] == 1.0
+    assert G.generation_done(cfg)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_same_seed_same_files_across_batch_sizes_and_shards(tmp_path):
+    cfg_path, cfg = prepared(tmp_path)
+    G.run_generate(with_(cfg_path, "generate.name=a", "generate.batch_size=4"))
+    for s in range(3):
+        r = G.run_generate(with_(cfg_path, "generate.name=b", "generate.batch_size=1"), shard=s, num_shards=3)
+        assert r.assigned == len(range(s + 1, 8, 3)) and r.written == r.assigned
+        assert r.complete == (s == 2)  # the last shard to finish merges
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+    a, b = files_of(gen / "a"), files_of(gen / "b")
+    assert len(a) == 7 and a == b
+    assert (gen / "a" / "index.jsonl").read_bytes() == (gen / "b" / "index.jsonl").read_bytes()
+    assert sorted(p.name for p in (gen / "b").glob("index-*")) == [f"index-0000{k}-of-00003.jsonl" for k in (1, 2, 3)]
+    G.run_generate(with_(cfg_path, "generate.name=c", "generate.seed=1"))
+    c = files_of(gen / "c")
+    assert sum(c[k] != a[k] for k in a) >= 5  # another seed, other recipes
+
+
+def test_greedy_is_deterministic_and_topk_restricts(tmp_path):
+    cfg_path, cfg = prepared(tmp_path)
+    G.run_generate(with_(cfg_path, "generate.name=g1", "generate.temperature=0"))
+    G.run_generate(with_(cfg_path, "generate.name=g2", "generate.temperature=0", "generate.seed=9"))
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+    g1 = files_of(gen / "g1")
+    assert g1 == files_of(gen / "g2")  # greedy does not use the seed
+    assert len(set(g1.values())) == 1  # and every recipe from the same start is the same
+
+
+def test_killed_job_leaves_no_half_file_and_rerun_completes_identically(tmp_path, monkeypatch):
+    cfg_path, cfg = prepared(tmp_path)
+    G.run_generate(with_(cfg_path, "generate.name=ref"))
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+
+    real_write = G.atomic_write_text
+    calls = {"n": 0}
+
+    def dying_write(path, text):
+        calls["n"] += 1
+        if calls["n"] == 4:  # die in the middle of the fourth recipe's write
+            Path(path).parent.joinpath(f".{Path(path).name}.junk.tmp").write_text(text[:5])
+            raise KeyboardInterrupt
+        return real_write(path, text)
+
+    monkeypatch.setattr(G, "atomic_write_text", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        G.run_generate(with_(cfg_path, "generate.name=kill"))
+    monkeypatch.setattr(G, "atomic_write_text", real_write)
+    out = gen / "kill"
+    assert len(files_of(out)) == 3  # the three written before the kill, whole
+    assert not (out / "index.jsonl").exists() and not (out / "summary.json").exists()
+    assert not G.generation_done(with_(cfg_path, "generate.name=kill"))
+    # a torn last index line (killed in the middle of an append) is ignored and cut off
+    with open(out / "index-00001-of-00001.jsonl", "a") as f:
+        f.write('{"recipe": 4, "fil')
+    r = G.run_generate(with_(cfg_path, "generate.name=kill"))
+    assert r.skipped == 3 and r.written == 4 and r.complete
+    assert files_of(out) == files_of(gen / "ref")
+    assert (out / "index.jsonl").read_bytes() == (gen / "ref" / "index.jsonl").read_bytes()
+    lines = (out / "index-00001-of-00001.jsonl").read_text().splitlines()
+    assert len(lines) == 7 and all(json.loads(x) for x in lines)
+    # a recipe file lost from disk is written again (the index line alone does not count)
+    (out / "recipe-00002.txt").unlink()
+    r = G.run_generate(with_(cfg_path, "generate.name=kill"))
+    assert r.written == 1 and files_of(out) == files_of(gen / "ref")
+    r = G.run_generate(with_(cfg_path, "generate.name=kill"))
+    assert r.written == 0 and r.skipped == 7 and r.complete
+
+
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
+    """A real process killed with SIGKILL while writing: no half file, and the rerun completes the set
+    exactly as an uninterrupted run writes it."""
+    cfg_path, cfg = prepared(tmp_path, generate={"num_recipes": 400, "batch_size": 2, "max_tokens": 40,
+                                                 "quality_sample": 0})
+    out = tmp_path / "scratch" / "tiny" / "generated" / "default"
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "hpcrnn.generate", str(cfg_path)], cwd=ROOT,
+                         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("recipe-*.txt"))) < 20 and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, p.stderr.read().decode()[-2000:]  # killed, not finished
+    before = files_of(out)
+    assert 0 < len(before) < 400
+    for name, data in before.items():  # every file present is whole: it ends its last line
+        assert data.endswith(b"\n")
+    r = G.run_generate(cfg)
+    assert r.complete and r.skipped >= len(before) - 1 and r.written + r.skipped == 400
+    G.run_generate(with_(cfg_path, "generate.name=ref"))
+    assert files_of(out) == files_of(out.parent / "ref")
+
+
+def test_concurrent_shard_processes(tmp_path):
+    """Three shard tasks at once (as a job array runs them): disjoint recipes, one complete index."""
+    cfg_path, cfg = prepared(tmp_path, generate={"num_recipes": 12})
+    procs = [subprocess.Popen([sys.executable, "-m", "hpcrnn.generate", str(cfg_path), "--shard", str(s),
+                               "--num-shards", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+             for s in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    out = tmp_path / "scratch" / "tiny" / "generated" / "default"
+    shard_sets = [{json.loads(x)["recipe"] for x in (out / f"index-0000{s}-of-00003.jsonl").read_text().splitlines()}
+                  for s in (1, 2, 3)]
+    assert shard_sets == [set(range(s, 13, 3)) for s in (1, 2, 3)]
+    assert G.generation_done(cfg)  # whichever finished last merged (or several did, with the same bytes)
+    G.run_generate(with_(cfg_path, "generate.name=one"))
+    assert files_of(out) == files_of(out.parent / "one")
+    assert (out / "index.jsonl").read_bytes() == (out.parent / "one" / "index.jsonl").read_bytes()
+
+
+def test_prompts(tmp_path):
+    cfg_path, cfg = prepared(tmp_path)
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+    G.run_generate(with_(cfg_path, "generate.name=title", "generate.prompt=apple pie"))
+    for text in files_of(gen / "title").values():
+        assert text.decode().startswith("Title: Apple Pie\n")
+    G.run_generate(with_(cfg_path, "generate.name=text", "generate.prompt=Title: fig jam\nCategories: soups"))
+    for text in files_of(gen / "text").values():
+        assert text.decode().startswith("Title: Fig Jam\nCategories: Soups")
+    cfg_r = with_(cfg_path, "generate.name=random", "generate.prompt=random")
+    G.run_generate(cfg_r)
+    from hpcrnn.corpus import open_corpus
+
+    c = open_corpus(cfg.h5_path)
+    lo, hi = c.split_ranges["test"]
+    test_text = G.CorpusView.open(cfg.h5_path)
+    for rec in map(json.loads, (gen / "random" / "index.jsonl").read_text().splitlines()):
+        assert rec["prompt_tokens"] == 12  # data.window
+        job, hidden = G.make_job(rec["recipe"], cfg_r, test_text, G.plan_prompt(cfg_r, test_text))
+        assert hidden == 0
+        assert any((c.tokens()[lo + k:lo + k + 12] == job.prompt).all() for k in range(hi - lo - 11))
+
+
+def test_generation_done_and_changed_settings(tmp_path):
+    cfg_path, cfg = prepared(tmp_path)
+    assert not G.generation_done(cfg)
+    G.run_generate(cfg)
+    assert G.generation_done(cfg)
+    assert not G.generation_done(with_(cfg_path, "generate.temperature=1.0"))
+    assert not G.generation_done(with_(cfg_path, "generate.num_recipes=9"))
+    with pytest.raises(InputError, match="other settings.*generate.temperature=0.8"):
+        G.run_generate(with_(cfg_path, "generate.temperature=1.0"))
+    r = G.run_generate(with_(cfg_path, "generate.num_recipes=9"))  # more recipes: only the new ones
+    assert r.written == 2 and r.skipped == 7 and r.complete
+    # a newer checkpoint: the recipes here belong to step 5; continuing needs generate.checkpoint=5
+    nine = with_(cfg_path, "generate.num_recipes=9")
+    assert G.generation_done(nine)
+    save_random_checkpoint(cfg, step=9, seed=3)
+    assert not G.generation_done(nine)
+    with pytest.raises(InputError, match="checkpoint step 5.*generate.checkpoint=5"):
+        G.run_generate(nine)
+    assert G.generation_done(with_(cfg_path, "generate.num_recipes=9", "generate.checkpoint=5"))
+    r = G.run_generate(with_(cfg_path, "generate.name=new"))
+    assert r.checkpoint_step == 9
+
+
+def one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_bad_input_one_line_errors(tmp_path):
+    cfg_path, cfg = prepared(tmp_path, checkpoint=False)
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+    one_line_error(run_module("hpcrnn.generate", str(cfg_path)), "no complete checkpoint")
+    save_random_checkpoint(cfg, vocab_hash="f" * 64)
+    one_line_error(run_module("hpcrnn.generate", str(cfg_path)), "vocabulary", "does not match", "ffffffffffff")
+    ckpt_dir = cfg.checkpoint_dir
+    import shutil
+
+    shutil.rmtree(ckpt_dir)
+    save_random_checkpoint(cfg)
+    one_line_error(run_module("hpcrnn.generate", str(cfg_path), "generate.prompt=zzqx qqxz"),
+                   "generate.prompt", "unknown")
+    for bad in ("0", "1.5", "-0.1"):
+        one_line_error(run_module("hpcrnn.generate", str(cfg_path), f"generate.top_p={bad}"), "generate.top_p")
+    one_line_error(run_module("hpcrnn.generate", str(cfg_path), "--shard", "3", "--num-shards", "3"), "shard")
+    one_line_error(run_module("hpcrnn.generate", str(cfg_path), "generate.checkpoint=77"), "step-00000077")
+    assert not gen.exists()  # nothing written by any refused run
+    with pytest.raises(ConfigError):
+        G.run_generate(cfg, shard=-1, num_shards=2)
+    r = run_module("hpcrnn.generate", str(cfg_path))
+    assert r.returncode == 0, r.stderr
+    assert "tokens/s" in r.stdout
+
+
+def test_end_to_end_preprocess_train_generate(tmp_path):
+    """The real pipeline on a tiny corpus: the trained model learns the layout well enough that most
+    recipes have a title, ingredients and instructions."""
+    cfg_path = write_config(tmp_path, train={"max_steps": 300, "batch_size": 16, "lr": 0.02,
+                                             "checkpoint_every": 300, "eval_every": 300},
+                            model={"hidden": 64, "embedding": 32},
+                            generate={"num_recipes": 12, "batch_size": 6, "max_tokens": 120,
+                                      "temperature": 0.5})
+    for stage in ("preprocess", "train", "generate"):
+        r = run_module(f"hpcrnn.{stage}", str(cfg_path))
+        assert r.returncode == 0, (stage, r.stderr[-2000:])
+    out = tmp_path / "scratch" / "tiny" / "generated" / "default"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["checkpoint"]["step"] == 300
+    g = s["generated"]
+    assert g["recipes"] == 12 and g["stopped_at_end_of_recipe"] >= 0.5
+    assert g["structure"] >= 0.5 and g["has_title"] == 1.0
+    assert G.generation_done(load_config(cfg_path))
