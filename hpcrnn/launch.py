@@ -163,7 +163,7 @@ class TrainJob(StageJob, Checkpointable):
         _SUBMITIT_HANDLER = _submitit_usr_handler()
         env = _job_env()
         rank = env.global_rank if env is not None else 0
-        requeues = 0
+        restarts, last_step = 0, None
         while True:
             result = run_train(self.cfg)
             if result.status == "done":
@@ -175,13 +175,14 @@ class TrainJob(StageJob, Checkpointable):
             # "requeue": the checkpoint of this step is complete on every rank
             handler = _submitit_usr_handler(_SUBMITIT_HANDLER)
             if handler is None:
-                # in-process (--cluster debug): no scheduler to requeue us, so "requeue" is a restart here,
-                # within the same timeout budget submitit would allow
-                requeues += 1
-                _record_requeue(self.cfg, "timed-out", job_id="debug", restart_count=requeues - 1)
-                if requeues > self.cfg.slurm.max_num_timeout:
-                    raise StageStopped(f"training of {self.cfg.run.name} asked to be requeued more than "
-                                       f"slurm.max_num_timeout={self.cfg.slurm.max_num_timeout} times")
+                # in this process (--cluster debug) there is no scheduler: "requeue" means resume right here.
+                # Each round must make progress (a time budget too small for one step would loop forever).
+                if result.step == last_step:
+                    raise StageStopped(f"training of {self.cfg.run.name} asked to be requeued twice at step "
+                                       f"{result.step} without progress (train.time_limit too small?)")
+                _record_requeue(self.cfg, _trainer_stop_reason(self.cfg), job_id="in-process",
+                                restart_count=restarts)
+                restarts, last_step = restarts + 1, result.step
                 continue
             if rank != 0:
                 # submitit requeues from rank 0 only. Leaving now could make srun end the job before rank 0
@@ -211,6 +212,14 @@ class TrainJob(StageJob, Checkpointable):
                         restart_count=int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
                         requeued=countdown >= 0)
         return DelayedSubmission(self, *args, **kwargs)
+
+
+def _trainer_stop_reason(cfg: Config) -> str:
+    """Without submitit's clock: the trainer's own time budget is a timeout, a signal a preemption."""
+    from hpcrnn.status import read_metrics
+
+    stops = [r for r in read_metrics(cfg.metrics_path) if r.get("event") == "stop"]
+    return "timed-out" if stops and stops[-1].get("reason") == "time_limit" else "preempted"
 
 
 def _record_requeue(cfg: Config, reason: str, job_id: Any, restart_count: int, requeued: bool = True) -> None:
@@ -306,12 +315,14 @@ def _training_complete(cfg: Config) -> bool:
     return not old.get("max_steps") and old.get("epochs") == t.epochs and old.get("batch_size") == t.batch_size
 
 
-def stage_complete(cfg: Config, stage: str) -> tuple[bool, str]:
-    """(complete, what) from the run directory alone."""
+def stage_complete(cfg: Config, stage: str, strict: bool = False) -> tuple[bool, str]:
+    """(complete, what) from the run directory alone. ``strict``: an unreadable input raises instead."""
     if stage == "preprocess":
         try:
             ok = _corpus_current(cfg)
         except HpcrnnError as e:  # e.g. the corpus file is gone: not current, and say why
+            if strict:
+                raise
             return False, str(e)
         return ok, (f"{cfg.h5_path} matches its inputs and settings" if ok else f"{cfg.h5_path} missing or stale")
     if stage == "train":
@@ -329,7 +340,8 @@ def plan_stages(cfg: Config, stages: list[str]) -> list[StagePlan]:
     for stage in STAGES:
         if stage not in stages:
             continue
-        done, what = stage_complete(cfg, stage)
+        # strict: a missing corpus fails the launch now, not a queued job an hour later
+        done, what = stage_complete(cfg, stage, strict=True)
         if done and not upstream_runs:
             plans.append(StagePlan(stage, False, f"skipped: {what}"))
         else:
@@ -570,6 +582,16 @@ def launch(cfg: Config, cluster: str = "auto", stages: Optional[list[str]] = Non
     """Check, plan and run (local, debug) or submit (slurm) the pipeline of ``cfg``."""
     cluster = resolve_cluster(cluster)
     stages = list(stages or STAGES)
+    if cluster != "debug":
+        from submitit.core.job_environment import JobEnvironment
+
+        want = "SIG" + JobEnvironment.USR_SIG
+        if cfg.train.stop_signal != want:
+            # submitit asks Slurm for its own signal before the time limit and handles it itself: with
+            # another stop signal the trainer would be requeued without its checkpoint
+            raise ConfigError(f"{cfg.source}: train.stop_signal: {cfg.train.stop_signal} differs from submitit's "
+                              f"preemption signal {want}; use {want} (or export SUBMITIT_PREEMPT_SIGNAL="
+                              f"{cfg.train.stop_signal[3:]} before launching)")
     check_compatible_run(cfg)
     if cluster == "slurm":
         check_not_in_flight(cfg)
@@ -686,7 +708,7 @@ def _run_local_stage(cfg: Config, stage: str) -> tuple[list, dict]:
                 tail.pump()
                 time.sleep(0.5)
             tail.pump()
-            results.append(job.result())
+            results.append(job.results()[0])  # rank 0 speaks for the job
         except KeyboardInterrupt:
             job.cancel()
             raise
