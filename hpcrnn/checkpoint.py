@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from hpcrnn.errors import InputError
 from hpcrnn.fsutil import atomic_write_text, fsync_dir
 
 MARKER = "COMPLETE"
+_SLOW = float(os.environ.get("HPCRNN_FAULT_SLOW_CHECKPOINT", "0") or 0)
 FILES = ("model.pt", "train_state.pt", "meta.json")
 _NAME = re.compile(r"^step-(\d{8,})$")
 
@@ -73,6 +75,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: d
     try:
         tmp.mkdir()
         torch.save(model_state, tmp / "model.pt")
+        if _SLOW:  # fault-injection point: widen the window in which a kill lands mid-write (tests)
+            time.sleep(_SLOW)
         torch.save(train_state, tmp / "train_state.pt")
         meta = dict(meta)
         meta["step"] = step
@@ -155,8 +159,14 @@ def latest(ckpt_dir: Path) -> CheckpointInfo | None:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
+    complete = list_complete(ckpt_dir, check=False, warn=False)
+    newest = complete[-1].step if complete else -1
+    for p in sorted(ckpt_dir.iterdir()):
+        m = _NAME.match(p.name)
+        if m and int(m.group(1)) > newest and not (p / MARKER).is_file():
+            _warn(f"skipping incomplete checkpoint {p}: no completion marker")
     # verify newest first, so a long history costs one checksum pass, not one per checkpoint
-    for c in reversed(list_complete(ckpt_dir, check=False, warn=False)):
+    for c in reversed(complete):
         why = verify(c.path)
         if why is None:
             return c
@@ -186,6 +196,20 @@ def load_model_state(c: CheckpointInfo, map_location: Any = "cpu") -> dict:
 def load_train_state(c: CheckpointInfo) -> dict:
     # our own file, holding numpy/python RNG states: not weights_only
     return torch.load(c.path / "train_state.pt", map_location="cpu", weights_only=False)
+
+
+def open_latest(ckpt_dir: Path, which: str | None = None, device: Any = "cpu", tries: int = 5):
+    """``resolve`` + ``load_model`` for a reader running beside a trainer: if the checkpoint it picked is
+    deleted by the trainer's retention before it is read, pick again. Returns (info, model, meta)."""
+    for attempt in range(tries):
+        c = resolve(Path(ckpt_dir), which)
+        try:
+            model, meta = load_model(c, device)
+            return c, model, meta
+        except FileNotFoundError:
+            if which or attempt == tries - 1:
+                raise InputError(f"{c.path}: checkpoint vanished while being read") from None
+    raise AssertionError("unreachable")
 
 
 def load_model(c: CheckpointInfo, device: Any = "cpu"):

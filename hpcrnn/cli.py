@@ -14,7 +14,7 @@ from typing import Callable
 from hpcrnn.errors import EXIT_ERROR, EXIT_OK, HpcrnnError
 
 EPILOG = """exit statuses: 0 done; 1 internal error; 2 usage/config/input error;
-3 training diverged (non-finite loss); 75 checkpointed, requeue me; 76 checkpointed, stopped.
+3 training diverged (non-finite loss); 4 disk full or I/O error (nothing complete lost); 75 checkpointed, requeue me; 76 checkpointed, stopped.
 Relative paths in a config resolve against the current directory; the resolved copy in the run
 directory holds absolute paths."""
 

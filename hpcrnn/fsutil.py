@@ -48,8 +48,21 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line (never rewrites earlier lines)."""
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
+    """Append one JSON line with a single write (never rewrites earlier lines). If the write fails (disk
+    full), the partial line is cut off again so the file stays one valid object per line."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            n = os.write(fd, line)
+            if n != len(line):
+                raise OSError(28, "short write (No space left on device?)")
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)

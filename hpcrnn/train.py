@@ -6,9 +6,15 @@ handler sets a flag, and at the next step boundary all ranks agree (an all-reduc
 at the same step and rank 0 writes one complete checkpoint.
 
 Exit statuses (hpcrnn/errors.py): 0 done; 75 checkpointed on the stop signal or the time limit, requeue
-me; 76 checkpointed on SIGTERM, stopped (a cancelled job must not come back); 3 non-finite loss.
+me; 76 checkpointed on SIGTERM, stopped (a cancelled job must not come back); 3 non-finite loss;
+4 an output could not be written (disk full): the previous checkpoint is intact.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # catch stop signals from the first moment, before the slow imports below
+    from hpcrnn.stopflag import FLAG as _EARLY
+
+    _EARLY.install()
 
 import math
 import os
@@ -27,12 +33,11 @@ from hpcrnn import checkpoint as ckpt
 from hpcrnn import distributed as D
 from hpcrnn.config import Config
 from hpcrnn.data import WindowBatches, batch_iterator
-from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError
+from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, StorageError
 from hpcrnn.fsutil import append_jsonl
 from hpcrnn.model import build_model, count_parameters
+from hpcrnn.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 
-# stop codes agreed between ranks by all-reduce MAX: a SIGTERM (stopped) wins over a requeue
-NO_STOP, STOP_REQUEUE, STOP_STOPPED = 0, 1, 2
 
 
 @dataclass
@@ -42,30 +47,6 @@ class TrainResult:
     exit_code: int
     checkpoint: Path | None = None
     final: dict = field(default_factory=dict)  # final val/test metrics when done
-
-
-class StopFlag:
-    """Signal handlers that only record which stop was asked for."""
-
-    def __init__(self, stop_signal: str):
-        self.code, self.reason = NO_STOP, ""
-        self._old = {}
-        self._sigs = {getattr(signal, stop_signal): STOP_REQUEUE, signal.SIGTERM: STOP_STOPPED}
-
-    def _handle(self, signum, _frame):
-        code = self._sigs[signum]
-        if code >= self.code:
-            self.code, self.reason = code, signal.Signals(signum).name
-
-    def install(self):
-        for s in self._sigs:
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def restore(self):
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old.clear()
 
 
 def total_steps(cfg: Config, batches_per_epoch: int) -> int:
@@ -229,7 +210,7 @@ def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
     from hpcrnn.corpus import open_corpus
 
     t = cfg.train
-    flag = StopFlag(t.stop_signal).install()  # early: a signal during set-up still ends in a checkpoint
+    flag = FLAG.install(t.stop_signal)  # early: a signal during set-up still ends in a checkpoint
     info = D.init_distributed(t.device)
     lock = None
     try:
@@ -240,6 +221,7 @@ def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
         return _train(cfg, info, flag, stop_at_step, open_corpus, lock)
     finally:
         flag.restore()
+        flag.code, flag.reason = 0, ""  # the process-wide flag is spent with this run
         if lock:
             lock.release()
         D.shutdown()
@@ -318,7 +300,7 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, open_cor
 
     def save(step: int, done: bool = False, val: dict | None = None, final: dict | None = None) -> Path:
         rngs = D.all_gather_object(rng_state())
-        path = None
+        path, failed = None, None
         if info.is_main:
             epoch, pos = batches.position(step)
             train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -328,15 +310,28 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, open_cor
                     "time": time.time(), "world_size": info.world_size, "vocab_hash": corpus.vocab_hash,
                     "vocab_size": len(corpus.vocab), "val_loss": val["loss"] if val else None,
                     "config": cfg.to_dict(), "final": final or {}, "hpcrnn_version": _version()}
-            path = ckpt.save_checkpoint(cfg.checkpoint_dir, step, model.state_dict(), train_state, meta)
-            ckpt.retain(cfg.checkpoint_dir, t.keep_last)
-        D.barrier()
+            try:
+                path = ckpt.save_checkpoint(cfg.checkpoint_dir, step, model.state_dict(), train_state, meta)
+                ckpt.retain(cfg.checkpoint_dir, t.keep_last)
+            except OSError as e:
+                failed = e
+        # every rank learns whether rank 0's write worked, so none waits forever for a dead peer
+        ok = torch.tensor([0.0 if (info.is_main and failed) else 1.0])
+        D.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if ok.item() < 1:
+            prev = ckpt.latest(cfg.checkpoint_dir)
+            why = f"{failed.strerror or failed}" if info.is_main else "rank 0 could not write it"
+            raise StorageError(f"{cfg.checkpoint_dir}: cannot write checkpoint {ckpt.step_dir_name(step)}: {why}; "
+                               f"the previous checkpoint {prev.path if prev else '(none)'} is intact")
         return path
 
     def record(**rec) -> None:
         if info.is_main:
             rec.setdefault("time", time.time())
-            append_jsonl(cfg.metrics_path, rec)
+            try:
+                append_jsonl(cfg.metrics_path, rec)
+            except OSError as e:
+                raise StorageError(f"{cfg.metrics_path}: cannot append metrics: {e.strerror or e}") from None
             lock.heartbeat()  # the run lock's proof of life for readers on other nodes
 
     # ---- the loop: every iteration boundary is a safe point to stop
@@ -351,9 +346,11 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, open_cor
         # agree on stopping: the flag of any rank (or the time budget) stops all of them here
         code = flag.code
         if stop_at_step is not None and step >= stop_at_step:
-            code = max(code, STOP_REQUEUE)
+            flag.request(STOP_REQUEUE, "stop_at_step")
+            code = flag.code
         if t.time_limit and time.time() - t0 + 2 * step_time + ckpt_time + 5 >= t.time_limit:
-            code, flag.reason = max(code, STOP_REQUEUE), flag.reason or "time_limit"
+            flag.request(STOP_REQUEUE, "time_limit")
+            code = flag.code
         stop_vec[0], stop_vec[1] = code, 0.0 if loss is None or torch.isfinite(loss) else 1.0
         if info.distributed:
             D.all_reduce(stop_vec, op=torch.distributed.ReduceOp.MAX)
