@@ -18,6 +18,7 @@ deleted silently.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -35,7 +36,6 @@ from hpcrnn.fsutil import atomic_write_text, fsync_dir
 
 MARKER = "COMPLETE"
 _SLOW = float(os.environ.get("HPCRNN_FAULT_SLOW_CHECKPOINT", "0") or 0)
-FILES = ("model.pt", "train_state.pt", "meta.json")
 _NAME = re.compile(r"^step-(\d{8,})$")
 
 
@@ -58,11 +58,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: dict, meta: dict) -> Path:
     """Write a complete checkpoint for ``step`` and return its folder. Raises OSError (e.g. disk full)
     with nothing left under the final name."""
@@ -74,17 +69,26 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: d
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-        torch.save(model_state, tmp / "model.pt")
-        if _SLOW:  # fault-injection point: widen the window in which a kill lands mid-write (tests)
-            time.sleep(_SLOW)
-        torch.save(train_state, tmp / "train_state.pt")
         meta = dict(meta)
-        meta["step"] = step
-        meta["files"] = {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
-                         for n in ("model.pt", "train_state.pt")}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for n in FILES:
-            _fsync_file(tmp / n)
+        meta["step"], meta["files"] = step, {}
+        # serialise in memory, then write with plain file I/O: a full disk then raises OSError(ENOSPC)
+        # (torch.save straight to a file reports it as an opaque RuntimeError), and the checksum comes
+        # from the bytes we wrote rather than from reading them back
+        for name, obj in (("model.pt", model_state), ("train_state.pt", train_state)):
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            data = buf.getbuffer()
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            meta["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            if _SLOW:  # fault-injection point: widen the window in which a kill lands mid-write (tests)
+                time.sleep(_SLOW)
+        with open(tmp / "meta.json", "w") as f:
+            f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         fsync_dir(tmp)
         if final.exists():  # an unmarked leftover of a killed writer, or a re-save of the same step
             shutil.rmtree(final)
@@ -155,22 +159,18 @@ def list_complete(ckpt_dir: Path, check: bool = False, warn: bool = True) -> lis
 
 
 def latest(ckpt_dir: Path) -> CheckpointInfo | None:
-    """The newest complete checkpoint that verifies, or None."""
+    """The newest complete checkpoint that verifies, or None. Newer folders that are incomplete or
+    corrupt are reported in one line each and skipped (left on disk)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    complete = list_complete(ckpt_dir, check=False, warn=False)
-    newest = complete[-1].step if complete else -1
-    for p in sorted(ckpt_dir.iterdir()):
-        m = _NAME.match(p.name)
-        if m and int(m.group(1)) > newest and not (p / MARKER).is_file():
-            _warn(f"skipping incomplete checkpoint {p}: no completion marker")
-    # verify newest first, so a long history costs one checksum pass, not one per checkpoint
-    for c in reversed(complete):
-        why = verify(c.path)
+    folders = sorted((p for p in ckpt_dir.iterdir() if _NAME.match(p.name)), reverse=True)
+    for p in folders:  # newest first: a long history costs one checksum pass, not one per checkpoint
+        why = verify(p)
         if why is None:
-            return c
-        _warn(f"skipping corrupt checkpoint {c.path}: {why}")
+            return CheckpointInfo(int(_NAME.match(p.name).group(1)), p, json.loads((p / "meta.json").read_text()))
+        kind = "incomplete" if why == "no completion marker" else "corrupt"
+        _warn(f"skipping {kind} checkpoint {p}: {why}")
     return None
 
 
