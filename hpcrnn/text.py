@@ -35,6 +35,7 @@ UNK = "<unk>"  # a word below data.min_count (data.rare: unk), or unknown to the
 EOR = "<eor>"  # end of recipe/document: closes every document (recipe and char tokenizers)
 EOS = "<eos>"  # end of sentence/line (whitespace tokenizer)
 NL = "\n"  # the newline token of the recipe tokenizer: one per newline
+TAB = "\t"  # a column break of a MasterCook/MealMaster ingredient table (recipe tokenizer, keep_tabs)
 SPECIALS = (UNK, EOR, EOS)
 
 TOKENIZERS = ("recipe", "whitespace", "char")
@@ -48,12 +49,18 @@ _REPEATABLE = "-.*=~_#+!?─═━│║░▒▓■"
 _REPEAT_ALT = "|".join(re.escape(c) + "+" for c in _REPEATABLE)
 # Words first: they are the most frequent match, and the alternation is tried left to right.
 _RECIPE_RE = re.compile(r"[^\W_]+|\n|" + _REPEAT_ALT + r"|[^\w\s]")
+_RECIPE_TAB_RE = re.compile(r"[^\W_]+|\n|\t|" + _REPEAT_ALT + r"|[^\w\s]")
 
 
-def tokenize(text: str, tokenizer: str = "recipe") -> list[str]:
-    """Tokenize one document's text, without the closing EOR."""
+def tokenize(text: str, tokenizer: str = "recipe", keep_tabs: bool = False) -> list[str]:
+    """Tokenize one document's text, without the closing EOR.
+
+    ``keep_tabs`` (recipe tokenizer): each tab is a ``TAB`` token, as newlines are. The corpus builder
+    sets it for MasterCook/MealMaster documents, whose ingredient tables it has rewritten with one tab
+    between columns, so the table structure survives (the lecture dropped the formatting spaces, which
+    dominated its fit; a tab a column costs three tokens a line)."""
     if tokenizer == "recipe":
-        return _RECIPE_RE.findall(text.lower())
+        return (_RECIPE_TAB_RE if keep_tabs else _RECIPE_RE).findall(text.lower())
     if tokenizer == "whitespace":
         out: list[str] = []
         lines = text.split("\n")
@@ -77,9 +84,11 @@ _ASCII_REPEATABLE = re.escape("".join(c for c in _REPEATABLE if c.isascii())).en
 # single punctuation before the runs: most punctuation then matches without trying a dozen run branches
 _RECIPE_RE_BYTES = re.compile(rb"[a-z0-9]+|[^a-z0-9\s" + _ASCII_REPEATABLE + rb"]|\n|"
                               + _ASCII_REPEAT_ALT.encode())
+_RECIPE_TAB_RE_BYTES = re.compile(rb"[a-z0-9]+|[^a-z0-9\s" + _ASCII_REPEATABLE + rb"]|\n|\t|"
+                                  + _ASCII_REPEAT_ALT.encode())
 
 
-def tokenize_documents_bytes(texts: list[str], tokenizer: str = "recipe") -> list[bytes]:
+def tokenize_documents_bytes(texts: list[str], tokenizer: str = "recipe", keep_tabs: bool = False) -> list[bytes]:
     """Tokens of several documents as UTF-8 bytes, each document followed by ``DOC_SEP``.
 
     The same tokens as ``tokenize`` for text without control characters; used by the corpus builder,
@@ -92,11 +101,13 @@ def tokenize_documents_bytes(texts: list[str], tokenizer: str = "recipe") -> lis
             out.append(DOC_SEP)
         return out
     run: list[str] = []
+    pat_bytes = _RECIPE_TAB_RE_BYTES if keep_tabs else _RECIPE_RE_BYTES
+    pat = _RECIPE_TAB_RE if keep_tabs else _RECIPE_RE
 
     def flush_run() -> None:
         if run:
             joined = ("\x02".join(run) + "\x02").encode("ascii").lower()
-            out.extend(_RECIPE_RE_BYTES.findall(joined))
+            out.extend(pat_bytes.findall(joined))
             run.clear()
 
     for t in texts:
@@ -104,7 +115,7 @@ def tokenize_documents_bytes(texts: list[str], tokenizer: str = "recipe") -> lis
             run.append(t)
         else:
             flush_run()
-            out.extend(w.encode("utf-8") for w in _RECIPE_RE.findall(t.lower()))
+            out.extend(w.encode("utf-8") for w in pat.findall(t.lower()))
             out.append(DOC_SEP)
     flush_run()
     return out
@@ -136,7 +147,21 @@ def _is_num(t: str) -> bool:
 
 
 def _join_line(toks: list[str], state: dict) -> str:
-    """Join the tokens of one line, reattaching punctuation (see the module docstring)."""
+    """Join the tokens of one line, reattaching punctuation; ``TAB`` tokens separate table cells."""
+    if TAB in toks:
+        cells, cur = [], []
+        for t in toks:
+            if t == TAB:
+                cells.append(cur)
+                cur = []
+            else:
+                cur.append(t)
+        cells.append(cur)
+        return "\t".join(_join_cell(c, state) for c in cells)
+    return _join_cell(toks, state)
+
+
+def _join_cell(toks: list[str], state: dict) -> str:
     out: list[str] = []
     glue = True  # no space before the first token of a line
     n = len(toks)
@@ -219,8 +244,135 @@ _AMOUNT_UNIT = re.compile(r"^([\d/ .½¼¾-]*\s*)((?:" + "|".join(sorted((re.esc
                           + r")\s+)?(?=[^\W\d_])", re.I)
 
 
+_MM_BANNER_RE = re.compile(r"\s*(?:mmmmm|-----)-*\s*recipe via meal\s*-\s*master", re.I)
+_MC_BANNER_RE = re.compile(r"\s*\*\s*exported from mastercook\s*\*", re.I)
+_TABLE_HEAD_RE = re.compile(r"amount\tmeasure\tingredient", re.I)
+
+
+def _layout_of(lines: list[str]) -> str:
+    """The file layout a (lower-cased) document came from: ``mealmaster``, ``mastercook-export`` (the
+    ``* Exported from MasterCook *`` text export), ``mastercook`` (the lecture's tab table) or ``plain``."""
+    first = next((x for x in lines if x.strip()), "")
+    if _MM_BANNER_RE.match(first):
+        return "mealmaster"
+    if _MC_BANNER_RE.match(first):
+        return "mastercook-export"
+    if any(_TABLE_HEAD_RE.match(x) for x in lines[:40]):
+        return "mastercook"
+    return "plain"
+
+
+def _capitalize_structured(lines: list[str], layout: str) -> list[str]:
+    """Capitals for MealMaster/MasterCook documents: banner, title, header keys, table, sentences."""
+    out = list(lines)
+    title_done = False
+    in_table = False
+    cap_next = True
+    for j, line in enumerate(out):
+        s = line.strip()
+        if not s:
+            cap_next = True
+            continue
+        if _MM_BANNER_RE.match(line):
+            out[j] = "MMMMM----- Recipe via Meal-Master (tm)"
+            continue
+        if _MC_BANNER_RE.match(line):
+            out[j] = "* Exported from MasterCook *"
+            continue
+        if s.lower() == "mmmmm" or _SECTION.match(s):
+            out[j] = line.upper()
+            continue
+        m = _HEADER.match(s)
+        if m:
+            key, _, rest = m.groups()
+            if key.lower() == "title":
+                rest = _capwords(rest)
+            elif key.lower() == "categories":
+                rest = ", ".join(_cap_first(p.strip()) for p in rest.split(","))
+            else:
+                rest = _cap_first(rest)
+            out[j] = key.capitalize() + ": " + rest
+            title_done = title_done or key.lower() == "title"
+            continue
+        if "\t" in line:
+            cells = line.split("\t")
+            if _TABLE_HEAD_RE.match(line):
+                out[j] = "\t".join(_capwords(c) for c in cells)
+                in_table = True
+            elif layout == "mealmaster" and len(cells) >= 3:
+                cells[2] = _cap_first(cells[2])  # MealMaster capitalizes ingredient names
+                out[j] = "\t".join(cells)
+            continue
+        if not title_done and layout != "mealmaster":
+            out[j] = _capwords(line)  # a MasterCook recipe's first line is its title
+            title_done = True
+            continue
+        if re.match(r"\s*[^\W\d_][\w ]*\s*:", line) and layout == "mastercook-export":
+            out[j] = _cap_first(line)  # "Recipe By : ..." header lines
+            continue
+
+        def fix(m: re.Match) -> str:
+            nonlocal cap_next
+            w = m.group(0)
+            if w in (".", "!", "?"):
+                cap_next = True
+                return w
+            if cap_next and w[0].isalpha():
+                w = w[0].upper() + w[1:]
+            if w == "i":
+                w = "I"
+            cap_next = False
+            return w
+
+        out[j] = re.sub(r"[^\W_]+|[.!?](?=\s|$)", fix, line)
+    return [line.replace("<Unk>", UNK).replace("<UNK>", UNK) for line in out]
+
+
+def _render_layout(lines: list[str], layout: str) -> list[str]:
+    """Re-create the columns of the source layout from tab-separated rows: MealMaster's fixed columns
+    (amount right-aligned in 7, unit in 2, header keys right-aligned, directions indented by two) and the
+    MasterCook text export's (amount, measure at column 12, ingredient at 24); the lecture's MasterCook
+    file has tab-separated columns, which the rows already are."""
+    if layout == "mealmaster":
+        out = []
+        for line in lines:
+            m = _HEADER.match(line.strip())
+            if "\t" in line:
+                c = line.split("\t") + ["", ""]
+                out.append(f"{c[0]:>7} {c[1]:<2} {c[2]}".rstrip())
+            elif m:
+                out.append(f"{m.group(1):>11}: {m.group(3)}")
+            elif not line.strip() or line.startswith("MMMMM"):
+                out.append(line)
+            else:
+                out.append("  " + line)
+        return out
+    if layout == "mastercook-export":
+        out = []
+        title_done = False
+        for line in lines:
+            if "\t" in line:
+                c = line.split("\t") + ["", ""]
+                if _TABLE_HEAD_RE.match(line):
+                    out.append(f"  {c[0]:<8}{c[1]:<14}{c[2]}".rstrip())
+                elif re.fullmatch(r"[-\t]+", line):
+                    out.append("--------  ------------  --------------------------------")
+                else:
+                    out.append(f"{c[0]:>6}{'':6}{c[1]:<12}{c[2]}".rstrip())
+            elif not title_done and line.strip() and not _MC_BANNER_RE.match(line):
+                out.append(" " * 25 + line)
+                title_done = True
+            else:
+                out.append(line)
+        return out
+    return lines
+
+
 def _capitalize_document(lines: list[str]) -> list[str]:
     """Sensible capitals for a lower-cased recipe: header keys, the title, ingredient names, sentences."""
+    layout = _layout_of(lines)
+    if layout != "plain":
+        return _capitalize_structured(lines, layout)
     out = list(lines)
     i = 0
     while i < len(out) and _HEADER.match(out[i]):
@@ -299,13 +451,16 @@ def ingredient_block(lines) -> tuple[int, int]:
     return first, first + text.count("\n", pos, end_pos)
 
 
-def detokenize(tokens: list[str], tokenizer: str = "recipe", capitalize: bool = True) -> str:
+def detokenize(tokens: list[str], tokenizer: str = "recipe", capitalize: bool = True, layout: bool = True) -> str:
     """Turn a token stream back into readable text.
 
     ``EOR`` ends a document (documents are separated by a blank line), ``EOS`` ends a line of the
     whitespace tokenizer, ``UNK`` is written as ``<unk>`` (the replacement character ``\\ufffd`` for the
     char tokenizer). For ``recipe`` streams punctuation is reattached, lines restored and, with
     ``capitalize``, header keys, titles, ingredient names and sentence starts get their capitals back.
+    ``TAB`` tokens (MasterCook/MealMaster tables) separate columns; with ``layout``, a document that opens
+    like a MealMaster recipe or a MasterCook text export is set in that file's fixed columns again (the
+    layout is read from the tokens themselves, so callers need not know the corpus format).
     """
     if tokenizer == "char":
         parts = []
@@ -360,6 +515,8 @@ def detokenize(tokens: list[str], tokenizer: str = "recipe", capitalize: bool = 
             lines.append(_join_line(line, state))
         if capitalize:
             lines = _capitalize_document(lines)
+        if layout:
+            lines = _render_layout(lines, _layout_of(lines))
         text = "\n".join(lines)
         if not last_open and lines:
             text += "\n"
