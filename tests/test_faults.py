@@ -270,3 +270,45 @@ def test_signal_moments_end_in_checkpoint_and_resume_exactly(tmp_path, tiny_corp
     r = run_module("hpcrnn.train", str(cfg_path))
     assert r.returncode == 0, r.stderr
     assert model_bytes(cfg) == model_bytes(ref)
+
+
+# ---------------------------------------------------------------- damaged data
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "format-version"])
+def test_damaged_corpus_one_line_error(tmp_path, tiny_corpus, damage):
+    import h5py
+
+    cfg_path, cfg = prepared(tmp_path, tiny_corpus)
+    h5 = cfg.h5_path
+    data = h5.read_bytes()
+    if damage == "truncated":
+        h5.write_bytes(data[: len(data) * 2 // 3])
+    elif damage == "garbled":
+        b = bytearray(data)
+        lo, hi = len(b) // 4, len(b) * 3 // 4
+        b[lo:hi] = bytes((i * 151 + 7) % 256 for i in range(hi - lo))
+        h5.write_bytes(bytes(b))
+    else:
+        with h5py.File(h5, "r+") as f:
+            f.attrs["format_version"] = 99
+    r = run_module("hpcrnn.train", str(cfg_path))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(h5) in lines[0], r.stderr
+    if damage == "format-version":
+        assert "format version 99" in lines[0]
+
+
+def test_vocabulary_mismatch_with_checkpoint(tmp_path, tiny_corpus):
+    from hpcrnn.corpus import run_preprocess
+    from hpcrnn.train import run_train
+
+    cfg_path, cfg = prepared(tmp_path, tiny_corpus)
+    run_train(cfg, stop_at_step=5)
+    changed = load_config(cfg_path, ["data.min_count=3"])  # a smaller vocabulary, same file name
+    run_preprocess(changed)
+    r = run_module("hpcrnn.train", str(cfg_path), "data.min_count=3")
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "vocabulary" in line and str(cfg.h5_path) in line and "step-00000005" in line, line
+    assert (cfg.checkpoint_dir / "step-00000005" / ckpt.MARKER).exists()  # nothing touched
