@@ -64,7 +64,7 @@ PLAN = "plan.json"
 INDEX = "index.jsonl"
 SUMMARY = "summary.json"
 TITLE_TEXT = "Title:"  # the opening of a recipe in the MealMaster layout
-INGREDIENT_SAMPLE = 5000  # training recipes read to derive the ingredient words
+INGREDIENT_SAMPLE = 2000  # training recipes read to derive the ingredient words (a seeded sample)
 
 
 @dataclass
@@ -128,19 +128,35 @@ def sample_next(logits: torch.Tensor, u: Optional[torch.Tensor], temperature: fl
     row, consumed by inverse-CDF sampling (so a row's choice depends on its own number only)."""
     if temperature == 0.0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
-    V = logits.shape[-1]
+    # One fresh [b, V] tensor, then in-place work on it: on a CPU these passes are memory-bound, and a
+    # fresh tensor of a few MB costs page faults comparable to the arithmetic.
+    x = logits.float() / temperature
+    V = x.shape[-1]
     idx = None
     if 0 < top_k < V:
-        logits, idx = logits.topk(top_k, dim=-1)  # sorted, most likely first
-    elif top_p < 1.0:
-        logits, idx = logits.sort(dim=-1, descending=True, stable=True)
-    probs = torch.softmax(logits, dim=-1)
+        x, idx = x.topk(top_k, dim=-1)  # sorted, most likely first
+    if top_p < 1.0 and idx is None:
+        # The nucleus is a prefix of the tokens in descending order. A full sort of the vocabulary costs
+        # many network steps, so take the top 64, then 512, and sort only when a row's nucleus is larger.
+        lse = x.logsumexp(-1, keepdim=True)
+        for k in (64, 512, V):
+            if k >= V:
+                vals, idx = x.sort(dim=-1, descending=True, stable=True)
+            else:
+                vals, idx = x.topk(k, dim=-1)
+            probs = vals.sub_(lse).exp_()
+            if k >= V or bool((probs.sum(-1) >= top_p).all()):
+                break
+    else:
+        # unnormalised weights suffice for inverse-CDF sampling (u is scaled by the total below)
+        probs = x.sub_(x.amax(-1, keepdim=True)).exp_()
+        if top_p < 1.0:  # top_p after top_k works on the renormalised top k
+            probs = probs.div_(probs.sum(-1, keepdim=True))
     if top_p < 1.0:
         # keep the smallest prefix (in descending order) whose mass reaches top_p; the first always stays
         cum = probs.cumsum(-1)
-        probs = probs * ((cum - probs) < top_p)
-    cdf = probs.cumsum(-1)
+        probs = probs.mul_((cum - probs) < top_p)
+    cdf = probs.cumsum_(-1)
     # r strictly below the total (the 1e-6 keeps float rounding from landing past the last kept token)
     r = (u * (1.0 - 1e-6))[:, None] * cdf[:, -1:]
     choice = torch.searchsorted(cdf, r, right=True).clamp_(max=cdf.shape[-1] - 1)
@@ -180,7 +196,6 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
         sync_every = 1 if device.type == "cpu" else 8
     jobs_it = iter(jobs)
     greedy = temperature == 0.0
-    V = getattr(model, "vocab_size", None)
     ban = torch.tensor(sorted(set(int(b) for b in banned)), dtype=torch.long, device=device)
 
     first = []
@@ -213,11 +228,12 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
     exhausted = False
     step = 0
 
-    with torch.inference_mode():
-        while True:
+    while True:
+        finished = []
+        # inference mode per step, not around the loop: a generator suspended inside the block would leave
+        # the consumer running in inference mode
+        with torch.inference_mode():
             logits, state = model.step(cur, state)
-            if V is None:
-                V = logits.shape[-1]
             if len(ban):
                 logits.index_fill_(1, ban, float("-inf"))
             gidx = ngen.clamp(max=max_tokens - 1)
@@ -235,7 +251,7 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
             step += 1
             if step % sync_every:
                 continue
-            rows = done.nonzero()[:, 0].tolist()
+            rows = [r for r in done.nonzero()[:, 0].tolist() if keys[r] is not None]
             if not rows:
                 continue
             sel = torch.tensor(rows, dtype=torch.long, device=device)
@@ -243,13 +259,11 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
             host_n = ngen.index_select(0, sel).cpu().tolist()
             dead = []
             for k, r in enumerate(rows):
-                if keys[r] is None:
-                    continue
                 toks = host_gen[k, :host_n[k]].tolist()
                 stopped = bool(toks) and toks[-1] == stop_id
                 if stopped:
                     toks.pop()
-                yield keys[r], toks, stopped
+                finished.append((keys[r], toks, stopped))
                 job = None if exhausted else next(jobs_it, None)
                 if job is None:
                     exhausted = True
@@ -276,10 +290,8 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
                     s[:, r] = 0
                     return s
                 state = _map_state(state, zero)
-            if dead:
-                keep = [r for r in range(len(keys)) if keys[r] is not None]
-                if not keep:
-                    return
+            keep = [r for r in range(len(keys)) if keys[r] is not None]
+            if dead and keep:  # no job left for some slots: shrink the batch to the live ones
                 ks = torch.tensor(keep, dtype=torch.long, device=device)
                 keys = [keys[r] for r in keep]
                 prompt, plen, pos, ngen, gen, done, cur = (
@@ -287,6 +299,9 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
                 if not greedy:
                     uni = uni.index_select(0, ks)
                 state = _map_state(state, lambda s: s.index_select(1, ks).contiguous())
+        yield from finished
+        if not keep:
+            return
 
 
 # ------------------------------------------------------------------------------------ corpus side
@@ -582,6 +597,64 @@ def _read_json(path: Path) -> Optional[dict]:
         raise InputError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
 
 
+# The context of the describing step, set before worker processes fork (they inherit it, index included,
+# without a copy) and read by describe_recipe in whichever process runs it.
+_DESCRIBE_CTX: Optional[tuple] = None
+
+
+def describe_recipe(shown: list[int], toks: list[int]) -> tuple[str, Optional[str], dict]:
+    """(text, title, quality figures) of one recipe: its shown prompt ids and its generated ids."""
+    from hpcrnn import quality as Q
+    from hpcrnn.text import detokenize
+
+    vocab, tokenizer, words, index = _DESCRIBE_CTX
+    text = detokenize([vocab[i] for i in shown + toks], tokenizer)
+    if not text.endswith("\n"):
+        text += "\n"
+    return text, Q.parse_recipe(text).title, Q.recipe_quality(text, toks, words, index)
+
+
+def quality_workers(device: torch.device) -> int:
+    """Worker processes for describing recipes. On a GPU the generation loop is Python launching kernels:
+    describing (detokenizing, parsing, the novelty search) in a thread of the same process would hold the
+    GIL against it and could not keep up, so spare CPUs take it in forked processes. On a CPU the torch
+    threads own the cores and describing costs a few per cent: it stays in the writer thread.
+    ``HPCRNN_QUALITY_WORKERS`` overrides (0: the writer thread)."""
+    env = os.environ.get("HPCRNN_QUALITY_WORKERS", "")
+    if env.strip().isdigit():
+        return int(env)
+    if device.type != "cuda":
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
+class _Describer:
+    def __init__(self, cv: "CorpusView", qc: "QualityContext", workers: int):
+        global _DESCRIBE_CTX
+        _DESCRIBE_CTX = (cv.vocab, cv.tokenizer, qc.ingredient_words, qc.index)
+        self.pool = None
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            self.pool.submit(int).result()  # fork the workers now, before this process initialises CUDA
+
+    def submit(self, shown: list[int], toks: list[int]) -> Callable[[], tuple]:
+        """A thunk the writer thread calls for the result (computed there, or awaited from a worker)."""
+        if self.pool is None:
+            return lambda: describe_recipe(shown, toks)
+        return self.pool.submit(describe_recipe, shown, toks).result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Writer(threading.Thread):
     """Writes finished recipes (text, quality, file, index line) off the generation loop."""
 
@@ -710,8 +783,9 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     qc: Optional[QualityContext] = None
     if todo:
         device = _device(cfg)
-        model, _ = ckpt.load_model(info, device)
         qc = build_quality_context(cv, cfg.data.seed)
+        describer = _Describer(cv, qc, quality_workers(device))  # forks (if at all) before CUDA starts
+        model, _ = ckpt.load_model(info, device)
         sampling = {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "max_tokens": g.max_tokens}
         hidden_of: dict[int, int] = {}
         prompts: dict[int, list[int]] = {}
@@ -726,17 +800,13 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
         appender = _Appender(out / shard_index_name(shard, num_shards))
 
         def write(item):
-            i, toks, stopped = item
-            shown = prompts.pop(i)[hidden_of.pop(i):]
-            text = cv.text(shown + toks)
-            if not text.endswith("\n"):
-                text += "\n"
-            q = Q.recipe_quality(text, toks, qc.ingredient_words, qc.index)
+            i, n_shown, toks, stopped, result = item
+            text, title, q = result()
             path = out / recipe_file_name(i)
             try:
                 atomic_write_text(path, text)
-                appender.append({"recipe": i, "file": path.name, "title": Q.parse_recipe(text).title,
-                                 "tokens": len(toks), "prompt_tokens": len(shown),
+                appender.append({"recipe": i, "file": path.name, "title": title,
+                                 "tokens": len(toks), "prompt_tokens": n_shown,
                                  "stopped": "eor" if stopped else "max_tokens", "seed": g.seed,
                                  "stream": [g.seed, i], "checkpoint_step": info.step, "prompt": g.prompt,
                                  "sampling": sampling, "quality": q})
@@ -755,13 +825,15 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
                     device=device):
                 tokens_total += len(toks) + int(stopped)
                 written += 1
-                writer.put((i, toks, stopped))
+                shown = prompts.pop(i)[hidden_of.pop(i):]
+                writer.put((i, len(shown), toks, stopped, describer.submit(shown, toks)))
             seconds = time.perf_counter() - t0
         finally:
             try:
                 writer.close()  # the recipes already generated still reach the disk
             finally:
                 appender.close()
+                describer.close()
         _log(f"shard {shard + 1}/{num_shards}: wrote {written} recipes, {tokens_total:,} tokens in "
              f"{seconds:.1f} s ({tokens_total / max(seconds, 1e-9):,.0f} tokens/s)")
 

@@ -232,6 +232,20 @@ def test_same_seed_same_files_across_batch_sizes_and_shards(tmp_path):
     assert sum(c[k] != a[k] for k in a) >= 5  # another seed, other recipes
 
 
+def test_worker_processes_describe_like_the_writer_thread(tmp_path, monkeypatch):
+    """On a GPU, recipes are described (text, quality) in forked worker processes: same files, same index."""
+    cfg_path, cfg = prepared(tmp_path)
+    G.run_generate(with_(cfg_path, "generate.name=thread"))
+    monkeypatch.setenv("HPCRNN_QUALITY_WORKERS", "2")
+    assert G.quality_workers(torch.device("cpu")) == 2
+    G.run_generate(with_(cfg_path, "generate.name=procs"))
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+    assert files_of(gen / "procs") == files_of(gen / "thread")
+    assert (gen / "procs" / "index.jsonl").read_bytes() == (gen / "thread" / "index.jsonl").read_bytes()
+    monkeypatch.delenv("HPCRNN_QUALITY_WORKERS")
+    assert G.quality_workers(torch.device("cpu")) == 0
+
+
 def test_greedy_is_deterministic_and_topk_restricts(tmp_path):
     cfg_path, cfg = prepared(tmp_path)
     G.run_generate(with_(cfg_path, "generate.name=g1", "generate.temperature=0"))

@@ -1,0 +1,137 @@
+"""Generation throughput: hpcrnn's batched generation vs the lecture's sliding-window greedy loop.
+
+    python bench/bench_generate.py [--run CONFIG_OR_RUN_DIR] [--vocab 8000] [--batch 64 256]
+                                   [--tokens 200] [--lecture-tokens 60] [--device cpu]
+
+Same model, same machine, same process. The model is the newest complete checkpoint of ``--run`` or, by
+default, a random-weight model of the lecture's size (LSTM 256, embedding 256, ``--vocab`` words; random
+weights cost exactly what trained ones cost). Figures, in generated tokens per second:
+
+- lecture: one recipe at a time; for every new word the whole 50-word window goes through the network
+  again from a zero state, the last output picks the word greedily, the window slides by one;
+- bare batched loop: ``model.step`` + argmax for a batch, carrying the state — a hand-written lower bound
+  on the overhead, with no per-recipe bookkeeping;
+- hpcrnn: ``hpcrnn.generate.generate_batched`` as the generation job runs it (per-recipe random streams,
+  stop handling, refilled slots), greedy and sampling at temperature 0.8 with top_k 40.
+
+Generation never stops early here (no stop token), so every run produces exactly batch x tokens tokens.
+Never asserted as a test: it prints figures with the machine and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import header, peak_rss_mb  # noqa: E402
+from hpcrnn.config import ModelConfig  # noqa: E402
+from hpcrnn.generate import Job, generate_batched  # noqa: E402
+from hpcrnn.model import build_model  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def lecture_loop(model, vocab: int, window: int, n_tokens: int, device) -> float:
+    """tokens/s of the lecture's generation: re-run the whole window for every new word, greedily."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (1, window), generator=g).to(device)
+    with torch.inference_mode():
+        model(x, last_only=True)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n_tokens):
+            logits, _ = model(x, None, last_only=True)  # a zero state every time, like the lecture
+            nxt = logits.argmax(-1)
+            x = torch.cat([x[:, 1:], nxt[:, None]], dim=1)
+        sync(device)
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def bare_loop(model, vocab: int, batch: int, n_tokens: int, device) -> float:
+    tok = torch.randint(0, vocab, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        state = None
+        for _ in range(3):
+            _, state = model.step(tok, state)
+        sync(device)
+        t0 = time.perf_counter()
+        state = None
+        for _ in range(n_tokens):
+            logits, state = model.step(tok, state)
+            tok = logits.argmax(-1)
+        sync(device)
+    return batch * n_tokens / (time.perf_counter() - t0)
+
+
+def hpcrnn_loop(model, vocab: int, batch: int, n_tokens: int, device, temperature: float, top_k: int) -> float:
+    rng = np.random.default_rng(0)
+    jobs = [Job(k, [int(rng.integers(0, vocab))],
+                None if temperature == 0 else rng.random(n_tokens, dtype=np.float32)) for k in range(batch)]
+    kw = dict(batch_size=batch, max_tokens=n_tokens, stop_id=-1, temperature=temperature, top_k=top_k,
+              banned=[0], device=device)
+    list(generate_batched(model, jobs[:2], **{**kw, "max_tokens": 4, "batch_size": 2}))  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    total = sum(len(toks) for _, toks, _ in generate_batched(model, jobs, **kw))
+    sync(device)
+    assert total == batch * n_tokens
+    return total / (time.perf_counter() - t0)
+
+
+def load_run(arg: str, device):
+    from hpcrnn import checkpoint as ckpt
+    from hpcrnn.config import load_config
+
+    cfg = load_config(arg)
+    info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint)
+    model, meta = ckpt.load_model(info, device)
+    return model, int(meta["vocab_size"]), cfg.data.window, f"{info.path} ({cfg.model.cell} {cfg.model.hidden})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="a config or run directory: use its newest complete checkpoint")
+    ap.add_argument("--vocab", type=int, default=8000, help="vocabulary of the random model")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn"])
+    ap.add_argument("--window", type=int, default=50, help="the lecture's window")
+    ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--tokens", type=int, default=200, help="tokens per recipe, batched runs")
+    ap.add_argument("--lecture-tokens", type=int, default=60, help="tokens timed for the lecture's loop")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.run:
+        model, vocab, window, what = load_run(args.run, device)
+    else:
+        torch.manual_seed(0)
+        mcfg = ModelConfig(cell=args.cell, hidden=args.hidden, embedding=args.hidden)
+        model = build_model(mcfg, args.vocab).to(device).eval()
+        vocab, window = args.vocab, args.window
+        what = f"random {args.cell} {args.hidden}, embedding {args.hidden}, vocabulary {vocab}"
+    print(header("bench_generate"))
+    print(f"# model: {what}; window {window}; device {device}")
+    lec = lecture_loop(model, vocab, window, args.lecture_tokens, device)
+    print(f"{'lecture sliding-window greedy, 1 recipe':<46} {lec:>12,.0f} tokens/s   1.0x")
+    for b in args.batch:
+        bare = bare_loop(model, vocab, b, args.tokens, device)
+        print(f"{f'bare batched loop, batch {b}':<46} {bare:>12,.0f} tokens/s {bare / lec:>6,.0f}x")
+        for temp, k, name in ((0.0, 0, "greedy"), (0.8, 40, "T 0.8 top_k 40")):
+            t = hpcrnn_loop(model, vocab, b, args.tokens, device, temp, k)
+            print(f"{f'hpcrnn generate_batched, batch {b}, {name}':<46} {t:>12,.0f} tokens/s {t / lec:>6,.0f}x")
+    print(f"# peak RSS {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
