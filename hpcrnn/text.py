@@ -463,16 +463,18 @@ def detokenize(tokens: list[str], tokenizer: str = "recipe", capitalize: bool = 
     layout is read from the tokens themselves, so callers need not know the corpus format).
     """
     if tokenizer == "char":
-        parts = []
+        parts: list[str] = []
+        pending = False  # an EOR was seen: the next document starts after a blank line
         for t in tokens:
             if t == EOR:
-                if parts and not "".join(parts[-2:]).endswith("\n"):
+                if parts and parts[-1] != "\n":
                     parts.append("\n")
+                pending = bool(parts)
+                continue
+            if pending:
                 parts.append("\n")
-            elif t == UNK:
-                parts.append("\ufffd")
-            else:
-                parts.append(t)
+                pending = False
+            parts.append("\ufffd" if t == UNK else t)
         return "".join(parts)
     if tokenizer == "whitespace":
         lines, cur = [], []

@@ -369,3 +369,130 @@ def test_readable_by_many_processes_and_after_fork(tmp_path):
     p.start()
     assert q2.get(timeout=60) == want
     p.join(timeout=60)
+
+
+# ---------------------------------------------------------------- issue 8: split files, formats, chars
+
+def _mapping(tmp_path, texts: dict) -> dict:
+    out = {}
+    for k, t in texts.items():
+        p = tmp_path / f"{k}.txt"
+        p.write_text(t)
+        out[k] = str(p)
+    return out
+
+
+def test_split_mapping_takes_files_as_they_are(tmp_path):
+    corpus = _mapping(tmp_path, {"train": " the cat sat \n a dog ran \n the dog sat \n",
+                                 "val": " the cat ran \n a zebra sat \n",
+                                 "test": " a dog sat \n"})
+    cfg = cfg_for(tmp_path, corpus, document_start=None, tokenizer="whitespace", window=2)
+    c = open_corpus(run_preprocess(cfg).path)
+    assert c.attrs["split_mode"] == "files"
+    assert c.attrs["split_files"] == {k: [v] for k, v in corpus.items()}
+    assert [s["split"] for s in c.attrs["sources"]] == ["train", "val", "test"]
+    assert c.document_split().tolist() == [0, 1, 2]  # one document a file, no shuffle
+    assert "zebra" not in c.stoi  # the vocabulary comes from the train file only
+    a, b = c.split_ranges["val"]
+    assert c.decode(c.tokens()[a:b]) == ["the", "cat", "ran", "<eos>", "a", UNK, "sat", "<eos>"]
+    assert len(c.windows("test")) == 1 and c.attrs["counts"]["windows"]["test"] == 1
+
+
+def test_split_mapping_of_recipe_files_keeps_file_order(tmp_path, shared_5k):
+    docs = [d for d in re.split(r"(?m)^(?=Title:)", shared_5k.read_text(encoding="utf-8")) if d.strip()]
+    parts = {"train": docs[:300], "val": docs[300:340], "test": docs[340:380]}
+    corpus = _mapping(tmp_path, {k: "".join(v) for k, v in parts.items()})
+    c = open_corpus(run_preprocess(cfg_for(tmp_path, corpus, window=50, min_count=2)).path)
+    assert [int((c.document_split() == k).sum()) for k in range(3)] == [300, 40, 40]
+    with h5py.File(c.path) as f:
+        assert f["document_index"][()].tolist() == list(range(380))  # file order, no shuffle
+    trained = set(c.decode(c.tokens()[:c.split_ranges["train"][1]]))
+    assert set(c.vocab) <= trained | {UNK, EOR}
+
+
+def test_split_mapping_errors_name_the_file(tmp_path):
+    corpus = _mapping(tmp_path, {"train": "a b c\n", "val": "a b\n", "test": "a c\n"})
+    missing = dict(corpus, val=str(tmp_path / "nope.txt"))
+    with pytest.raises(InputError, match="nope.txt"):
+        run_preprocess(cfg_for(tmp_path, missing, document_start=None, tokenizer="whitespace", window=1))
+    foreign = dict(corpus, test=str(tmp_path / "fr.txt"))
+    (tmp_path / "fr.txt").write_text("le chat noir\nun chien\n")
+    cfg = cfg_for(tmp_path, foreign, document_start=None, tokenizer="whitespace", window=1)
+    with pytest.raises(InputError) as e:
+        run_preprocess(cfg)
+    assert "fr.txt" in str(e.value) and "unknown" in str(e.value) and not cfg.h5_path.exists()
+
+
+@pytest.mark.parametrize("name, fmt, n_docs", [
+    ("lecture-allrecipes-excerpt.txt", "mastercook", 2),
+    ("krecipes-mxptest.txt", "mastercook", 2),
+    ("gourmet-mealmaster.mmf", "mealmaster", 5),
+    ("gourmet-mealmaster_2_col.mmf", "mealmaster", 1),
+])
+def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_docs):
+    from conftest import FORMATS
+    from hpcrnn.corpus import detect_format
+
+    src = FORMATS / name
+    if not src.exists():
+        pytest.skip(f"{src} not present")
+    assert detect_format(src.read_text()) == fmt
+    for asked in ("auto", fmt):
+        c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, format=asked, window=4,
+                                               split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / f"{asked}.h5"))).path)
+        assert c.num_documents == n_docs and c.attrs["counts"]["formats"] == {str(src): fmt}
+        assert "\t" in c.stoi  # table columns are kept as tokens
+    other = "mealmaster" if fmt == "mastercook" else "mastercook"
+    with pytest.raises(InputError) as e:
+        run_preprocess(cfg_for(tmp_path, src, format=other, h5_path=str(tmp_path / "x.h5")))
+    assert str(src) in str(e.value) and f"not a {other} file" in str(e.value)
+
+
+def test_lecture_layout_round_trips_and_ingredients_are_found(tmp_path):
+    from conftest import FORMATS
+    from hpcrnn.text import detokenize
+
+    src = FORMATS / "lecture-allrecipes-excerpt.txt"
+    if not src.exists():
+        pytest.skip(f"{src} not present")
+    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, window=4,
+                                           split=[1.0, 0.0, 0.0])).path)
+    first = src.read_text().split("\n\nCafe Mexicano")[0] + "\n"
+    text = detokenize(c.decode(c.document_tokens(0)), "recipe")
+    assert text.lower() == first.lower()  # the same tab table, lines and words (case aside)
+    assert text.startswith("Almond Liqueur\n\nAmount\tMeasure\tIngredient\tPreparation Method\n3\tcup\tsugar\t\n")
+    ingr = c.ingredient_lines(0)
+    assert len(ingr) == 6 and ingr[0] == ["3", "\t", "cup", "\t", "sugar", "\t"]
+
+
+def test_mealmaster_layout_comes_back_in_its_columns(tmp_path):
+    from conftest import FORMATS
+    from hpcrnn.text import detokenize
+
+    src = FORMATS / "gourmet-mealmaster_2_col.mmf"
+    if not src.exists():
+        pytest.skip(f"{src} not present")
+    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, window=4,
+                                           split=[1.0, 0.0, 0.0])).path)
+    text = detokenize(c.decode(c.document_tokens(0)), "recipe")
+    lines = text.split("\n")
+    assert lines[0].startswith("MMMMM----- Recipe via Meal-Master") and lines[-2] == "MMMMM"
+    assert "      Title: Chiles Rellenos De Queso" in lines
+    assert "  1 1/3 oz Cheese, monterey jack" in lines  # the left column of a two-column line
+    assert "   3/16 c  Flour, all purpose" in lines  # its right column, now a line of its own
+    assert "MMMMM------------------------TOMATO SAUCE-----------------------------" in lines
+    assert "  Prepare tomato sauce; keep warm." in lines
+    assert len(c.ingredient_lines(0)) >= 14
+
+
+def test_char_tokenizer_stream_and_round_trip(tmp_path):
+    src = tmp_path / "r.txt"
+    docs = write_corpus(src, n=30)
+    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, tokenizer="char", split=[1.0, 0.0, 0.0])).path)
+    from hpcrnn.text import detokenize
+
+    assert c.attrs["counts"]["unk_tokens"] == 0 and "T" in c.stoi and " " in c.stoi  # case and spaces kept
+    assert c.tokens().dtype == np.uint8
+    assert detokenize(c.decode(c.tokens()), "char") == "\n".join(clean_document(d) for d in docs)
+    assert c.ingredient_lines(0)[0][:4] == list(c.decode(c.document_tokens(0)))[
+        sum(len(x) + 1 for x in clean_document(docs[0]).split("\n")[:3]):][:4]
