@@ -436,7 +436,7 @@ def latest_jobs(run_dir: Path) -> dict[str, dict]:
         for stage, rec in (launch.get("stages") or {}).items():
             if rec.get("job_id"):
                 out[stage] = dict(rec, cluster=launch.get("cluster"), launched=launch.get("time"))
-    return out
+    return {s: out[s] for s in sorted(out, key=lambda s: STAGES.index(s) if s in STAGES else 99)}
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -624,7 +624,22 @@ def _launch_slurm(cfg: Config, plans: list[StagePlan], res: LaunchResult, out: C
                 continue
             dep = f"afterok:{prev_id}" if prev_id else None
             ex = make_executor(cfg, p.stage, "slurm", dependency=dep)
-            jobs = _submit(ex, _stage_jobs(cfg, p.stage))
+            try:
+                jobs = _submit(ex, _stage_jobs(cfg, p.stage))
+            except Exception as e:  # sbatch refused (partition, account, limits): no half pipeline
+                from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+                if not isinstance(e, (FailedJobError, FailedSubmissionError, OSError)):
+                    raise
+                queued = [r["job_id"] for r in res.jobs.values()]
+                if queued:
+                    subprocess.run(["scancel", *queued], capture_output=True, timeout=60)
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                why = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else repr(e))
+                res.jobs.clear()
+                raise ConfigError(f"{cfg.source}: slurm.{p.stage}: sbatch refused the {p.stage} job ({why})"
+                                  + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued
+                                     else "")) from None
             job_id = jobs[0].job_id.split("_")[0]
             rec = {"action": "submitted", "job_id": job_id, "dependency": dep, "folder": str(ex.folder),
                    "stdout": str(jobs[0].paths.stdout), "stderr": str(jobs[0].paths.stderr),
