@@ -41,7 +41,6 @@ many ranks can read one file at once.
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import itertools
@@ -50,7 +49,6 @@ import lzma
 import os
 import re
 import signal
-import sys
 import time
 import unicodedata
 import zlib
@@ -559,6 +557,13 @@ def _log(msg: str) -> None:
     print(f"preprocess: {msg}", flush=True)
 
 
+def is_current(cfg) -> bool:
+    """Whether ``cfg.h5_path`` matches its inputs and settings, i.e. run_preprocess would skip (the
+    launcher and status ask this). Raises InputError when the corpus cannot be read."""
+    fp = fingerprint_of(settings_of(cfg), resolve_sources(cfg.data.corpus))
+    return _existing_fingerprint(Path(cfg.h5_path)) == fp
+
+
 def run_preprocess(cfg) -> PreprocessResult:
     """Build ``cfg.h5_path`` from ``cfg.data`` (see the module docstring); skip if it is up to date."""
     t0 = time.perf_counter()
@@ -738,7 +743,7 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
     rest.sort(key=lambda i: (-int(train_counts[i]), itos_prov[i]))
     final_prov = special_ids + rest
     vocab = [itos_prov[i].decode("utf-8") for i in final_prov]
-    if len(vocab) <= len(specials) + 1:
+    if len(vocab) <= len(set(specials + [line_token])):  # only the specials and the newline/EOS
         raise InputError(f"{_train_name(sources)}: the vocabulary is empty: no word occurs at least "
                          f"data.min_count={d.min_count} times in the train split "
                          f"({int(train_counts.sum())} tokens)")

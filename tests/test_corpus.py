@@ -5,7 +5,6 @@ import gzip
 import hashlib
 import lzma
 import multiprocessing as mp
-import os
 import random
 import re
 
@@ -238,6 +237,11 @@ def test_whitespace_tokenizer_stream(tmp_path):
                                            window=3, split=[1.0, 0.0, 0.0])).path)
     assert c.eos_id is not None and c.eor_id is None
     assert c.decode(c.tokens()) == "the cat sat <eos> a dog ran <eos> the dog sat <eos>".split()
+    # a one-word vocabulary is still a vocabulary (EOS is a special, not a word)
+    src.write_text("x x x\n")
+    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, tokenizer="whitespace",
+                                           window=2, split=[1.0, 0.0, 0.0])).path)
+    assert c.vocab == [UNK, "<eos>", "x"]
 
 
 # ---------------------------------------------------------------- re-running
@@ -442,6 +446,9 @@ def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_doc
                                                split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / f"{asked}.h5"))).path)
         assert c.num_documents == n_docs and c.attrs["counts"]["formats"] == {str(src): fmt}
         assert "\t" in c.stoi  # table columns are kept as tokens
+    plain = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, format="plain", window=4,
+                                               split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / "p.h5"))).path)
+    assert plain.num_documents == 1 and "\t" not in plain.stoi  # plain: the file as it is, tabs are spaces
     other = "mealmaster" if fmt == "mastercook" else "mastercook"
     with pytest.raises(InputError) as e:
         run_preprocess(cfg_for(tmp_path, src, format=other, h5_path=str(tmp_path / "x.h5")))
