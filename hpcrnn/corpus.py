@@ -1,14 +1,31 @@
 """Corpus inputs -> documents -> one self-describing HDF5 file, and its read-only reader.
 
-Writing: ``run_preprocess(cfg)`` streams the inputs of ``data.corpus`` (a file, ``.xz``/``.gz`` or plain; a
-directory of text files; a list of these) in chunks, decodes them (UTF-8; lines that are not UTF-8 fall back
-to cp1252, or latin-1 for bytes cp1252 leaves undefined, and are counted), normalises newlines and NFC,
-splits documents with ``data.document_start`` (a regex, multi-line mode; without it each file is one
-document), repairs DOS mojibake per document (``text.repair_mojibake``), tokenizes and interns tokens into
-a numpy stream. Then it splits by document with a seeded shuffle, counts the vocabulary on the train
-documents only, maps rare words to ``<unk>`` (or drops them) and writes the file under a temporary name in
-the output directory, renaming it when complete. A second run with the same inputs (sha256) and settings
-finds the fingerprint in the existing file and does nothing.
+Writing: ``run_preprocess(cfg)`` streams the inputs of ``data.corpus`` (a file, ``.xz``/``.gz`` or plain,
+recognised by magic number; a directory of text files; a list of these; or ``{train, val, test}`` files) in
+chunks, decodes them (UTF-8; lines that are not UTF-8 fall back to cp1252, or latin-1 for bytes cp1252
+leaves undefined, and are counted; stray control bytes such as the shared corpus' NULs are removed and
+counted), normalises newlines and NFC, splits documents, repairs DOS mojibake per document
+(``text.repair_mojibake``), tokenizes and interns tokens into a numpy stream. Then it splits by document,
+counts the vocabulary on the train documents only, maps rare words to ``<unk>`` (or drops them) and
+writes the file under a temporary name in the output directory, renaming it when complete. A second run
+with the same inputs (sha256) and settings finds the fingerprint in the existing file and does nothing.
+
+Documents (``data.format``): ``plain`` splits at ``data.document_start`` (a regex, multi-line mode; without
+it each file is one document). ``mealmaster`` (``MMMMM----- Recipe via Meal-Master``) and ``mastercook``
+(the lecture's tab table after a title line, or ``* Exported from MasterCook *``) split at their own recipe
+starts and rewrite the ingredient table with one tab between columns (MealMaster's two-column lines become
+two lines); the recipe tokenizer then keeps each tab as a ``\t`` token, so the table survives and
+``text.detokenize`` can set the columns again. ``auto`` (the default) looks at each file's first 64 KB and
+falls back to ``plain``; naming a format a file is not in is an error.
+
+Splits: with a ``{train, val, test}`` mapping the files are the splits (no shuffle; ``split_mode`` is
+``files`` and ``split_files`` names them; a val/test file whose words are all unknown is an error);
+otherwise documents are shuffled with ``data.seed`` and cut by ``data.split``. Either way the vocabulary
+comes from the train documents only, so val/test words unseen in training are ``<unk>``.
+
+Tokenizers: ``recipe`` and ``whitespace`` go through ``text.tokenize_documents_bytes`` (one regex scan
+and one dict lookup a token); ``char`` maps code points through a table, so there is no Python object per
+character.
 
 Layout of ``corpus.h5`` (FORMAT_VERSION 1):
 
@@ -329,23 +346,6 @@ def _canon_mastercook(text: str) -> str:
             continue
         out.append(line.strip())
     return "\n".join(out)
-
-
-def _structured_ingredient_lines(text: str) -> tuple[int, int]:
-    """Line range of the ingredient rows of a canonical MasterCook/MealMaster recipe: the tab-separated
-    lines, less the table's header and rule rows."""
-    lines = text.split("\n")
-    head = next((i for i, line in enumerate(lines) if "\t" in line and _MC_HEADER_ROW.match(line)), None)
-    if head is None:  # MealMaster: every tab-separated line is an ingredient row
-        rows = [i for i, line in enumerate(lines) if "\t" in line]
-        return (rows[0], rows[-1] + 1) if rows else (0, 0)
-    i = head + 1
-    while i < len(lines) and _RULE_ROW.match(lines[i]) and "-" in lines[i]:
-        i += 1
-    j = i
-    while j < len(lines) and lines[j].strip():
-        j += 1
-    return (i, j) if j > i else (0, 0)
 
 
 def iter_documents(path: Path, document_start: Optional[str], stats: ReadStats,
@@ -698,10 +698,7 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
             batch.append(text)
             batch_chars += len(text)
             doc_src.append(si)
-            if structured[0]:
-                doc_ingr.append(_structured_ingredient_lines(text))
-            else:
-                doc_ingr.append(ingredient_block(text) if text[:6].lower() == "title:" else (0, 0))
+            doc_ingr.append(ingredient_block(text) if structured[0] or text[:6].lower() == "title:" else (0, 0))
             if batch_chars >= _BATCH_CHARS:
                 flush()
         if len(doc_src) == n_before:

@@ -427,6 +427,28 @@ _SECTION = re.compile(r"(?:mmmmm)?\s*-{3,}.*[^\W\d_].*-{3,}\Z", re.I)
 _SENTENCE_LINE = re.compile(r"^[ \t]*[^\d\s][^\n]*?\S[ \t]+\S[^\n]*?[ \t]\S[^\n]*\.[ \t]*$", re.M)
 
 
+_MM_ROW = re.compile(r"(?:[ \d/.-]{7} [A-Za-z ]{2} \S.*|[^\t\n]*\t[^\n]*)\Z")
+_TABLE_HEAD_ANY = re.compile(r"\s*amount\s+measure\s+ingredient", re.I)
+_RULE_LINE = re.compile(r"[-\s]*-[-\s]*\Z")
+
+
+def _structured_block(lines: list[str]) -> tuple[int, int]:
+    first = next((x for x in lines if x.strip()), "")
+    if _MM_BANNER_RE.match(first):
+        rows = [i for i, x in enumerate(lines) if x.strip() and not _HEADER.match(x.strip()) and _MM_ROW.match(x)]
+        return (rows[0], rows[-1] + 1) if rows else (0, 0)
+    head = next((i for i, x in enumerate(lines[:60]) if _TABLE_HEAD_ANY.match(x)), None)
+    if head is None:
+        return 0, 0
+    i = head + 1
+    while i < len(lines) and lines[i].strip() and _RULE_LINE.match(lines[i]):
+        i += 1
+    j = i
+    while j < len(lines) and lines[j].strip():
+        j += 1
+    return (i, j) if j > i else (0, 0)
+
+
 def ingredient_block(lines) -> tuple[int, int]:
     """The ingredient lines of a MealMaster-style recipe, as a half-open range of line indices.
 
@@ -436,11 +458,18 @@ def ingredient_block(lines) -> tuple[int, int]:
     short sentence of three or more words ending in a full stop (``Combine salad ingredients.``).
     ``(0, 0)`` when the text has no header. ``lines`` is a whole document or a list of its lines.
 
+    MealMaster files (a ``MMMMM----- Recipe via Meal-Master`` banner first): the ingredient rows are the
+    lines in its columns (``amount`` in 7, ``unit`` in 2) or, in the corpus' rewritten form, with tabs;
+    MasterCook files: the rows under the ``Amount Measure Ingredient`` table header and its rule, up to the
+    first blank line.
+
     Regexes rather than a loop over lines: the corpus builder calls this for each of 141k recipes.
     """
     text = lines if isinstance(lines, str) else "\n".join(lines) + "\n"
     m = _HEAD_BLOCK.match(text)
     if not m:
+        if "\t" in text or "eal-Master" in text or "eal-master" in text or "mount" in text:
+            return _structured_block(text.split("\n"))
         return 0, 0
     pos = _BLANKS.match(text, m.end()).end()
     first = text.count("\n", 0, pos)
