@@ -287,14 +287,9 @@ def _optional(module: str, name: str) -> Optional[Callable]:
 
 
 def _corpus_current(cfg: Config) -> bool:
-    fn = _optional("hpcrnn.corpus", "is_current")
-    if fn is not None:
-        return bool(fn(cfg))
-    # TEMPORARY until corpus.is_current exists: the same fingerprint test run_preprocess applies
-    from hpcrnn import corpus as C
+    from hpcrnn.corpus import is_current
 
-    want = C.fingerprint_of(C.settings_of(cfg), C.resolve_sources(cfg.data.corpus))
-    return C._existing_fingerprint(Path(cfg.h5_path)) == want
+    return is_current(cfg)
 
 
 def _training_complete(cfg: Config) -> bool:
