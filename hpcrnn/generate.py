@@ -17,7 +17,9 @@ What it does (``run_generate``):
   ``<unk>``). Generation of a recipe stops at the end-of-recipe token (not written) or at ``max_tokens``.
 * Reproducibility: recipe *i* draws its random numbers from its own stream seeded with
   ``(generate.seed, i)`` — uniform numbers consumed one per generated token by inverse-CDF sampling — so
-  the same seed and checkpoint give the same files whatever the batch size, shard count or order.
+  the same seed and checkpoint give the same files whatever the batch size, shard count or order (tested
+  on CPU; on a GPU the matrix kernels may change with the batch shape, and a last-bit difference in the
+  logits can, rarely, change a sampled token).
 * Priming (``generate.prompt``):
     - ``""`` (default): the start of a recipe — the end-of-recipe token (what precedes every recipe in the
       training stream), followed by the tokens of ``Title:`` when most training documents begin with them
@@ -33,10 +35,16 @@ What it does (``run_generate``):
 * Output ``<run dir>/generated/<generate.name>/``: ``recipe-00001.txt`` …, each written atomically, and
   per shard an append-only ``index-<s>-of-<n>.jsonl`` (one line per recipe, written after its file).
   ``plan.json`` (created exclusively by the first task) pins the checkpoint and the sampling settings, so
-  concurrent array tasks and reruns agree or refuse with one line. When every recipe 1..N is present,
+  concurrent array tasks and reruns agree or refuse with one line: recipes made from checkpoint step N
+  are never mixed with another step's (a newer checkpoint asks for ``generate.checkpoint=N`` to finish
+  them or another ``generate.name``); a plan under which no recipe exists yet is simply replaced. When every recipe 1..N is present,
   the task that notices writes ``index.jsonl`` (all recipes, in order) and ``summary.json`` (generated
   figures beside the same figures of a sample of real test-split recipes); both are deterministic, so two
   tasks finishing together write the same bytes, atomically.
+* Each finished recipe is detokenized, scored (``hpcrnn.quality``) and written off the generation loop:
+  in a writer thread, and on a GPU in forked worker processes (see :func:`quality_workers`).
+* Whitespace-tokenized corpora have no end-of-recipe token: their recipes run to ``max_tokens`` and
+  start after an end-of-line token.
 * Shards: shard ``s`` of ``n`` writes recipes ``i`` with ``(i - 1) % n == s``. A rerun skips every
   recipe whose index line and file exist (from any shard layout), so a killed job continues where it
   stopped and never leaves a half file.
@@ -435,15 +443,17 @@ def plan_prompt(cfg: Config, cv: CorpusView) -> PromptPlan:
         return PromptPlan("start", fixed=[cv.boundary_id] + prefix, shown_from=1)
     one_line = "\n" not in p.strip("\n")
     text = p.strip("\n") + "\n" if one_line else p
-    own = cv.ids(tokenize(text, cv.tokenizer))
-    words = [i for i in own if cv.vocab[i] not in ("\n", "<eos>", "<eor>")]
+    toks = tokenize(text, cv.tokenizer)
+    own = cv.ids(toks)
+    # words: what is neither white space nor a special token (the char tokenizer knows the space)
+    words = [i for t, i in zip(toks, own) if t.strip() and t not in ("<eos>", "<eor>")]
     if not words or all(i == cv.unk_id for i in words):
         raise InputError(f"generate.prompt: {p!r}: every word is unknown to the vocabulary of {cv.path}")
-    unknown = [t for t, i in zip(tokenize(text, cv.tokenizer), own) if i == cv.unk_id]
+    unknown = [t for t, i in zip(toks, own) if i == cv.unk_id]
     if unknown:
         _warn(f"generate.prompt: unknown to the vocabulary, fed as <unk>: {', '.join(unknown[:10])}")
     if one_line and prefix and own[:len(prefix)] != prefix:
-        own = prefix + own  # a one-line prompt is a title
+        own = cv.ids(tokenize(f"{TITLE_TEXT} {text}", cv.tokenizer))  # a one-line prompt is a title
     return PromptPlan("text", fixed=[cv.boundary_id] + own, shown_from=1)
 
 
@@ -749,6 +759,18 @@ def _agree_plan(cfg: Config, out: Path, info, cv: CorpusView) -> None:
                      f"generate.name or remove the folder")
 
 
+def _remove_own_temporaries(out: Path, mine: set[int]) -> None:
+    """Delete the temporaries a killed writer of this shard's recipes left (``.recipe-00004.txt.*.tmp``):
+    only this shard writes those recipes, so no live writer owns them."""
+    for p in out.glob(".recipe-*.txt.*.tmp"):
+        try:
+            i = int(p.name[len(".recipe-"):].split(".", 1)[0])
+        except ValueError:
+            continue
+        if i in mine:
+            p.unlink(missing_ok=True)
+
+
 def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateResult:
     """Generate this shard's recipes (all of them with the defaults); merge when all are present."""
     from hpcrnn import checkpoint as ckpt
@@ -775,6 +797,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     _agree_plan(cfg, out, info, cv)
 
     mine = shard_recipes(g.num_recipes, shard, num_shards)
+    _remove_own_temporaries(out, set(mine))
     present = present_recipes(out)
     todo = [i for i in mine if i not in present]
     skipped = len(mine) - len(todo)

@@ -246,6 +246,24 @@ def test_worker_processes_describe_like_the_writer_thread(tmp_path, monkeypatch)
     assert G.quality_workers(torch.device("cpu")) == 0
 
 
+@pytest.mark.parametrize("tokenizer", ["char", "whitespace"])
+def test_other_tokenizers(tmp_path, tokenizer):
+    cfg_path, cfg = prepared(tmp_path, data={"tokenizer": tokenizer})
+    r = G.run_generate(cfg)
+    assert r.complete and r.written == 7
+    out = tmp_path / "scratch" / "tiny" / "generated" / "default"
+    index = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
+    for rec in index:
+        text = (out / rec["file"]).read_text()
+        assert text.startswith("Title:") and "<eor>" not in text and "<eos>" not in text
+    if tokenizer == "whitespace":  # no end-of-document token: every recipe runs to max_tokens
+        assert {rec["stopped"] for rec in index} == {"max_tokens"}
+        assert {rec["tokens"] for rec in index} == {40}
+    G.run_generate(with_(cfg_path, "generate.name=p", "generate.prompt=FIG JAM"))  # case kept: both
+    for text in files_of(out.parent / "p").values():
+        assert text.decode().startswith("Title: FIG JAM\n")
+
+
 def test_greedy_is_deterministic_and_topk_restricts(tmp_path):
     cfg_path, cfg = prepared(tmp_path)
     G.run_generate(with_(cfg_path, "generate.name=g1", "generate.temperature=0"))
@@ -282,8 +300,10 @@ def test_killed_job_leaves_no_half_file_and_rerun_completes_identically(tmp_path
     # a torn last index line (killed in the middle of an append) is ignored and cut off
     with open(out / "index-00001-of-00001.jsonl", "a") as f:
         f.write('{"recipe": 4, "fil')
+    assert list(out.glob(".recipe-*.tmp"))
     r = G.run_generate(with_(cfg_path, "generate.name=kill"))
     assert r.skipped == 3 and r.written == 4 and r.complete
+    assert not list(out.glob(".recipe-*.tmp"))  # the dead writer's temporary is cleaned up
     assert files_of(out) == files_of(gen / "ref")
     assert (out / "index.jsonl").read_bytes() == (gen / "ref" / "index.jsonl").read_bytes()
     lines = (out / "index-00001-of-00001.jsonl").read_text().splitlines()
