@@ -15,8 +15,9 @@ it each file is one document). ``mealmaster`` (``MMMMM----- Recipe via Meal-Mast
 (the lecture's tab table after a title line, or ``* Exported from MasterCook *``) split at their own recipe
 starts and rewrite the ingredient table with one tab between columns (MealMaster's two-column lines become
 two lines); the recipe tokenizer then keeps each tab as a ``\t`` token, so the table survives and
-``text.detokenize`` can set the columns again. ``auto`` (the default) looks at each file's first 64 KB and
-falls back to ``plain``; naming a format a file is not in is an error.
+``text.detokenize`` can set the columns again. ``auto`` (the default) is ``plain`` when
+``data.document_start`` is given, else the format each file opens with (its first non-blank line); naming
+a format a file does not open with is an error.
 
 Splits: with a ``{train, val, test}`` mapping the files are the splits (no shuffle; ``split_mode`` is
 ``files`` and ``split_files`` names them; a val/test file whose words are all unknown is an error);
@@ -281,11 +282,13 @@ _RULE_ROW = re.compile(r"[-\s]+\Z")
 
 
 def detect_format(head: str) -> str:
-    """``mealmaster``, ``mastercook`` or ``plain`` from the first text of a file."""
-    head = head[:_SNIFF]
-    if re.search(_MM_START, head, re.M | re.I):
+    """``mealmaster``, ``mastercook`` or ``plain`` from the first text of a file: the file must *open* with a
+    recipe of that format (its first non-blank line), since a recipe corpus may quote a stray
+    ``Recipe via Meal-Master`` line somewhere (the shared corpus has 43)."""
+    head = head[:_SNIFF].lstrip("\n \t")
+    if re.match(_MM_START, head, re.I):
         return "mealmaster"
-    if re.search(_MC_START, head, re.M | re.I):
+    if re.match(_MC_START, head, re.I):
         return "mastercook"
     return "plain"
 
@@ -354,17 +357,19 @@ def iter_documents(path: Path, document_start: Optional[str], stats: ReadStats,
     file. Text before the first match is not a document (counted in ``stats.preamble_chars``).
 
     ``fmt``: ``plain`` as described; ``mealmaster`` and ``mastercook`` split at their own recipe starts
-    (``document_start`` is not used); ``auto`` looks at the file's first 64 KB. The format used is
-    recorded in ``stats.formats``; a file that is not in a format asked for by name is an error."""
+    (``document_start`` is not used); ``auto`` is ``plain`` when ``document_start`` is given, else the
+    format the file opens with. The format used is recorded in ``stats.formats``; a file that does not
+    open with a recipe of a format asked for by name is an error."""
     chunks = iter_text_chunks(path, stats)
     first = next(chunks, "")
     found = detect_format(first)
     if fmt in ("mealmaster", "mastercook") and found != fmt and first.strip():
         what = "a 'MMMMM----- Recipe via Meal-Master' line" if fmt == "mealmaster" else \
             "a '* Exported from MasterCook *' line or an 'Amount<tab>Measure<tab>Ingredient' table"
-        raise InputError(f"{path}: not a {fmt} file: no {what} in its first {_SNIFF // 1024} KB "
+        raise InputError(f"{path}: not a {fmt} file: it does not open with {what} "
                          f"(data.format: {fmt}; use auto or plain)")
-    used = found if fmt == "auto" else fmt
+    # auto: a document_start the user gave says how to split; otherwise what the file opens with
+    used = (found if not document_start else "plain") if fmt == "auto" else fmt
     stats.formats[str(path)] = used
     if used == "mealmaster":
         document_start = _MM_START

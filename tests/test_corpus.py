@@ -446,6 +446,13 @@ def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_doc
                                                split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / f"{asked}.h5"))).path)
         assert c.num_documents == n_docs and c.attrs["counts"]["formats"] == {str(src): fmt}
         assert "\t" in c.stoi  # table columns are kept as tokens
+    # a corpus that quotes a recipe of another format further down stays plain under auto
+    quoting = tmp_path / "quoting.txt"
+    quoting.write_text("Title: Notes\nYield: 1\nSee below.\n\n" + src.read_text())
+    assert detect_format(quoting.read_text()) == "plain"
+    assert open_corpus(run_preprocess(cfg_for(tmp_path, quoting, window=4, split=[1.0, 0.0, 0.0],
+                                              h5_path=str(tmp_path / "q.h5"))).path).attrs["counts"][
+        "formats"] == {str(quoting): "plain"}  # document_start given: plain under auto
     plain = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, format="plain", window=4,
                                                split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / "p.h5"))).path)
     assert plain.num_documents == 1 and "\t" not in plain.stoi  # plain: the file as it is, tabs are spaces
