@@ -247,10 +247,14 @@ def test_whitespace_tokenizer_stream(tmp_path):
 # ---------------------------------------------------------------- re-running
 
 def test_second_run_skips_and_changes_rebuild(tmp_path):
+    from hpcrnn.corpus import is_current
+
     src = tmp_path / "r.txt"
     write_corpus(src)
     cfg = cfg_for(tmp_path, src)
+    assert not is_current(cfg)
     first = run_preprocess(cfg)
+    assert is_current(cfg) and not is_current(cfg_for(tmp_path, src, window=5))
     mtime = first.path.stat().st_mtime_ns
     again = run_preprocess(cfg)
     assert again.skipped and again.path == first.path and first.path.stat().st_mtime_ns == mtime
