@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -208,8 +209,14 @@ class TrainJob(StageJob, Checkpointable):
             reason = "timed-out" if timed_out else "preempted"
             countdown = sh._delayed._timeout_countdown - int(timed_out)
         env = _job_env()
-        _record_requeue(self.cfg, reason, job_id=env.job_id if env else None,
-                        restart_count=int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
+        job_id = env.job_id if env else None
+        restarts = os.environ.get("SLURM_RESTART_COUNT")
+        if restarts is None:  # the local executor restarts without counting: count our own records
+            from hpcrnn.status import read_metrics
+
+            restarts = sum(1 for r in read_metrics(self.cfg.metrics_path)
+                           if r.get("event") == "requeue" and str(r.get("job_id")) == str(job_id))
+        _record_requeue(self.cfg, reason, job_id=job_id, restart_count=int(restarts or 0),
                         requeued=countdown >= 0)
         return DelayedSubmission(self, *args, **kwargs)
 
@@ -429,7 +436,7 @@ def latest_jobs(run_dir: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for launch in read_jobs(run_dir)["launches"]:
         for stage, rec in (launch.get("stages") or {}).items():
-            if rec.get("job_id"):
+            if rec.get("action") not in (None, "skipped"):
                 out[stage] = dict(rec, cluster=launch.get("cluster"), launched=launch.get("time"))
     return {s: out[s] for s in sorted(out, key=lambda s: STAGES.index(s) if s in STAGES else 99)}
 
@@ -690,28 +697,31 @@ def _launch_here(cfg: Config, plans: list[StagePlan], res: LaunchResult, out: Ca
             t0 = time.time()
             out(f"== {p.stage} ({cluster}): {p.reason}")
             if cluster == "debug":
+                records[p.stage] = {"action": "failed"}  # until it returns
                 results = [job.run() for job in _stage_jobs(cfg, p.stage)]  # errors propagate as they are
                 records[p.stage] = {"action": "ran", "seconds": round(time.time() - t0, 1)}
             else:
-                results, rec = _run_local_stage(cfg, p.stage)
-                records[p.stage] = rec
-                res.jobs[p.stage] = rec
+                rec = records[p.stage] = res.jobs[p.stage] = {"action": "failed"}
+                results = _run_local_stage(cfg, p.stage, rec)
+                rec.update(action="ran", seconds=round(time.time() - t0, 1))
             res.results[p.stage] = results[0] if len(results) == 1 else results
             out(f"== {p.stage} done in {time.time() - t0:.1f} s")
     finally:
         _write_launch(cfg, {"time": time.time(), "cluster": cluster, "stages": records})
 
 
-def _run_local_stage(cfg: Config, stage: str) -> tuple[list, dict]:
-    """Run one stage through submitit's local executor, shard after shard, streaming rank 0's log."""
+def _run_local_stage(cfg: Config, stage: str, rec: dict) -> list:
+    """Run one stage through submitit's local executor, shard after shard, streaming rank 0's log;
+    ``rec`` (the stage's record in jobs.json) learns the job id and logs as soon as they exist."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
     ex = make_executor(cfg, stage, "local")
-    results, rec = [], {"action": "ran-local", "folder": str(ex.folder), "job_ids": []}
+    results = []
+    rec["folder"] = str(ex.folder)
     for job_callable in _stage_jobs(cfg, stage):
         job = ex.submit(job_callable)
-        rec["job_ids"].append(job.job_id)
-        rec["stdout"], rec["stderr"] = str(job.paths.stdout), str(job.paths.stderr)
+        # the local "job id" is the controller's pid: informative only, Slurm knows nothing of it
+        rec.update(job_id=str(job.job_id), stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
         tail = _Tail([(job.paths.stdout, sys.stdout), (job.paths.stderr, sys.stderr)])
         try:
             while not job.done():
@@ -725,22 +735,35 @@ def _run_local_stage(cfg: Config, stage: str) -> tuple[list, dict]:
         except (FailedJobError, UncompletedJobError) as e:
             tail.pump()
             raise _job_failure(stage, job, str(e)) from None
-    return results, rec
+    return results
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Stopped)): (.*)$")
 
 
 def _job_failure(stage: str, job, text: str) -> HpcrnnError:
-    """One line for a failed local job: the stage's own error message where it raised one of ours."""
+    """One line for a failed local job, from the exception that ended it (the last one in its trace)."""
     from hpcrnn import errors
 
-    last = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(last):
-        name, _, msg = ln.partition(": ")
-        cls = getattr(errors, name.rsplit(".", 1)[-1], None) if name.startswith("hpcrnn.") else None
-        if isinstance(cls, type) and issubclass(cls, HpcrnnError):
-            return cls(f"{stage} failed: {msg} (log: {job.paths.stderr})")
-        if name.endswith("StageStopped"):
-            return StageStopped(f"{stage}: {msg}")
-    e = HpcrnnError(f"{stage} failed: {last[-1] if last else 'no message'} (log: {job.paths.stderr})")
+    name, msg = "", ""
+    for ln in reversed([ln.strip() for ln in text.splitlines()]):
+        m = _EXC_LINE.match(ln)
+        if m:
+            name, msg = m.groups()
+            break
+    log = f"(log: {job.paths.stderr})"
+    short = name.rsplit(".", 1)[-1]
+    cls = getattr(errors, short, None) if name.startswith("hpcrnn.errors.") else None
+    if isinstance(cls, type) and issubclass(cls, HpcrnnError):
+        return cls(f"{stage} failed: {msg} {log}")
+    if short == "StageStopped":
+        return StageStopped(f"{stage}: {msg}")
+    if short == "UncompletedJobError" and "timed-out too many times" in msg:
+        e = HpcrnnError(f"{stage}: reached slurm.{stage}.time_min more than slurm.max_num_timeout times; its "
+                        f"checkpoint is complete: launch again to continue, or raise the time limit {log}")
+        e.exit_code = errors.EXIT_REQUEUE
+        return e
+    e = HpcrnnError(f"{stage} failed: {name + ': ' if name else ''}{msg or 'see the log'} {log}")
     e.exit_code = errors.EXIT_ERROR
     return e
 

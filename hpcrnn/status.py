@@ -70,6 +70,17 @@ def _count_recipes(cfg: Config) -> int:
     return sum(1 for _ in d.rglob("recipe-*.txt"))
 
 
+def _newest_checkpoint(cfg: Config) -> Optional[dict]:
+    from hpcrnn.checkpoint import list_complete
+
+    done = list_complete(cfg.checkpoint_dir, warn=False)
+    if not done:
+        return None
+    c = done[-1]
+    return {"step": c.step, "path": str(c.path), "done": bool(c.meta.get("done")),
+            "total_steps": c.meta.get("total_steps")}
+
+
 def collect_status(cfg: Config) -> dict:
     """Everything `hpcrnn.status` prints, as a dict (the --json output)."""
     from hpcrnn.launch import STAGES, _job_state, latest_jobs, slurm_states, stage_complete
@@ -79,25 +90,28 @@ def collect_status(cfg: Config) -> dict:
         raise InputError(f"{run_dir}: no such run directory (launch it first: python -m hpcrnn.launch CONFIG)")
     metrics = read_metrics(cfg.metrics_path)
     jobs = latest_jobs(run_dir)
-    states = slurm_states([r["job_id"] for r in jobs.values() if r.get("cluster") == "slurm"])
+    states = slurm_states([r["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" and r.get("job_id")])
     requeues = [r for r in metrics if r.get("event") == "requeue"]
+    refused = [r for r in metrics if r.get("event") == "requeue-refused"]
     holder = _lock_holder(run_dir)
+    newest = _newest_checkpoint(cfg)
 
     stages: dict[str, dict] = {}
     for stage in STAGES:
         done, what = stage_complete(cfg, stage)
         rec = jobs.get(stage, {})
-        info: dict[str, Any] = {"state": "not started", "detail": what}
-        if rec.get("job_id"):
-            st = _job_state(states, rec["job_id"])
-            info.update(job_id=rec["job_id"], slurm_state=st, stdout=rec.get("stdout"), stderr=rec.get("stderr"))
+        on_slurm = rec.get("cluster") == "slurm" and bool(rec.get("job_id"))
+        info: dict[str, Any] = {"state": "not started", "detail": what, "cluster": rec.get("cluster")}
+        for k in ("job_id", "stdout", "stderr"):
+            if rec.get(k):
+                info[k] = rec[k]
+        if on_slurm:
+            info["slurm_state"] = _job_state(states, rec["job_id"])
             if rec.get("array"):
                 info["array"] = {j: states.get(j) for j in rec["array"]}
-        elif rec.get("stdout"):
-            info.update(stdout=rec.get("stdout"), stderr=rec.get("stderr"))
         if done:
             info["state"] = "done"
-        elif rec.get("job_id"):
+        elif on_slurm:
             st = info.get("slurm_state")
             info["state"] = STATE_OF_SLURM.get(st or "", "unknown (Slurm has no record)")
             if info["state"] == "completed":
@@ -106,22 +120,20 @@ def collect_status(cfg: Config) -> dict:
         elif holder and holder.get("stage") == stage:
             info["state"] = "running"
             info["detail"] = f"pid {holder.get('pid')} on {holder.get('host')}"
+        elif rec.get("action") == "failed":
+            info["state"] = "failed"
+        elif stage == "train" and newest:
+            info["state"] = "incomplete"
         if stage == "train":
             info["requeues"] = len(requeues)
             info["requeue_reasons"] = dict(Counter(str(r.get("reason")) for r in requeues))
+            if not done and newest and info["state"] in ("failed", "incomplete"):
+                why = "timed out more than slurm.max_num_timeout times; " if refused and \
+                    refused[-1].get("time", 0) >= max([r.get("time", 0) for r in requeues] or [0]) else ""
+                info["detail"] = f"{why}resumable from step {newest['step']}: launch again to continue"
         stages[stage] = info
 
-    ckpt = None
-    try:
-        from hpcrnn.checkpoint import list_complete
-
-        done_ckpts = list_complete(cfg.checkpoint_dir, warn=False)
-        if done_ckpts:
-            c = done_ckpts[-1]
-            ckpt = {"step": c.step, "path": str(c.path), "done": bool(c.meta.get("done")),
-                    "total_steps": c.meta.get("total_steps")}
-    except ImportError:
-        pass
+    ckpt = newest
     val = [r for r in metrics if r.get("split") == "val" and r.get("ppl") is not None]
     return {
         "run": cfg.run.name, "run_dir": str(run_dir), "jobs_dir": str(cfg.jobs_dir), "stages": stages,
@@ -138,8 +150,10 @@ def format_status(s: dict) -> str:
     lines = [f"run {s['run']}: {s['run_dir']}"]
     for stage, info in s["stages"].items():
         parts = []
-        if info.get("job_id"):
+        if info.get("job_id") and info.get("cluster") == "slurm":
             parts.append(f"job {info['job_id']} {info.get('slurm_state') or '?'}")
+        elif info.get("job_id"):
+            parts.append(f"{info.get('cluster')} job {info['job_id']}")
         if stage == "train" and info.get("requeues"):
             why = ", ".join(f"{k} {v}" for k, v in sorted(info["requeue_reasons"].items()))
             parts.append(f"requeued {info['requeues']}x ({why})")

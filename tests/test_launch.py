@@ -240,3 +240,28 @@ def test_local_two_tasks_train_as_two_ranks(tmp_path, tiny_corpus):
     cfg = load_config(cfg_path)
     final = sorted(cfg.checkpoint_dir.glob("step-*"))[-1]
     assert json.loads((final / "meta.json").read_text())["world_size"] == 2
+
+
+def test_local_time_limit_out_of_timeouts_then_relaunch_continues(tmp_path, tiny_corpus):
+    """submitit's local executor sends USR2 before its time limit as Slurm does: with no timeouts left
+    the trainer's checkpoint still lands, the launch says so (exit 75), and a relaunch resumes from it."""
+    cfg_path = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 10 ** 6, "log_every": 1000,
+                                                         "checkpoint_every": 10 ** 6, "eval_every": 10 ** 6},
+                           slurm={"max_num_timeout": 0, "train": {"time_min": 1, "signal_delay_s": 50}})
+    r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", "--stages", "preprocess,train",
+                   timeout=300)
+    assert r.returncode == 75, r.stderr[-2000:]
+    assert "more than slurm.max_num_timeout times" in r.stderr.strip().splitlines()[-1]
+    cfg = load_config(cfg_path)
+    ev = [e for e in read_metrics(cfg.metrics_path) if e.get("event", "").startswith("requeue")]
+    assert [e["event"] for e in ev] == ["requeue-refused"] and ev[0]["reason"] == "timed-out"
+    step = ev[0]["step"]
+    assert step and step > 0
+    s = collect_status(cfg)["stages"]["train"]
+    assert s["state"] == "failed" and f"resumable from step {step}" in s["detail"]
+
+    r = run_module("hpcrnn.launch", str(cfg_path), f"train.max_steps={step + 6}", "slurm.train.time_min=10",
+                   "--cluster", "local", "--stages", "train", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resumed from step-{step:08d}" in r.stdout
+    assert collect_status(load_config(cfg_path, [f"train.max_steps={step + 6}"]))["stages"]["train"]["state"] == "done"
