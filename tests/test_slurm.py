@@ -301,3 +301,27 @@ def test_refused_submission_leaves_no_half_pipeline(slurm, tmp_path, tiny_corpus
     jid = msg.rsplit("(", 1)[1].split(")")[0].split()[-1]  # "...cancelled the jobs already queued (ID)"
     assert sacct(jid)[-1]["State"] == "CANCELLED"
     assert not (load_config(cfg_path).run_dir / "jobs.json").exists()
+
+
+def test_generate_shards_run_as_one_job_array(slurm, tmp_path, tiny_corpus):
+    cfg_path = tiny_config(tmp_path, tiny_corpus, generate={"num_recipes": 6, "batch_size": 3, "max_tokens": 60,
+                                                            "quality_sample": 5, "shards": 3},
+                           slurm={"defaults": {"cpus_per_task": 1}})
+    cfg = load_config(cfg_path)
+    r = launch(str(cfg_path))
+    assert r.returncode == 0, r.stderr
+    assert "array of 3" in r.stdout
+    ids = job_ids(cfg.run_dir)
+    wait_gone(list(ids.values()), cfg.run_dir, timeout=300)
+    tasks = sacct(ids["generate"])
+    assert sorted(t["JobID"] for t in tasks) == [f"{ids['generate']}_{i}" for i in range(3)], tasks
+    assert all(t["State"] == "COMPLETED" for t in tasks), f"{tasks}\n{logs(cfg.run_dir)}"
+    out = cfg.run_dir / "generated" / cfg.generate.name
+    assert len(list(out.glob("recipe-*.txt"))) == 6 and (out / "summary.json").is_file()
+    # each task wrote its own share: recipes i with (i - 1) % 3 == shard
+    for shard in range(3):
+        idx = out / f"index-{shard + 1:05d}-of-00003.jsonl"
+        got = sorted(json.loads(line)["recipe"] for line in idx.read_text().splitlines())
+        assert got == [i for i in range(1, 7) if (i - 1) % 3 == shard]
+    s = run_module("hpcrnn.status", str(cfg.run_dir))
+    assert "generate   done" in s.stdout and "recipes generated: 6 of 6" in s.stdout
