@@ -22,7 +22,6 @@ newest complete checkpoint. SIGTERM ("stopped") ends the job without a requeue.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -38,7 +37,7 @@ from typing import Any, Callable, Optional
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from hpcrnn.config import Config, RESOLVED_NAME, save_resolved
+from hpcrnn.config import Config, save_resolved
 from hpcrnn.errors import EXIT_OK, EXIT_STOPPED, ConfigError, HpcrnnError, LockedError
 from hpcrnn.fsutil import append_jsonl, atomic_write_json
 
@@ -49,6 +48,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Slurm states in which a job still holds, or will hold, the run (squeue's long names).
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
                  "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+
+
+# squeue's PENDING with reason DependencyNeverSatisfied: a job that will never start
+DEPENDENCY_NEVER_SATISFIED = "DEPENDENCY_NEVER_SATISFIED"
 
 
 class StageStopped(HpcrnnError):
@@ -461,13 +464,15 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
             pass
     if shutil.which("squeue"):
         try:
-            r = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(ids)],
+            r = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(ids)],
                                capture_output=True, text=True, timeout=30)
             if r.returncode == 0:  # squeue is the live truth for jobs it still lists
                 for line in r.stdout.splitlines():
-                    jid, _, st = line.partition("|")
+                    jid, st, reason = (line.split("|") + ["", ""])[:3]
                     if jid and st:
-                        states[jid.strip()] = st.strip()
+                        # a job whose afterok job failed waits forever: it is dead, not queued
+                        dead = st.strip() == "PENDING" and reason.strip() == "DependencyNeverSatisfied"
+                        states[jid.strip()] = DEPENDENCY_NEVER_SATISFIED if dead else st.strip()
         except (OSError, subprocess.SubprocessError):
             pass
     return states
@@ -477,7 +482,8 @@ def _job_state(states: dict[str, str], job_id: str) -> Optional[str]:
     if job_id in states:
         return states[job_id]
     subs = [s for j, s in states.items() if j.split("_")[0] == job_id]  # an array: the most active task
-    for st in ("RUNNING", "PENDING", "REQUEUED", "FAILED", "CANCELLED", "TIMEOUT", "COMPLETED"):
+    for st in ("RUNNING", "PENDING", "REQUEUED", DEPENDENCY_NEVER_SATISFIED, "FAILED", "CANCELLED", "TIMEOUT",
+               "COMPLETED"):
         if st in subs:
             return st
     return subs[0] if subs else None
@@ -490,8 +496,13 @@ def check_not_in_flight(cfg: Config) -> None:
     if not jobs:
         return
     states = slurm_states([r["job_id"] for r in jobs.values()])
-    busy = [(s, r["job_id"], _job_state(states, r["job_id"])) for s, r in jobs.items()]
-    busy = [(s, j, st) for s, j, st in busy if st in ACTIVE_STATES]
+    found = [(s, r["job_id"], _job_state(states, r["job_id"])) for s, r in jobs.items()]
+    dead = [j for _, j, st in found if st == DEPENDENCY_NEVER_SATISFIED]
+    if dead:  # left behind by a failed or cancelled upstream job: this launch replaces them
+        subprocess.run(["scancel", *dead], capture_output=True, timeout=60)
+        _log(f"hpcrnn.launch: cancelled job(s) {' '.join(dead)} of the previous launch: their upstream job "
+             f"did not succeed")
+    busy = [(s, j, st) for s, j, st in found if st in ACTIVE_STATES]
     if busy:
         names = ", ".join(f"{s} job {j} ({st})" for s, j, st in busy)
         raise LockedError(f"run {cfg.run.name!r} ({cfg.run_dir}) still has jobs in Slurm: {names}; wait for them "

@@ -25,6 +25,7 @@ STATE_OF_SLURM = {  # Slurm job state -> what a user wants to know
     "COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed",
     "OUT_OF_MEMORY": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed",
     "PREEMPTED": "failed", "REVOKED": "failed",
+    "DEPENDENCY_NEVER_SATISFIED": "failed",  # waits forever on an upstream job that did not succeed
 }
 
 

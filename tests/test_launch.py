@@ -15,7 +15,7 @@ import torch
 
 from hpcrnn import launch as L
 from hpcrnn.config import load_config
-from hpcrnn.errors import ConfigError, InputError
+from hpcrnn.errors import ConfigError
 from hpcrnn.status import collect_status, format_status, read_metrics
 from tests.conftest import run_module, tiny_config
 

@@ -325,3 +325,46 @@ def test_generate_shards_run_as_one_job_array(slurm, tmp_path, tiny_corpus):
         assert got == [i for i in range(1, 7) if (i - 1) % 3 == shard]
     s = run_module("hpcrnn.status", str(cfg.run_dir))
     assert "generate   done" in s.stdout and "recipes generated: 6 of 6" in s.stdout
+
+
+def test_scancel_stops_training_with_a_checkpoint_and_relaunch_continues(slurm, tmp_path, tiny_corpus):
+    """Plain scancel (SIGTERM): the trainer stops at a step boundary with a complete checkpoint and the job
+    is not requeued; the generate job left waiting on it is reported failed, and the next launch cancels it
+    and continues the run from that checkpoint."""
+    cfg_path = tiny_config(tmp_path, tiny_corpus, model={"hidden": 64, "embedding": 64},
+                           train={"max_steps": 3000, "checkpoint_every": 50, "eval_every": 1000,
+                                  "log_every": 500},
+                           slurm={"defaults": {"cpus_per_task": 1}})
+    cfg = load_config(cfg_path)
+    assert launch(str(cfg_path)).returncode == 0
+    ids = job_ids(cfg.run_dir)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(cfg.checkpoint_dir.glob("step-*/COMPLETE")):
+        time.sleep(0.2)
+    subprocess.run(["scancel", ids["train"]], check=True)
+    wait_gone([ids["train"]], cfg.run_dir, timeout=120)
+    assert [x["State"] for x in sacct(ids["train"])] == ["CANCELLED"]
+    stops = [e for e in read_metrics(cfg.metrics_path) if e.get("event") in ("stop", "requeue")]
+    assert [(e["event"], e.get("reason"), e.get("status")) for e in stops] == [("stop", "SIGTERM", "stopped")]
+    stopped_at = stops[0]["step"]
+    assert (cfg.checkpoint_dir / f"step-{stopped_at:08d}" / "COMPLETE").is_file()
+
+    deadline = time.time() + 60  # Slurm marks the orphaned generate job at its next scheduling pass
+    while time.time() < deadline:
+        st = json.loads(run_module("hpcrnn.status", str(cfg.run_dir), "--json").stdout)["stages"]
+        if st["generate"]["state"] == "failed":
+            break
+        time.sleep(1)
+    assert st["generate"]["state"] == "failed" and st["generate"]["slurm_state"] == "DEPENDENCY_NEVER_SATISFIED"
+    assert st["train"]["state"] == "failed" and f"resumable from step {stopped_at}" in st["train"]["detail"]
+
+    r = launch(str(cfg_path))
+    assert r.returncode == 0, r.stderr
+    assert f"cancelled job(s) {ids['generate']}" in r.stderr
+    new = job_ids(cfg.run_dir)
+    assert new["train"] != ids["train"] and new["generate"] != ids["generate"]
+    assert read_jobs(cfg.run_dir)["launches"][-1]["stages"]["preprocess"]["action"] == "skipped"
+    wait_gone([new["train"], new["generate"]], cfg.run_dir, timeout=300)
+    completed(new["generate"], cfg.run_dir)
+    out = (cfg.jobs_dir / "train" / f"{new['train']}_0_log.out").read_text()
+    assert f"resumed from step-{stopped_at:08d}" in out
