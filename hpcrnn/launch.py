@@ -544,6 +544,8 @@ def make_executor(cfg: Config, stage: str, cluster: str, dependency: Optional[st
         extra = {str(k).replace("_", "-"): v for k, v in (r.additional or {}).items()}
         if dependency:
             extra["dependency"] = dependency
+            # if the upstream job fails, cancel this one instead of leaving it pending forever
+            extra.setdefault("kill-on-invalid-dep", "yes")
         if extra:
             params["additional_parameters"] = extra
         try:

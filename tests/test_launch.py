@@ -74,7 +74,7 @@ def test_sbatch_script_has_the_stage_resources_and_dependency(tmp_path, tiny_cor
     for line in ["#SBATCH --partition=gpu", "#SBATCH --time=240", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --ntasks-per-node=2", "#SBATCH --signal=USR2@120", "#SBATCH --account=proj7",
                  "#SBATCH --constraint=a100", "#SBATCH --mail-type=END", "#SBATCH --dependency=afterok:41",
-                 "#SBATCH --mem=1536MB", "#SBATCH --job-name=tiny-train", "#SBATCH --cpus-per-task=2"]:
+                 "#SBATCH --mem=1536MB", "#SBATCH --kill-on-invalid-dep=yes", "#SBATCH --job-name=tiny-train", "#SBATCH --cpus-per-task=2"]:
         assert line in text, line
     assert f"export PYTHONPATH={L.PROJECT_ROOT}" in text
     assert str(cfg.jobs_dir / "train") in text  # logs under <paths.jobs>/<run>/<stage>/

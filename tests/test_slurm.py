@@ -355,12 +355,15 @@ def test_scancel_stops_training_with_a_checkpoint_and_relaunch_continues(slurm, 
         if st["generate"]["state"] == "failed":
             break
         time.sleep(1)
-    assert st["generate"]["state"] == "failed" and st["generate"]["slurm_state"] == "DEPENDENCY_NEVER_SATISFIED"
+    # --kill-on-invalid-dep cancels it; where a cluster ignores that, it waits as DependencyNeverSatisfied
+    assert st["generate"]["state"] == "failed"
+    assert st["generate"]["slurm_state"] in ("CANCELLED", "DEPENDENCY_NEVER_SATISFIED")
     assert st["train"]["state"] == "failed" and f"resumable from step {stopped_at}" in st["train"]["detail"]
 
     r = launch(str(cfg_path))
     assert r.returncode == 0, r.stderr
-    assert f"cancelled job(s) {ids['generate']}" in r.stderr
+    if st["generate"]["slurm_state"] == "DEPENDENCY_NEVER_SATISFIED":
+        assert f"cancelled job(s) {ids['generate']}" in r.stderr
     new = job_ids(cfg.run_dir)
     assert new["train"] != ids["train"] and new["generate"] != ids["generate"]
     assert read_jobs(cfg.run_dir)["launches"][-1]["stages"]["preprocess"]["action"] == "skipped"
