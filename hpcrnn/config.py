@@ -125,6 +125,9 @@ class GenerateConfig:
     shards: int = _f(1, min=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison
+    # the output layer (most of a step's work) in bf16 where the hardware multiplies bf16 natively
+    # (CUDA, CPUs with AMX); auto resolves once per output folder (generated/<name>/plan.json)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass

@@ -134,6 +134,41 @@ def test_sample_next_greedy_topk_topp_and_inverse_cdf():
     assert topk[0] == pytest.approx(np.exp(2) / (np.exp(2) + np.exp(1)), abs=2e-4)
 
 
+@pytest.mark.parametrize("n", [1024, 3001, 8000])
+def test_two_level_inverse_cdf(n):
+    """The CPU's two-level search (block sums, then one block) picks what the flat running sum picks, and
+    never a token of zero weight (banned ones, whole empty blocks, the short last block)."""
+    g = torch.Generator().manual_seed(n)
+    w = torch.rand(1, n, generator=g) ** 4
+    w[0, 64:192] = 0  # two empty blocks
+    w[0, 5] = 0
+    w[0, n - 1] = 0  # the very last token banned
+    m = 20000
+    u = (torch.arange(m) + 0.5) / m
+    got = G._inverse_cdf(w.expand(m, n).clone(), u)
+    cdf = w[0].cumsum(0)
+    flat = torch.searchsorted(cdf, (u * (1 - 1e-6)) * cdf[-1], right=True).clamp(max=n - 1)
+    assert (got != flat).float().mean() < 1e-3  # only float rounding at a boundary may differ
+    assert (w[0][got] > 0).all()
+    freq = torch.bincount(got, minlength=n).float() / m
+    assert (freq - w[0] / w[0].sum()).abs().max() < 2e-4
+    # every row searches on its own: one row alone gives what it gives in the batch
+    assert all(G._inverse_cdf(w.clone(), u[k:k + 1]).item() == got[k].item() for k in (0, 777, 19999))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sample_next_with_a_work_buffer_is_the_same(dtype):
+    """The engine reuses a float32 buffer; the answer must not depend on it (nor on bf16 logits being
+    widened before the temperature, not after)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(64, 500) * 3).to(dtype)
+    u = torch.rand(64)
+    for args in ((0.0, 0, 1.0), (0.8, 0, 1.0), (0.8, 5, 1.0), (0.8, 0, 0.9), (1.3, 10, 0.5)):
+        want = G.sample_next(logits.float(), u, *args)
+        assert torch.equal(G.sample_next(logits, u, *args), want), args
+        assert torch.equal(G.sample_next(logits, u, *args, work=torch.full((64, 500), float("nan"))), want), args
+
+
 def reference_generate(model, prompt, uniforms, max_tokens, stop_id, temperature, top_k, top_p, banned):
     """One recipe, the plain way: run the prompt, then one token at a time with its own state."""
     with torch.no_grad():
@@ -262,6 +297,47 @@ def test_other_tokenizers(tmp_path, tokenizer):
     G.run_generate(with_(cfg_path, "generate.name=p", "generate.prompt=FIG JAM"))  # case kept: both
     for text in files_of(out.parent / "p").values():
         assert text.decode().startswith("Title: FIG JAM\n")
+
+
+def test_precision_auto_is_resolved_once_and_pinned(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert G.resolve_precision("auto", cpu) == "bf16" and G.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert G.resolve_precision("auto", cpu) == "fp32" and G.resolve_precision("bf16", cpu) == "bf16"
+    cfg_path, cfg = prepared(tmp_path)
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+    # shard 1 of 2 starts on a machine without AMX: auto -> fp32, pinned in plan.json ...
+    G.run_generate(with_(cfg_path, "generate.name=auto"), shard=0, num_shards=2)
+    assert json.loads((gen / "auto" / "plan.json").read_text())["precision"] == "fp32"
+    # ... and shard 2 on one with AMX follows the plan, so the set is one precision
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert G.run_generate(with_(cfg_path, "generate.name=auto"), shard=1, num_shards=2).complete
+    index = [json.loads(x) for x in (gen / "auto" / "index.jsonl").read_text().splitlines()]
+    assert {rec["precision"] for rec in index} == {"fp32"}
+    G.run_generate(with_(cfg_path, "generate.name=fp32", "generate.precision=fp32"))
+    assert files_of(gen / "auto") == files_of(gen / "fp32")
+    # bf16 output layer: complete, recorded, the same files for any batch size
+    G.run_generate(with_(cfg_path, "generate.name=bf16a", "generate.precision=bf16", "generate.batch_size=3"))
+    G.run_generate(with_(cfg_path, "generate.name=bf16b", "generate.precision=bf16", "generate.batch_size=7"))
+    assert files_of(gen / "bf16a") == files_of(gen / "bf16b")
+    s = json.loads((gen / "bf16a" / "summary.json").read_text())
+    assert s["precision"] == "bf16" and s["settings"]["precision"] == "bf16"
+    with pytest.raises(InputError, match="generate.precision='bf16'"):  # never mixed in one folder
+        G.run_generate(with_(cfg_path, "generate.name=bf16a", "generate.precision=fp32"))
+
+
+def test_low_precision_head_is_close_and_keeps_the_state_fp32():
+    torch.manual_seed(0)
+    model = RecurrentLM(50, ModelConfig(hidden=32, embedding=16)).eval()
+    tok = torch.randint(0, 50, (5,))
+    ref, ref_state = model.step(tok, None)
+    G.apply_precision(model, "bf16")
+    assert isinstance(model.head, G.LowPrecisionLinear) and model.head.weight.dtype == torch.bfloat16
+    got, state = model.step(tok, None)
+    assert got.dtype == torch.bfloat16 and state[0].dtype == torch.float32
+    assert torch.equal(state[0], ref_state[0])
+    assert torch.allclose(got.float(), ref, atol=0.02)
 
 
 def test_greedy_is_deterministic_and_topk_restricts(tmp_path):
