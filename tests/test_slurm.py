@@ -371,3 +371,33 @@ def test_scancel_stops_training_with_a_checkpoint_and_relaunch_continues(slurm, 
     completed(new["generate"], cfg.run_dir)
     out = (cfg.jobs_dir / "train" / f"{new['train']}_0_log.out").read_text()
     assert f"resumed from step-{stopped_at:08d}" in out
+
+
+def test_real_preemption_by_a_higher_priority_job(slurm, tmp_path, tiny_corpus):
+    """Slurm itself preempts the train job (partition priority, PreemptMode=REQUEUE with
+    preempt_send_user_signal, as .ci/slurm-cluster configures): USR2 reaches the trainer, which checkpoints;
+    the job is requeued and resumes after the urgent job."""
+    parts = _run("sinfo", "-h", "-o", "%P %c").stdout.split()
+    cpus = dict(zip(parts[::2], parts[1::2]))
+    if not {"preemptible", "urgent"} <= set(cpus):
+        pytest.skip("the cluster has no preemptible/urgent partitions (.ci/slurm-cluster makes them)")
+    n = int(cpus["preemptible"])
+    cfg_path = tiny_config(tmp_path, tiny_corpus, model={"hidden": 64, "embedding": 64},
+                           train={"max_steps": 3000, "checkpoint_every": 100, "eval_every": 100000,
+                                  "log_every": 1000},
+                           slurm={"defaults": {"cpus_per_task": 1},
+                                  "train": {"partition": "preemptible", "cpus_per_task": n}})
+    cfg = load_config(cfg_path)
+    assert launch(str(cfg_path), "--stages", "preprocess,train").returncode == 0
+    jid = job_ids(cfg.run_dir)["train"]
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(cfg.checkpoint_dir.glob("step-*/COMPLETE")):
+        time.sleep(0.2)
+    urgent = _run("sbatch", "--parsable", "-p", "urgent", "-c", str(n), "-o", str(tmp_path / "urgent.out"),
+                  "--wrap", "sleep 3").stdout.strip()
+    wait_gone([jid, urgent], cfg.run_dir, timeout=300)
+    assert sacct(urgent)[-1]["State"] == "COMPLETED"
+    assert [x["State"] for x in sacct(jid)] == ["REQUEUED", "COMPLETED"], logs(cfg.run_dir)
+    events = [e for e in read_metrics(cfg.metrics_path) if e.get("event") in ("stop", "requeue")]
+    assert [(e["event"], e["reason"]) for e in events] == [("stop", "SIGUSR2"), ("requeue", "preempted")]
+    assert json.loads((model_pt(cfg).parent / "meta.json").read_text())["step"] == 3000
