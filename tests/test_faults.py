@@ -18,18 +18,9 @@ import torch
 from hpcrnn import checkpoint as ckpt
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_REQUEUE, EXIT_STOPPED, EXIT_STORAGE, EXIT_USAGE
-from tests.conftest import ROOT, run_module, tiny_config
+from tests.conftest import ROOT, prepared, run_module, tiny_config
 
 torch.set_num_threads(1)
-
-
-def prepared(tmp_path, corpus, **sections):
-    from hpcrnn.corpus import run_preprocess
-
-    cfg_path = tiny_config(tmp_path, corpus, **sections)
-    cfg = load_config(cfg_path)
-    run_preprocess(cfg)
-    return cfg_path, cfg
 
 
 def start_train(cfg_path, *overrides, env=None):
