@@ -33,7 +33,7 @@ Aggregates over many recipes come from :func:`summarize`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -133,12 +133,12 @@ def parse_recipe(text: str) -> ParsedRecipe:
         ingredients, instructions = [], "\n".join(lines[start:])
     else:
         ingredients = []
-        body = [ln for ln in lines]
-        first = next((ln.strip() for ln in body if ln.strip()), "")
-        if title is None and first and len(first) <= 80 and not first.endswith((".", "!", "?")) \
-                and not _HEADERISH.match(first):
-            title = first
-            body = body[body.index(next(ln for ln in body if ln.strip())) + 1:]
+        body = lines
+        k = next((i for i, ln in enumerate(lines) if ln.strip()), None)  # the first non-blank line
+        if title is None and k is not None:
+            first = lines[k].strip()
+            if len(first) <= 80 and not first.endswith((".", "!", "?")) and not _HEADERISH.match(first):
+                title, body = first, lines[k + 1:]
         instructions = "\n".join(ln for ln in body if not _HEADERISH.match(ln))
     return ParsedRecipe(title, ingredients, instructions)
 
