@@ -250,6 +250,17 @@ def test_writes_recipes_index_and_summary(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
+def test_never_uses_a_partial_checkpoint(tmp_path):
+    """A trainer writing beside the generator: an unmarked step folder and a temporary one are ignored."""
+    cfg_path, cfg = prepared(tmp_path)
+    partial = cfg.checkpoint_dir / "step-00000009"
+    partial.mkdir()
+    (partial / "model.pt").write_bytes(b"half a checkpoint")
+    (cfg.checkpoint_dir / ".tmp-step-00000011-4242").mkdir()
+    r = G.run_generate(cfg)
+    assert r.complete and r.checkpoint_step == 5
+
+
 def test_same_seed_same_files_across_batch_sizes_and_shards(tmp_path):
     cfg_path, cfg = prepared(tmp_path)
     G.run_generate(with_(cfg_path, "generate.name=a", "generate.batch_size=4"))
