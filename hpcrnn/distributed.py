@@ -5,7 +5,7 @@ One code path for 1 process, N processes on one machine and N x M across nodes:
 - Slurm (``srun`` or a submitit job, one task per rank) sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID;
   the master is the first host of SLURM_JOB_NODELIST and the port is derived from the job id, so every task
   of a job agrees without talking;
-- submitit's local executor sets SUBMITIT_LOCAL_GLOBAL_RANK / _NTASKS / _LOCAL_RANK;
+- submitit's local executor sets SUBMITIT_LOCAL_GLOBALID / _NTASKS / _LOCALID;
 - otherwise a single process, and no process group at all (collectives become no-ops).
 NCCL on CUDA, gloo on CPU.
 """
@@ -59,9 +59,9 @@ def detect() -> tuple[int, int, int, str]:
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun"
-    if "SUBMITIT_LOCAL_GLOBAL_RANK" in env:
-        return (int(env["SUBMITIT_LOCAL_GLOBAL_RANK"]), int(env.get("SUBMITIT_LOCAL_NTASKS", 1)),
-                int(env.get("SUBMITIT_LOCAL_LOCAL_RANK", 0)), "submitit-local")
+    if "SUBMITIT_LOCAL_GLOBALID" in env:
+        return (int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env.get("SUBMITIT_LOCAL_NTASKS", 1)),
+                int(env.get("SUBMITIT_LOCAL_LOCALID", 0)), "submitit-local")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         # SLURM_STEP_ID: we are a task of a job step (srun / submitit), not the batch script itself
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm"

@@ -172,9 +172,15 @@ def check_compatible(meta: dict, cfg: Config, vocab_hash: str, path: Path) -> No
 
 
 def training_done(cfg: Config) -> bool:
-    """Has this run's training reached its target (the newest complete checkpoint says done)?"""
+    """Has this run's training reached the target of ``cfg`` (not only the target it was started with)?"""
     c = ckpt.latest(cfg.checkpoint_dir)
-    return bool(c and c.meta.get("done"))
+    if not (c and c.meta.get("done")):
+        return False
+    if cfg.train.max_steps:
+        return c.step >= cfg.train.max_steps
+    old = c.meta.get("config", {}).get("train", {})
+    same_plan = old.get("max_steps") == 0 and old.get("batch_size") == cfg.train.batch_size
+    return same_plan and old.get("epochs", 0) >= cfg.train.epochs
 
 
 class Progress:

@@ -203,3 +203,34 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, tiny_corpus):
     state = ckpt.load_model_state(c)
     assert all(torch.isfinite(v).all() for v in state.values())
     assert not (cfg.checkpoint_dir / f"step-{c.step + 1:08d}").exists()
+
+
+@pytest.mark.parametrize("env,want", [
+    ({}, (0, 1, 0, "single")),
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1, "torchrun")),
+    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"}, (5, 8, 1, "slurm")),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}, (0, 1, 0, "single")),  # the batch script, not a task
+    ({"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_LOCALID": "1"},
+     (1, 2, 1, "submitit-local")),
+])
+def test_rank_detection(monkeypatch, env, want):
+    from hpcrnn import distributed
+
+    for k in list(os.environ):
+        if k.startswith(("SLURM_", "SUBMITIT_")) or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert distributed.detect() == want
+
+
+def test_training_done_follows_the_config_target(tmp_path, tiny_corpus):
+    from hpcrnn.train import run_train, training_done
+
+    cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 6})
+    assert not training_done(cfg)
+    run_train(cfg)
+    assert training_done(cfg)
+    longer = load_config(cfg_path, ["train.max_steps=9"])
+    assert not training_done(longer)
+    assert run_train(longer).step == 9 and training_done(longer)
