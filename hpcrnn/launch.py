@@ -368,7 +368,27 @@ def plan_stages(cfg: Config, stages: list[str]) -> list[StagePlan]:
                 if not list_complete(cfg.checkpoint_dir, warn=False):
                     raise ConfigError(f"--stages: generate needs a trained checkpoint, but {cfg.checkpoint_dir} "
                                       f"holds none: add train to --stages")
+    _check_generate_folder(cfg, plans)
     return plans
+
+
+def _check_generate_folder(cfg: Config, plans: list[StagePlan]) -> None:
+    """Training that continues past the checkpoint an existing generate.name folder was made from would
+    fail the generate job at the very end: refuse now, before anything is submitted."""
+    runs = {p.stage for p in plans if p.run}
+    if not {"train", "generate"} <= runs or cfg.generate.checkpoint:
+        return
+    from hpcrnn.generate import PLAN, output_dir, present_recipes
+
+    out = output_dir(cfg)
+    try:
+        pinned = json.loads((out / PLAN).read_text()).get("checkpoint", {}).get("step")
+    except (OSError, ValueError):
+        return
+    if pinned is not None and present_recipes(out):
+        raise ConfigError(f"{out}: holds recipes from checkpoint step {pinned}, and training continues past it: "
+                          f"give a new generate.name for the new model (or generate.checkpoint={pinned} to "
+                          f"finish that set)")
 
 
 # Settings a checkpoint depends on: changing any of them makes the run's checkpoints meaningless.

@@ -145,6 +145,10 @@ def test_debug_pipeline_runs_then_skips_then_continues(tmp_path, tiny_corpus):
     assert any("nothing to do" in ln for ln in lines)
     assert sum("skipped" in ln for ln in lines) == 3
 
+    # a raised target with the old generate.name would end in a failed generate job: refused up front
+    raised = load_config(tiny_config(tmp_path, tiny_corpus), ["train.max_steps=30"])
+    with pytest.raises(ConfigError, match=r"holds recipes from checkpoint step 24.*new generate.name"):
+        L.launch(raised, "debug", out=lines.append)
     # a raised target continues the same run from its checkpoint (and regenerates: new checkpoint)
     cfg2 = load_config(tiny_config(tmp_path, tiny_corpus), ["train.max_steps=30", "generate.name=more"])
     res = L.launch(cfg2, "debug", out=lines.append)
