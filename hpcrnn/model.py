@@ -20,7 +20,8 @@ class RecurrentLM(nn.Module):
         self.vocab_size = vocab_size
         self.cell = cfg.cell
         self.embed = nn.Embedding(vocab_size, cfg.embedding)
-        self.drop = nn.Dropout(cfg.dropout)
+        # no dropout module at all when p = 0: even a no-op dropout costs a pass over the activations
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         # dropout between stacked layers only (PyTorch warns on it for a single layer)
         self.rnn = _CELLS[cfg.cell](cfg.embedding, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                                     dropout=cfg.dropout if cfg.layers > 1 else 0.0)
