@@ -868,7 +868,6 @@ def _remove_own_temporaries(out: Path, mine: set[int]) -> None:
 def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateResult:
     """Generate this shard's recipes (all of them with the defaults); merge when all are present."""
     from hpcrnn import checkpoint as ckpt
-    from hpcrnn import quality as Q
 
     _check(cfg, shard, num_shards)
     g = cfg.generate
@@ -879,8 +878,9 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
 
     cv = CorpusView.open(cfg.h5_path)
     pp = plan_prompt(cfg, cv)  # a bad prompt fails before anything is loaded or written
-    info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint)
-    meta = info.meta
+    # read the weights right away: a trainer beside us may delete this checkpoint (retention) at any time;
+    # open_latest picks again if it vanished between choosing and reading
+    info, loaded, meta = ckpt.open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
     if meta.get("vocab_hash") != cv.vocab_hash:
         raise InputError(f"{info.path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "
                          f"the corpus {cv.path} ({cv.vocab_hash[:12]})")
@@ -902,7 +902,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     if todo:
         qc = build_quality_context(cv, cfg.data.seed)
         describer = _Describer(cv, qc, quality_workers(device))  # forks (if at all) before CUDA starts
-        model, _ = ckpt.load_model(info, device)
+        model = loaded.to(device)
         apply_precision(model, precision)
         sampling = {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "max_tokens": g.max_tokens}
         hidden_of: dict[int, int] = {}

@@ -232,6 +232,26 @@ def _capwords(s: str) -> str:
     return re.sub(r"[^\W\d_]+", lambda m: m.group(0)[:1].upper() + m.group(0)[1:], s)
 
 
+def _sentence_case(line: str, cap_next: bool) -> tuple[str, bool]:
+    """Capitalise the first word of each sentence (and a lone "i") in an instruction line; the flag
+    carries "a sentence ended" from line to line."""
+
+    def fix(m: re.Match) -> str:
+        nonlocal cap_next
+        w = m.group(0)
+        if w in (".", "!", "?"):
+            cap_next = True
+            return w
+        if cap_next and w[0].isalpha():
+            w = w[0].upper() + w[1:]
+        if w == "i":
+            w = "I"
+        cap_next = False
+        return w
+
+    return re.sub(r"[^\W_]+|[.!?](?=\s|$)", fix, line), cap_next
+
+
 def _cap_first(s: str) -> str:
     m = re.search(r"[^\W\d_]", s)
     if not m:
@@ -266,7 +286,6 @@ def _capitalize_structured(lines: list[str], layout: str) -> list[str]:
     """Capitals for MealMaster/MasterCook documents: banner, title, header keys, table, sentences."""
     out = list(lines)
     title_done = False
-    in_table = False
     cap_next = True
     for j, line in enumerate(out):
         s = line.strip()
@@ -298,7 +317,6 @@ def _capitalize_structured(lines: list[str], layout: str) -> list[str]:
             cells = line.split("\t")
             if _TABLE_HEAD_RE.match(line):
                 out[j] = "\t".join(_capwords(c) for c in cells)
-                in_table = True
             elif layout == "mealmaster" and len(cells) >= 3:
                 cells[2] = _cap_first(cells[2])  # MealMaster capitalizes ingredient names
                 out[j] = "\t".join(cells)
@@ -311,20 +329,7 @@ def _capitalize_structured(lines: list[str], layout: str) -> list[str]:
             out[j] = _cap_first(line)  # "Recipe By : ..." header lines
             continue
 
-        def fix(m: re.Match) -> str:
-            nonlocal cap_next
-            w = m.group(0)
-            if w in (".", "!", "?"):
-                cap_next = True
-                return w
-            if cap_next and w[0].isalpha():
-                w = w[0].upper() + w[1:]
-            if w == "i":
-                w = "I"
-            cap_next = False
-            return w
-
-        out[j] = re.sub(r"[^\W_]+|[.!?](?=\s|$)", fix, line)
+        out[j], cap_next = _sentence_case(line, cap_next)
     return [line.replace("<Unk>", UNK).replace("<UNK>", UNK) for line in out]
 
 
@@ -401,20 +406,7 @@ def _capitalize_document(lines: list[str]) -> list[str]:
             cap_next = True
             continue
 
-        def fix(m: re.Match) -> str:
-            nonlocal cap_next
-            w = m.group(0)
-            if w in (".", "!", "?"):
-                cap_next = True
-                return w
-            if cap_next and w[0].isalpha():
-                w = w[0].upper() + w[1:]
-            if w == "i":
-                w = "I"
-            cap_next = False
-            return w
-
-        out[j] = re.sub(r"[^\W_]+|[.!?](?=\s|$)", fix, line)
+        out[j], cap_next = _sentence_case(line, cap_next)
     return [line.replace("<Unk>", UNK).replace("<UNK>", UNK) for line in out]
 
 

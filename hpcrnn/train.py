@@ -19,7 +19,6 @@ if __name__ == "__main__":  # catch stop signals from the first moment, before t
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass, field

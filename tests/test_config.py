@@ -1,12 +1,9 @@
-import os
 from pathlib import Path
 
 import pytest
-import yaml
-
-from hpcrnn.config import Config, load_config, save_resolved, from_dict, parse_override
+from hpcrnn.config import load_config, save_resolved
 from hpcrnn.errors import ConfigError
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT
 
 
 def write(tmp_path: Path, text: str, name="exp.yaml") -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,33 +21,9 @@ from hpcrnn import generate as G
 from hpcrnn.config import ModelConfig, load_config
 from hpcrnn.errors import ConfigError, InputError
 from hpcrnn.model import RecurrentLM, build_model
+from tests.conftest import make_recipes
 
 torch.set_num_threads(1)
-
-_TITLES = ["apple pie", "bean soup", "corn bread", "dill salad", "egg curry", "fig jam", "garlic bread",
-           "ham stew", "leek soup", "mint tea", "nut cake", "onion tart", "pea soup", "rice pudding"]
-_INGR = ["flour", "sugar", "salt", "butter", "milk", "eggs", "onion", "garlic", "rice", "beans", "apples",
-         "water", "oil", "pepper", "dill", "mint", "nuts", "figs", "leeks", "ham"]
-_UNITS = ["c ", "ts", "tb", "lb", "oz"]
-_VERBS = ["mix", "stir", "bake", "boil", "chop", "add", "serve", "cool", "fold", "heat"]
-
-
-def make_recipes(n: int, seed: int = 0) -> str:
-    """A small MealMaster-like corpus: Title:/Categories:/Yield:, ingredient lines, instructions."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        ingr = rng.sample(_INGR, rng.randint(3, 6))
-        lines = [f"Title: {rng.choice(_TITLES).upper()}", f"Categories: {rng.choice(['Soups', 'Desserts'])}",
-                 f"Yield: {rng.randint(1, 8)} Servings"]
-        lines += [f"{rng.randint(1, 4)} {rng.choice(_UNITS)} {w.capitalize()}" for w in ingr]
-        for _ in range(rng.randint(1, 3)):
-            a, b = rng.sample(ingr, 2)
-            lines.append(f"{rng.choice(_VERBS).capitalize()} the {a} and {b} for {rng.randint(5, 60)} minutes, "
-                         f"then {rng.choice(_VERBS)} it well.")
-        out.append("\n".join(lines))
-    return "\n\n".join(out) + "\n"
-
 
 def write_config(tmp: Path, **sections) -> Path:
     corpus = tmp / "recipes.txt"
