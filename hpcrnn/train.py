@@ -32,8 +32,11 @@ from hpcrnn import checkpoint as ckpt
 from hpcrnn import distributed as D
 from hpcrnn.config import Config
 from hpcrnn.data import WindowBatches, batch_iterator
-from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, StorageError
+from hpcrnn.corpus import open_corpus
+from hpcrnn.errors import (EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError,
+                            StorageError)
 from hpcrnn.fsutil import append_jsonl
+from hpcrnn.lock import RunLock
 from hpcrnn.model import build_model, count_parameters
 from hpcrnn.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 
@@ -212,18 +215,20 @@ class Progress:
 
 def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
     """Train (or resume) the run of ``cfg``. ``stop_at_step`` simulates a stop signal there (tests)."""
-    from hpcrnn.corpus import open_corpus
-
     t = cfg.train
     flag = FLAG.install(t.stop_signal)  # early: a signal during set-up still ends in a checkpoint
     info = D.init_distributed(t.device)
-    lock = None
+    lock, refused = None, None
     try:
-        if info.is_main:
-            from hpcrnn.lock import RunLock
-
-            lock = RunLock(cfg.run_dir, "train").acquire()
-        return _train(cfg, info, flag, stop_at_step, open_corpus, lock)
+        if info.is_main:  # one trainer per run directory, across nodes (hpcrnn/lock.py)
+            try:
+                lock = RunLock(cfg.run_dir, "train").acquire()
+            except LockedError as e:
+                refused = e
+        held = D.all_reduce(torch.tensor([0.0 if refused else 1.0]), op=torch.distributed.ReduceOp.MIN)
+        if refused or held.item() < 1:  # every rank leaves, none waits for a peer that never comes
+            raise refused or LockedError(f"{cfg.run_dir}: rank 0 could not take the run lock")
+        return _train(cfg, info, flag, stop_at_step, lock)
     finally:
         flag.restore()
         flag.code, flag.reason = 0, ""  # the process-wide flag is spent with this run
@@ -232,7 +237,7 @@ def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
         D.shutdown()
 
 
-def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, open_corpus, lock) -> TrainResult:
+def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: RunLock | None) -> TrainResult:
     t = cfg.train
     t0 = time.time()
     threads = t.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0) or 0)
@@ -337,7 +342,8 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, open_cor
                 append_jsonl(cfg.metrics_path, rec)
             except OSError as e:
                 raise StorageError(f"{cfg.metrics_path}: cannot append metrics: {e.strerror or e}") from None
-            lock.heartbeat()  # the run lock's proof of life for readers on other nodes
+            if lock:
+                lock.heartbeat()  # the run lock's proof of life for readers on other nodes
 
     # ---- the loop: every iteration boundary is a safe point to stop
     ddp.train()
