@@ -532,12 +532,13 @@ def check_not_in_flight(cfg: Config) -> None:
 
 # ------------------------------------------------------------------------------------------ executors
 
-def _setup_lines() -> list[str]:
+def _setup_lines(cpus_per_task: int) -> list[str]:
     # the job imports hpcrnn to unpickle its callable, from any working directory
     root = shlex.quote(str(PROJECT_ROOT))
     return [f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}",
-            # one BLAS/OpenMP thread per allocated CPU, not one per core of the node
-            "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"]
+            # one BLAS/OpenMP thread per allocated CPU, not one per core of the node; a local job (no
+            # SLURM_CPUS_PER_TASK) gets the stage's cpus_per_task
+            f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-{int(cpus_per_task)}}}}}"]
 
 
 def make_executor(cfg: Config, stage: str, cluster: str, dependency: Optional[str] = None):
@@ -552,7 +553,7 @@ def make_executor(cfg: Config, stage: str, cluster: str, dependency: Optional[st
         params: dict[str, Any] = {
             "job_name": f"{cfg.run.name}-{stage}", "time": int(r.time_min), "nodes": int(r.nodes),
             "ntasks_per_node": int(r.tasks_per_node), "cpus_per_task": int(r.cpus_per_task),
-            "signal_delay_s": int(r.signal_delay_s), "setup": _setup_lines(),
+            "signal_delay_s": int(r.signal_delay_s), "setup": _setup_lines(r.cpus_per_task),
         }
         if r.gpus_per_node:  # 0: ask for no GPU at all (--gpus-per-node=0 fails where no GRES exists)
             params["gpus_per_node"] = int(r.gpus_per_node)
@@ -579,7 +580,7 @@ def make_executor(cfg: Config, stage: str, cluster: str, dependency: Optional[st
     ex = LocalExecutor(folder=folder, max_num_timeout=cfg.slurm.max_num_timeout)
     ex.update_parameters(timeout_min=int(r.time_min), tasks_per_node=int(r.tasks_per_node),
                          gpus_per_node=int(r.gpus_per_node or 0), signal_delay_s=int(r.signal_delay_s),
-                         setup=_setup_lines())
+                         setup=_setup_lines(r.cpus_per_task))
     return ex
 
 

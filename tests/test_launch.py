@@ -269,3 +269,18 @@ def test_local_time_limit_out_of_timeouts_then_relaunch_continues(tmp_path, tiny
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resumed from step-{step:08d}" in r.stdout
     assert collect_status(load_config(cfg_path, [f"train.max_steps={step + 6}"]))["stages"]["train"]["state"] == "done"
+
+
+def test_local_jobs_get_the_stage_cpus_as_threads(tmp_path, tiny_corpus):
+    """Without SLURM_CPUS_PER_TASK a local job must not fall back to one thread (it ran single-threaded)."""
+    import subprocess
+
+    cfg = load_config(tiny_config(tmp_path, tiny_corpus), ["slurm.train.cpus_per_task=3"])
+    ex = L.make_executor(cfg, "train", "local")
+    setup = "\n".join(ex.parameters["setup"])
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
+    out = subprocess.run(["bash", "-c", setup + "\necho $OMP_NUM_THREADS"], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "3"
+    out = subprocess.run(["bash", "-c", setup + "\necho $OMP_NUM_THREADS"], env={**env, "SLURM_CPUS_PER_TASK": "5"},
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "5"
