@@ -92,9 +92,16 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     return info
 
 
-def shutdown() -> None:
+def shutdown(together: bool = True) -> None:
+    """Tear the process group down. ``together`` (every rank got here normally): first wait for all, as a
+    rank that destroys the group (or exits) while a peer is still in a collective can make that peer's
+    gloo threads abort its process at exit. After an error on some rank, a barrier could wait forever."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if together:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:

@@ -218,7 +218,7 @@ def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
     t = cfg.train
     flag = FLAG.install(t.stop_signal)  # early: a signal during set-up still ends in a checkpoint
     info = D.init_distributed(t.device)
-    lock, refused = None, None
+    lock, refused, ok = None, None, False
     try:
         if info.is_main:  # one trainer per run directory, across nodes (hpcrnn/lock.py)
             try:
@@ -228,13 +228,15 @@ def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
         held = D.all_reduce(torch.tensor([0.0 if refused else 1.0]), op=torch.distributed.ReduceOp.MIN)
         if refused or held.item() < 1:  # every rank leaves, none waits for a peer that never comes
             raise refused or LockedError(f"{cfg.run_dir}: rank 0 could not take the run lock")
-        return _train(cfg, info, flag, stop_at_step, lock)
+        result = _train(cfg, info, flag, stop_at_step, lock)
+        ok = True
+        return result
     finally:
         flag.restore()
         flag.code, flag.reason = 0, ""  # the process-wide flag is spent with this run
         if lock:
             lock.release()
-        D.shutdown()
+        D.shutdown(together=ok)
 
 
 def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: RunLock | None) -> TrainResult:
