@@ -78,14 +78,23 @@ def job_ids(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def sacct(job_id: str) -> list[dict]:
-    """Every run of a job (requeued ones too, oldest first): State, Start, End."""
-    r = _run("sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State,Start,End", "-j", str(job_id))
-    rows = []
-    for line in r.stdout.splitlines():
-        jid, st, start, end = line.split("|")
-        rows.append({"JobID": jid, "State": st.split()[0], "Start": start, "End": end})
-    return rows
+_UNSETTLED = {"RUNNING", "PENDING", "COMPLETING", "CONFIGURING"}
+
+
+def sacct(job_id: str, settle_s: float = 30.0) -> list[dict]:
+    """Every run of a job (requeued ones too, oldest first): State, Start, End. Called once the job has
+    left squeue, and accounting can lag behind that by a few seconds (seen in CI: sacct still said
+    RUNNING for a job that had completed), so it waits up to ``settle_s`` for a final state."""
+    deadline = time.time() + settle_s
+    while True:
+        r = _run("sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State,Start,End", "-j", str(job_id))
+        rows = []
+        for line in r.stdout.splitlines():
+            jid, st, start, end = line.split("|")
+            rows.append({"JobID": jid, "State": st.split()[0], "Start": start, "End": end})
+        if (rows and not any(x["State"] in _UNSETTLED for x in rows)) or time.time() > deadline:
+            return rows
+        time.sleep(1)
 
 
 def logs(run_dir: Path) -> str:
