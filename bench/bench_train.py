@@ -36,6 +36,16 @@ from hpcrnn.train import run_train  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _median_step_s(steps: int, warmup: int, step) -> float:
+    """Median wall time of ``step(s)`` over ``steps`` calls, the first ``warmup`` left out."""
+    times = []
+    for s in range(steps):
+        t = time.perf_counter()
+        step(s)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[warmup:])
+
+
 def hand_loop(tokens, starts, V, steps, device, batch=128, window=50):
     """The minimal loop a person would write: same model, Adam, clipping, same batches."""
     torch.manual_seed(0)
@@ -44,9 +54,8 @@ def hand_loop(tokens, starts, V, steps, device, batch=128, window=50):
     params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=2e-3)
     wb = WindowBatches(starts, batch, 0, 1, 0)
-    times = []
-    for s in range(steps):
-        t = time.perf_counter()
+
+    def step(s):
         b = gather_windows(tokens, wb.rank_starts(s), window).to(device)
         h, _ = lstm(emb(b[:, :-1]))
         loss = F.cross_entropy(head(h).reshape(-1, V), b[:, 1:].reshape(-1))
@@ -55,9 +64,8 @@ def hand_loop(tokens, starts, V, steps, device, batch=128, window=50):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         loss.item()
-        times.append(time.perf_counter() - t)
-    per_step = statistics.median(times[5:])
-    return batch * window / per_step
+
+    return batch * window / _median_step_s(steps, 5, step)
 
 
 def lecture_loop(tokens, starts, V, steps, device, batch=128, window=50):
@@ -67,19 +75,17 @@ def lecture_loop(tokens, starts, V, steps, device, batch=128, window=50):
     params = [*lstm.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=2e-3)
     wb = WindowBatches(starts, batch, 0, 1, 0)
-    times = []
-    for s in range(steps):
-        t = time.perf_counter()
+
+    def step(s):
         b = gather_windows(tokens, wb.rank_starts(s), window).to(device)
-        x = F.one_hot(b[:, :-1], V).float()
-        h, _ = lstm(x)
+        h, _ = lstm(F.one_hot(b[:, :-1], V).float())
         loss = F.cross_entropy(head(h[:, -1]), b[:, -1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         loss.item()
-        times.append(time.perf_counter() - t)
-    per_step = statistics.median(times[3:])
+
+    per_step = _median_step_s(steps, 3, step)
     return batch * window / per_step, batch / per_step
 
 
