@@ -115,7 +115,8 @@ class GenerateConfig:
     name: str = "default"
     checkpoint: Optional[str] = None  # a checkpoint dir or step number; default: newest complete
     num_recipes: int = _f(100, min=1)
-    batch_size: int = _f(64, min=1)
+    # slots decoded together: per-step costs amortise over them (see bench/bench_generate.py)
+    batch_size: int = _f(512, min=1)
     temperature: float = _f(0.8, min=0.0)
     top_k: int = _f(0, min=0)
     top_p: float = _f(1.0, gt=0.0, max=1.0)
@@ -125,8 +126,9 @@ class GenerateConfig:
     shards: int = _f(1, min=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison
-    # the output layer (most of a step's work) in bf16 where the hardware multiplies bf16 natively
-    # (CUDA, CPUs with AMX); auto resolves once per output folder (generated/<name>/plan.json)
+    # the matrix products (most of a step's work) in bf16 where the hardware multiplies bf16 natively
+    # (CUDA, CPUs with AMX), as autocast does; state and sampling stay fp32. auto resolves once per output
+    # folder (generated/<name>/plan.json)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 

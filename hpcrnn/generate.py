@@ -6,23 +6,25 @@ What it does (``run_generate``):
 
 * Loads the newest *complete* checkpoint of the run (or ``generate.checkpoint``: a step number or a
   folder) and refuses one whose vocabulary hash differs from the corpus'.
-* Generates ``generate.num_recipes`` recipes with a fixed number of *slots* (``generate.batch_size``):
-  every step feeds one token per slot through :meth:`RecurrentLM.step`, carrying the recurrent state —
-  the lecture instead re-ran the whole 50-word window through the network for every new word, one recipe
-  at a time. A slot whose recipe ends (end-of-recipe token or ``max_tokens``) is refilled with the next
-  recipe at once (its state zeroed), so the batch stays full until the queue runs dry.
-* Sampling: ``temperature`` 0 is greedy argmax (the lecture's choice); otherwise softmax at that
-  temperature, restricted to the ``top_k`` most likely tokens (0: all) and then to the smallest set whose
-  probability reaches ``top_p``. The unknown-word token is never sampled (the model would write
-  ``<unk>``). Generation of a recipe stops at the end-of-recipe token (not written) or at ``max_tokens``.
+* Generates ``generate.num_recipes`` recipes with a fixed number of *slots* (``generate.batch_size``)
+  by continuous batched decoding (:mod:`hpcrnn.decode`): every step feeds one token per slot through
+  :class:`hpcrnn.stepper.Stepper`, carrying the recurrent state — the lecture instead re-ran the whole
+  50-word window through the network for every new word, one recipe at a time.
+* Sampling (:mod:`hpcrnn.sampling`): ``temperature`` 0 is greedy argmax (the lecture's choice); otherwise
+  softmax at that temperature, restricted to the ``top_k`` most likely tokens (0: all) and then to the
+  smallest set whose probability reaches ``top_p`` (ties at the edge kept), drawn by rejection rather than
+  by sorting the vocabulary. The unknown-word token is never sampled (the model would write ``<unk>``).
+  Generation of a recipe stops at the end-of-recipe token (not written) or at ``max_tokens``.
 * Precision (``generate.precision``): the output layer — most of a step's arithmetic — multiplies in
   bf16 where the hardware does so natively (``auto``: CUDA, CPUs with AMX), fp32 otherwise; the
   recurrent state always stays fp32. ``auto`` is resolved by the first task and pinned in ``plan.json``.
 * Reproducibility: recipe *i* draws its random numbers from its own stream seeded with
-  ``(generate.seed, i)`` — uniform numbers consumed one per generated token by inverse-CDF sampling — so
-  the same seed and checkpoint give the same files whatever the batch size, shard count or order (tested
-  on CPU; on a GPU the matrix kernels may change with the batch shape, and a last-bit difference in the
-  logits can, rarely, change a sampled token).
+  ``(generate.seed, i)`` — per generated token one uniform (``ROUNDS`` when top_k/top_p truncate: one per
+  rejection draw), consumed by inverse-CDF sampling — so the same seed and checkpoint give the same files
+  whatever the batch size, shard count or order (tested on CPU; on a GPU the matrix kernels may change
+  with the batch shape, and a last-bit difference in the logits can, rarely, change a sampled token).
+  ``SAMPLER`` (the sampling rule's version) is part of the pinned settings, so a folder is never
+  continued by a different rule.
 * Priming (``generate.prompt``):
     - ``""`` (default): the start of a recipe — the end-of-recipe token (what precedes every recipe in the
       training stream), followed by the tokens of ``Title:`` when most training documents begin with them
@@ -62,12 +64,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from hpcrnn.config import Config
+from hpcrnn.decode import Job, generate_batched
+from hpcrnn.memory import keep_freed_memory
+from hpcrnn.sampling import uniforms_per_token
+from hpcrnn.stepper import resolve_precision
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, InputError
 from hpcrnn.fsutil import atomic_write_json, atomic_write_text, fsync_dir
 
@@ -75,6 +81,7 @@ PLAN = "plan.json"
 INDEX = "index.jsonl"
 SUMMARY = "summary.json"
 TITLE_TEXT = "Title:"  # the opening of a recipe in the MealMaster layout
+SAMPLER = 2  # version of the sampling rule (2: rejection for top_k/top_p, vocabulary order, fused step)
 INGREDIENT_SAMPLE = 2000  # training recipes read to derive the ingredient words (a seeded sample)
 
 
@@ -115,7 +122,7 @@ def settings_of(cfg: Config) -> dict:
     """The settings that decide the content of the recipes (not batch size, shards or device)."""
     g = cfg.generate
     return {"seed": g.seed, "temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p,
-            "max_tokens": g.max_tokens, "prompt": g.prompt, "precision": g.precision}
+            "max_tokens": g.max_tokens, "prompt": g.prompt, "precision": g.precision, "sampler": SAMPLER}
 
 
 def _warn(msg: str) -> None:
@@ -131,278 +138,6 @@ def _log(msg: str) -> None:
 def recipe_rng(seed: int, i: int) -> np.random.Generator:
     """The random stream of recipe ``i``: independent of batch size, shards and order."""
     return np.random.default_rng([seed % 2 ** 64, i])
-
-
-def _argmax(logits: torch.Tensor, work: Optional[torch.Tensor]) -> torch.Tensor:
-    if logits.device.type != "cpu":
-        return logits.argmax(-1)
-    # torch's CPU argmax is a scalar loop (7 ms for 512 x 8000 floats on a Sapphire Rapids core, 17 ms in
-    # bf16); numpy's is vectorised (0.6 ms). Same answer: the first index of the maximum.
-    x = logits if logits.dtype == torch.float32 else (work.copy_(logits) if work is not None else logits.float())
-    return torch.from_numpy(np.argmax(x.numpy(), axis=-1).astype(np.int64))
-
-
-def sample_next(logits: torch.Tensor, u: Optional[torch.Tensor], temperature: float, top_k: int,
-                top_p: float, work: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Next token per row. logits [b, V] (banned tokens already -inf); u [b] uniform in [0, 1), one per
-    row, consumed by inverse-CDF sampling (so a row's choice depends on its own number only). ``work``:
-    an optional float32 buffer of the logits' shape, reused from step to step (never read)."""
-    if work is not None and work.shape != logits.shape:
-        work = None
-    if temperature == 0.0:
-        return _argmax(logits, work)
-    # One float32 [b, V] tensor (the caller's buffer, or a fresh one), then in-place passes over it: on
-    # a CPU these passes are memory-bound, and a fresh tensor of a few MB costs page faults comparable to
-    # the arithmetic.
-    if work is None:
-        x = logits.float() * (1.0 / temperature)
-    elif logits.dtype == torch.float32:
-        x = torch.mul(logits, 1.0 / temperature, out=work)
-    else:  # widen first: an out= product of bf16 logits would be computed, and rounded, in bf16
-        x = work.copy_(logits).mul_(1.0 / temperature)
-    V = x.shape[-1]
-    idx = None
-    if 0 < top_k < V:
-        x, idx = x.topk(top_k, dim=-1)  # sorted, most likely first
-    if top_p < 1.0 and idx is None:
-        # The nucleus is a prefix of the tokens in descending order. A full sort of the vocabulary costs
-        # many network steps, so take the top 64, then 512, and sort only when a row's nucleus is larger.
-        lse = x.logsumexp(-1, keepdim=True)
-        for k in (64, 512, V):
-            if k >= V:
-                vals, idx = x.sort(dim=-1, descending=True, stable=True)
-            else:
-                vals, idx = x.topk(k, dim=-1)
-            probs = vals.sub_(lse).exp_()
-            if k >= V or bool((probs.sum(-1) >= top_p).all()):
-                break
-    else:
-        # unnormalised weights suffice for inverse-CDF sampling (u is scaled by the total below)
-        probs = x.sub_(x.amax(-1, keepdim=True)).exp_()
-        if top_p < 1.0:  # top_p after top_k works on the renormalised top k
-            probs = probs.div_(probs.sum(-1, keepdim=True))
-    if top_p < 1.0:
-        # keep the smallest prefix (in descending order) whose mass reaches top_p; the first always stays
-        cum = probs.cumsum(-1)
-        probs = probs.mul_((cum - probs) < top_p)
-    choice = _inverse_cdf(probs, u)
-    return (idx.gather(1, choice[:, None])[:, 0] if idx is not None else choice)
-
-
-_BLOCK = 64
-
-
-def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Per row, the first index whose running sum of the non-negative weights ``w`` [b, n] exceeds
-    ``u`` times the row's total (``w`` may be overwritten).
-
-    A cumulative sum is a sequential pass, the slowest of the sampler's passes on a CPU (3 ms for 512 x
-    8000 floats on one core). For a long row on a CPU the search goes in two levels instead: the sums of
-    blocks of 64 weights (a vectorised reduction), the block where the running total crosses, then the
-    running sum inside that one block."""
-    b, n = w.shape
-    # r strictly below the total (the 1e-6 keeps float rounding from landing past the last kept token)
-    if w.device.type != "cpu" or n < 16 * _BLOCK:
-        cdf = w.cumsum_(-1)
-        r = (u * (1.0 - 1e-6))[:, None] * cdf[:, -1:]
-        return torch.searchsorted(cdf, r, right=True).clamp_(max=n - 1)[:, 0]
-    n0 = n - n % _BLOCK
-    sums = w[:, :n0].unfold(1, _BLOCK, _BLOCK).sum(-1)  # a view: no copy of the weights
-    if n0 < n:
-        sums = torch.cat([sums, w[:, n0:].sum(-1, keepdim=True)], dim=1)
-    cb = sums.cumsum_(-1)
-    r = (u * (1.0 - 1e-6))[:, None] * cb[:, -1:]
-    blk = torch.searchsorted(cb, r, right=True).clamp_(max=cb.shape[1] - 1)  # [b, 1]: sums[blk] > 0
-    before = torch.where(blk > 0, cb.gather(1, (blk - 1).clamp(min=0)), torch.zeros_like(r))
-    cols = blk * _BLOCK + torch.arange(_BLOCK, device=w.device)  # [b, 64]
-    inside = cols < n
-    wb = w.gather(1, cols.clamp(max=n - 1)) * inside
-    cw = wb.cumsum(-1)
-    k = torch.searchsorted(cw, r - before, right=True)
-    # rounding (the block's sum vs its running sum) can put r - before at or past the block's end: then
-    # the block's last token of positive weight
-    last = torch.where(wb > 0, torch.arange(_BLOCK, device=w.device), -1).amax(-1, keepdim=True)
-    k = torch.where(k >= _BLOCK, last, k).clamp_(min=0)
-    return (blk * _BLOCK + k)[:, 0]
-
-
-def _map_state(state, fn):
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(fn(s) for s in state)
-    return fn(state)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the hardware multiplies bf16 natively — a CUDA GPU that supports it, or a CPU
-    with AMX tiles — else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return "bf16" if amx is not None and amx() else "fp32"
-    except Exception:  # a private probe: never let it fail a job
-        return "fp32"
-
-
-class LowPrecisionLinear(torch.nn.Module):
-    """A frozen copy of a linear layer that multiplies in ``dtype``: ``[b, hidden] x [hidden, V]`` is
-    most of a generation step (the recurrent cell is ``[b, hidden] x [hidden, 4 hidden]``), and bf16
-    runs it many times faster on tensor hardware (AMX: about 10x on a Sapphire Rapids core). Only the
-    logits are rounded; the recurrent state stays in fp32, so no error builds up from token to token."""
-
-    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype):
-        super().__init__()
-        self.register_buffer("weight", linear.weight.detach().to(dtype))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias)
-
-
-def apply_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    if precision == "bf16" and isinstance(getattr(model, "head", None), torch.nn.Linear):
-        model.head = LowPrecisionLinear(model.head, torch.bfloat16)
-    return model
-
-
-@dataclass
-class Job:
-    key: int
-    prompt: list[int]  # fed first (non-empty); its sampled outputs are ignored
-    uniforms: Optional[np.ndarray]  # float32 [max_tokens]: one per generated token; None for greedy
-
-
-def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size: int, max_tokens: int,
-                     stop_id: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                     banned: Sequence[int] = (), device="cpu",
-                     sync_every: Optional[int] = None) -> Iterator[tuple[int, list[int], bool]]:
-    """Continuous batched generation. Yields ``(key, generated ids without the stop token, stopped at
-    the stop token)`` as recipes finish (not in job order).
-
-    Every slot holds one job. Each step feeds one token per slot: the next prompt token while the prompt
-    lasts, then the token sampled at the previous step. The host looks at the slots every ``sync_every``
-    steps (1 on CPU, where looking is free; 8 on a GPU, where it costs a synchronisation); a slot that
-    finished in between idles until then. Finished slots take the next job; when none is left the batch
-    shrinks to the live slots.
-    """
-    device = torch.device(device)
-    if sync_every is None:
-        sync_every = 1 if device.type == "cpu" else 8
-    jobs_it = iter(jobs)
-    greedy = temperature == 0.0
-    ban = torch.tensor(sorted(set(int(b) for b in banned)), dtype=torch.long, device=device)
-
-    first = []
-    for job in jobs_it:
-        first.append(job)
-        if len(first) == batch_size:
-            break
-    if not first:
-        return
-    b = len(first)
-    P = max(len(j.prompt) for j in first)
-    keys: list[Optional[int]] = [j.key for j in first]
-    prompt = torch.zeros(b, P, dtype=torch.long)
-    plen = torch.zeros(b, dtype=torch.long)
-    uni = torch.zeros(b if not greedy else 1, max_tokens, dtype=torch.float32)
-    for r, j in enumerate(first):
-        if not j.prompt:
-            raise ValueError("a job needs a non-empty prompt")
-        prompt[r, :len(j.prompt)] = torch.tensor(j.prompt, dtype=torch.long)
-        plen[r] = len(j.prompt)
-        if not greedy:
-            uni[r] = torch.from_numpy(np.asarray(j.uniforms, dtype=np.float32)[:max_tokens])
-    prompt, plen, uni = prompt.to(device), plen.to(device), uni.to(device)
-    pos = torch.zeros(b, dtype=torch.long, device=device)
-    ngen = torch.zeros(b, dtype=torch.long, device=device)
-    gen = torch.zeros(b, max_tokens, dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    cur = prompt[:, 0].clone()
-    state = None
-    work = None  # the sampler's float32 buffer, reused while the batch keeps its shape
-    exhausted = False
-    step = 0
-
-    while True:
-        finished = []
-        # inference mode per step, not around the loop: a generator suspended inside the block would leave
-        # the consumer running in inference mode
-        with torch.inference_mode():
-            logits, state = model.step(cur, state)
-            if len(ban):
-                logits.index_fill_(1, ban, float("-inf"))
-            gidx = ngen.clamp(max=max_tokens - 1)
-            u = None if greedy else uni.gather(1, gidx[:, None])[:, 0]
-            if work is None or work.shape != logits.shape:
-                work = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-            nxt = sample_next(logits, u, temperature, top_k, top_p, work)
-            forcing = (pos + 1) < plen
-            live = ~forcing & ~done
-            old = gen.gather(1, gidx[:, None])[:, 0]
-            gen.scatter_(1, gidx[:, None], torch.where(live, nxt, old)[:, None])
-            ngen += live.long()
-            done |= live & ((nxt == stop_id) | (ngen >= max_tokens))
-            pnext = prompt.gather(1, (pos + 1).clamp(max=P - 1)[:, None])[:, 0]
-            cur = torch.where(forcing, pnext, nxt)
-            pos += 1
-            step += 1
-            if step % sync_every:
-                continue
-            rows = [r for r in done.nonzero()[:, 0].tolist() if keys[r] is not None]
-            if not rows:
-                continue
-            sel = torch.tensor(rows, dtype=torch.long, device=device)
-            host_gen = gen.index_select(0, sel).cpu().numpy()
-            host_n = ngen.index_select(0, sel).cpu().tolist()
-            dead = []
-            for k, r in enumerate(rows):
-                toks = host_gen[k, :host_n[k]].tolist()
-                stopped = bool(toks) and toks[-1] == stop_id
-                if stopped:
-                    toks.pop()
-                finished.append((keys[r], toks, stopped))
-                job = None if exhausted else next(jobs_it, None)
-                if job is None:
-                    exhausted = True
-                    keys[r] = None
-                    dead.append(r)
-                    continue
-                if not job.prompt:
-                    raise ValueError("a job needs a non-empty prompt")
-                keys[r] = job.key
-                if len(job.prompt) > P:  # widen the prompt buffer for a longer prompt
-                    prompt = torch.nn.functional.pad(prompt, (0, len(job.prompt) - P))
-                    P = len(job.prompt)
-                prompt[r].zero_()
-                prompt[r, :len(job.prompt)] = torch.tensor(job.prompt, dtype=torch.long, device=device)
-                plen[r] = len(job.prompt)
-                if not greedy:
-                    uni[r] = torch.from_numpy(np.asarray(job.uniforms, dtype=np.float32)[:max_tokens]).to(device)
-                pos[r] = 0
-                ngen[r] = 0
-                done[r] = False
-                cur[r] = prompt[r, 0]
-
-                def zero(s, r=r):
-                    s[:, r] = 0
-                    return s
-                state = _map_state(state, zero)
-            keep = [r for r in range(len(keys)) if keys[r] is not None]
-            if dead and keep:  # no job left for some slots: shrink the batch to the live ones
-                ks = torch.tensor(keep, dtype=torch.long, device=device)
-                keys = [keys[r] for r in keep]
-                prompt, plen, pos, ngen, gen, done, cur = (
-                    t.index_select(0, ks) for t in (prompt, plen, pos, ngen, gen, done, cur))
-                if not greedy:
-                    uni = uni.index_select(0, ks)
-                state = _map_state(state, lambda s: s.index_select(1, ks).contiguous())
-        yield from finished
-        if not keep:
-            return
 
 
 # ------------------------------------------------------------------------------------ corpus side
@@ -560,7 +295,8 @@ def make_job(i: int, cfg: Config, cv: CorpusView, pp: PromptPlan) -> tuple[Job, 
         prompt, hidden = cv.tokens[off:off + pp.window].astype(np.int64).tolist(), 0
     else:
         prompt, hidden = list(pp.fixed), pp.shown_from
-    u = None if g.temperature == 0.0 else rng.random(g.max_tokens, dtype=np.float32)
+    u = None if g.temperature == 0.0 else rng.random((g.max_tokens, uniforms_per_token(g.top_k, g.top_p)),
+                                                     dtype=np.float32)
     return Job(i, prompt, u), hidden
 
 
@@ -848,7 +584,9 @@ def _agree_plan(cfg: Config, out: Path, info, cv: CorpusView, precision: str) ->
         raise InputError(f"{out}: holds recipes made with vocabulary {str(theirs.get('vocab_hash'))[:12]}, the "
                          f"corpus {cv.path} has {cv.vocab_hash[:12]}: choose another generate.name")
     old = theirs.get("settings") or {}
-    diff = [f"generate.{k}={old.get(k)!r} (config: {v!r})" for k, v in mine["settings"].items() if old.get(k) != v]
+    diff = [f"generate.{k}={old.get(k)!r} (config: {v!r})" if k != "sampler" else
+            f"sampling rule version {old.get(k)!r} (this hpcrnn: {v!r})"
+            for k, v in mine["settings"].items() if old.get(k) != v]
     raise InputError(f"{out}: holds recipes made with other settings ({'; '.join(diff)}): choose another "
                      f"generate.name or remove the folder")
 
@@ -872,6 +610,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     _check(cfg, shard, num_shards)
     g = cfg.generate
     out = output_dir(cfg)
+    keep_freed_memory()  # see hpcrnn/memory.py: otherwise every decoding step page-faults its tensors
     threads = cfg.train.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0) or 0)
     if threads:
         torch.set_num_threads(threads)
@@ -903,7 +642,6 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
         qc = build_quality_context(cv, cfg.data.seed)
         describer = _Describer(cv, qc, quality_workers(device))  # forks (if at all) before CUDA starts
         model = loaded.to(device)
-        apply_precision(model, precision)
         sampling = {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "max_tokens": g.max_tokens}
         hidden_of: dict[int, int] = {}
         prompts: dict[int, list[int]] = {}
@@ -941,7 +679,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
             for i, toks, stopped in generate_batched(
                     model, jobs(), batch_size=g.batch_size, max_tokens=g.max_tokens, stop_id=cv.stop_id,
                     temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, banned=[cv.unk_id],
-                    device=device):
+                    device=device, precision=precision):
                 tokens_total += len(toks) + int(stopped)
                 written += 1
                 shown = prompts.pop(i)[hidden_of.pop(i):]

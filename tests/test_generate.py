@@ -17,7 +17,7 @@ import yaml
 
 from conftest import ROOT, run_module
 from hpcrnn import checkpoint as ckpt
-from hpcrnn import generate as G
+from hpcrnn import decode as D, generate as G, sampling as S, stepper as ST
 from hpcrnn.config import ModelConfig, load_config
 from hpcrnn.errors import ConfigError, InputError
 from hpcrnn.model import RecurrentLM, build_model
@@ -88,24 +88,24 @@ def test_sample_next_greedy_topk_topp_and_inverse_cdf():
     logits = torch.randn(4, 50)
     logits[:, 7] = float("-inf")  # a banned token
     u = torch.rand(4)
-    assert torch.equal(G.sample_next(logits, None, 0.0, 0, 1.0), logits.argmax(-1))
-    assert torch.equal(G.sample_next(logits, u, 1.0, 1, 1.0), logits.argmax(-1))  # top_k 1 is greedy
-    assert torch.equal(G.sample_next(logits, u, 1.0, 0, 1e-6), logits.argmax(-1))  # so is a tiny top_p
+    assert torch.equal(S.sample_next(logits, None, 0.0, 0, 1.0), logits.argmax(-1))
+    assert torch.equal(S.sample_next(logits, u, 1.0, 1, 1.0), logits.argmax(-1))  # top_k 1 is greedy
+    assert torch.equal(S.sample_next(logits, u, 1.0, 0, 1e-6), logits.argmax(-1))  # so is a tiny top_p
     # inverse CDF over evenly spaced u reproduces the softmax distribution
     row = torch.tensor([[2.0, 1.0, 0.0, float("-inf"), -1.0]])
     n = 20000
     us = (torch.arange(n) + 0.5) / n
-    picks = G.sample_next(row.expand(n, -1), us, 1.0, 0, 1.0)
+    picks = S.sample_next(row.expand(n, -1), us, 1.0, 0, 1.0)
     freq = torch.bincount(picks, minlength=5).float() / n
     assert torch.allclose(freq, torch.softmax(row[0], -1), atol=2e-4)
     assert freq[3] == 0  # never the banned token, even for u next to 1
-    assert G.sample_next(row, torch.tensor([0.9999999]), 1.0, 0, 1.0).item() == 4
+    assert S.sample_next(row, torch.tensor([0.9999999]), 1.0, 0, 1.0).item() == 4
     # temperature sharpens; top_k 2 keeps the two most likely; top_p 0.7 keeps {0, 1} (0.66 + 0.24)
-    p_hot = torch.bincount(G.sample_next(row.expand(n, -1), us, 0.5, 0, 1.0), minlength=5).float() / n
+    p_hot = torch.bincount(S.sample_next(row.expand(n, -1), us, 0.5, 0, 1.0), minlength=5).float() / n
     assert torch.allclose(p_hot, torch.softmax(row[0] / 0.5, -1), atol=2e-4)
-    assert set(G.sample_next(row.expand(n, -1), us, 1.0, 2, 1.0).tolist()) == {0, 1}
-    assert set(G.sample_next(row.expand(n, -1), us, 1.0, 0, 0.7).tolist()) == {0, 1}
-    topk = torch.bincount(G.sample_next(row.expand(n, -1), us, 1.0, 2, 1.0), minlength=5).float() / n
+    assert set(S.sample_next(row.expand(n, -1), us, 1.0, 2, 1.0).tolist()) == {0, 1}
+    assert set(S.sample_next(row.expand(n, -1), us, 1.0, 0, 0.7).tolist()) == {0, 1}
+    topk = torch.bincount(S.sample_next(row.expand(n, -1), us, 1.0, 2, 1.0), minlength=5).float() / n
     assert topk[0] == pytest.approx(np.exp(2) / (np.exp(2) + np.exp(1)), abs=2e-4)
 
 
@@ -120,7 +120,7 @@ def test_two_level_inverse_cdf(n):
     w[0, n - 1] = 0  # the very last token banned
     m = 20000
     u = (torch.arange(m) + 0.5) / m
-    got = G._inverse_cdf(w.expand(m, n).clone(), u)
+    got = S.inverse_cdf(w.expand(m, n).clone(), u)[0]
     cdf = w[0].cumsum(0)
     flat = torch.searchsorted(cdf, (u * (1 - 1e-6)) * cdf[-1], right=True).clamp(max=n - 1)
     assert (got != flat).float().mean() < 1e-3  # only float rounding at a boundary may differ
@@ -128,7 +128,8 @@ def test_two_level_inverse_cdf(n):
     freq = torch.bincount(got, minlength=n).float() / m
     assert (freq - w[0] / w[0].sum()).abs().max() < 2e-4
     # every row searches on its own: one row alone gives what it gives in the batch
-    assert all(G._inverse_cdf(w.clone(), u[k:k + 1]).item() == got[k].item() for k in (0, 777, 19999))
+    assert all(S.inverse_cdf(w.clone(), u[k:k + 1])[0].item() == got[k].item() for k in (0, 777, 19999))
+    assert torch.allclose(S.inverse_cdf(w, u[:1])[1], w.sum(-1))  # and the row's total
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -139,9 +140,9 @@ def test_sample_next_with_a_work_buffer_is_the_same(dtype):
     logits = (torch.randn(64, 500) * 3).to(dtype)
     u = torch.rand(64)
     for args in ((0.0, 0, 1.0), (0.8, 0, 1.0), (0.8, 5, 1.0), (0.8, 0, 0.9), (1.3, 10, 0.5)):
-        want = G.sample_next(logits.float(), u, *args)
-        assert torch.equal(G.sample_next(logits, u, *args), want), args
-        assert torch.equal(G.sample_next(logits, u, *args, work=torch.full((64, 500), float("nan"))), want), args
+        want = S.sample_next(logits.float(), u, *args)
+        assert torch.equal(S.sample_next(logits, u, *args), want), args
+        assert torch.equal(S.sample_next(logits, u, *args, work=torch.full((64, 500), float("nan"))), want), args
 
 
 def reference_generate(model, prompt, uniforms, max_tokens, stop_id, temperature, top_k, top_p, banned):
@@ -152,8 +153,8 @@ def reference_generate(model, prompt, uniforms, max_tokens, stop_id, temperature
         out = []
         while len(out) < max_tokens:
             logits[:, banned] = float("-inf")
-            u = None if uniforms is None else torch.tensor([uniforms[len(out)]])
-            t = int(G.sample_next(logits, u, temperature, top_k, top_p)[0])
+            u = None if uniforms is None else torch.from_numpy(np.array([uniforms[len(out)]]))
+            t = int(S.sample_next(logits, u, temperature, top_k, top_p)[0])
             out.append(t)
             if t == stop_id:
                 break
@@ -176,8 +177,8 @@ def test_batched_generation_equals_one_at_a_time(cell, temperature, top_k, top_p
     jobs = []
     for k in range(11):
         prompt = rng.integers(2, V, size=int(rng.integers(1, 9))).tolist()
-        u = None if temperature == 0 else rng.random(30, dtype=np.float32)
-        jobs.append(G.Job(k, prompt, u))
+        u = None if temperature == 0 else rng.random((30, S.uniforms_per_token(top_k, top_p)), dtype=np.float32)
+        jobs.append(D.Job(k, prompt, u))
     kw = dict(max_tokens=30, stop_id=stop, temperature=temperature, top_k=top_k, top_p=top_p, banned=[0])
     bias = model.head.bias.data[stop].item()
     for extra in np.arange(0.0, 3.0, 0.02):  # an end-of-recipe bias that gives both endings
@@ -190,11 +191,11 @@ def test_batched_generation_equals_one_at_a_time(cell, temperature, top_k, top_p
         pytest.fail("no bias gives recipes of both endings and several lengths")
     for bs in (1, 4, 16):
         got = {}
-        for key, toks, stopped in G.generate_batched(model, iter(jobs), batch_size=bs, **kw):
+        for key, toks, stopped in D.generate_batched(model, iter(jobs), batch_size=bs, **kw):
             assert key not in got
             got[key] = (toks, stopped)
         assert got == want, f"batch size {bs}"
-    got = {k: (t, s) for k, t, s in G.generate_batched(model, iter(jobs), batch_size=4, sync_every=5, **kw)}
+    got = {k: (t, s) for k, t, s in D.generate_batched(model, iter(jobs), batch_size=4, sync_every=5, **kw)}
     assert got == want  # a host check every 5 steps (the GPU setting) changes nothing
 
 
@@ -288,9 +289,9 @@ def test_other_tokenizers(tmp_path, tokenizer):
 def test_precision_auto_is_resolved_once_and_pinned(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert G.resolve_precision("auto", cpu) == "bf16" and G.resolve_precision("fp32", cpu) == "fp32"
+    assert ST.resolve_precision("auto", cpu) == "bf16" and ST.resolve_precision("fp32", cpu) == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert G.resolve_precision("auto", cpu) == "fp32" and G.resolve_precision("bf16", cpu) == "bf16"
+    assert ST.resolve_precision("auto", cpu) == "fp32" and ST.resolve_precision("bf16", cpu) == "bf16"
     cfg_path, cfg = prepared(tmp_path)
     gen = tmp_path / "scratch" / "tiny" / "generated"
     # shard 1 of 2 starts on a machine without AMX: auto -> fp32, pinned in plan.json ...
@@ -313,17 +314,100 @@ def test_precision_auto_is_resolved_once_and_pinned(tmp_path, monkeypatch):
         G.run_generate(with_(cfg_path, "generate.name=bf16a", "generate.precision=fp32"))
 
 
-def test_low_precision_head_is_close_and_keeps_the_state_fp32():
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("table", [True, False])
+def test_stepper_matches_the_model_step(cell, layers, table, monkeypatch):
+    """The stepper's rearranged arithmetic (input table or not, in-place cell, temperature and bans folded
+    into the output layer) gives the model's own logits and state over several carried steps."""
+    monkeypatch.setattr(ST, "TABLE_LIMIT_BYTES", 1 << 30 if table else 0)
     torch.manual_seed(0)
-    model = RecurrentLM(50, ModelConfig(hidden=32, embedding=16)).eval()
+    model = RecurrentLM(50, ModelConfig(cell=cell, hidden=32, embedding=16, layers=layers)).eval()
+    st = ST.Stepper(model, temperature=0.7, banned=[3])
+    assert (st.table is not None) == table
+    keep = [i for i in range(50) if i != 3]
+    tok = torch.randint(0, 50, (6,))
+    ref_state = state = None
+    for _ in range(5):
+        ref, ref_state = model.step(tok, ref_state)
+        got, state = st(tok, state)
+        assert bool((got[:, 3] == float("-inf")).all())
+        assert torch.allclose(got[:, keep], ref[:, keep] / 0.7, atol=1e-5)
+        tok = ref.argmax(-1)
+    for want, have in zip(ref_state if cell == "lstm" else [ref_state], state if cell == "lstm" else [state]):
+        assert torch.allclose(want, have, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bf16_products_stay_close_and_keep_the_state_fp32(cell):
+    """bf16 matrix products (autocast's rule): bf16 logits, fp32 state, close to the fp32 stepper's over
+    carried steps; the first step from a zero state only reads the fp32 input table, so its state is
+    exactly the fp32 one."""
+    torch.manual_seed(0)
+    model = RecurrentLM(50, ModelConfig(cell=cell, hidden=32, embedding=16)).eval()
+    f32, b16 = ST.Stepper(model), ST.Stepper(model, precision="bf16")
+    assert b16.head_w_t.dtype == torch.bfloat16 and b16.table.dtype == torch.float32
     tok = torch.randint(0, 50, (5,))
-    ref, ref_state = model.step(tok, None)
-    G.apply_precision(model, "bf16")
-    assert isinstance(model.head, G.LowPrecisionLinear) and model.head.weight.dtype == torch.bfloat16
-    got, state = model.step(tok, None)
-    assert got.dtype == torch.bfloat16 and state[0].dtype == torch.float32
-    assert torch.equal(state[0], ref_state[0])
-    assert torch.allclose(got.float(), ref, atol=0.02)
+    ref, ref_state = f32(tok, None)
+    got, state = b16(tok, None)
+    first = state[0] if cell == "lstm" else state
+    assert torch.equal(first, ref_state[0] if cell == "lstm" else ref_state)
+    for _ in range(6):
+        assert got.dtype == torch.bfloat16 and first.dtype == torch.float32
+        assert torch.allclose(got.float(), ref, atol=0.05), (got.float() - ref).abs().max()
+        tok = ref.argmax(-1)
+        ref, ref_state = f32(tok, ref_state)
+        got, state = b16(tok, state)
+        first = state[0] if cell == "lstm" else state
+    assert model.head.weight.dtype == torch.float32  # the model itself is untouched
+
+
+def kept_set(probs: torch.Tensor, k: int, p: float) -> set:
+    """The reference: sort, keep the top k (ties kept), then the smallest prefix of the renormalised rest
+    reaching p (ties with its last token kept)."""
+    w = probs.double().clone()
+    if k:
+        w[w < w.sort(descending=True).values[k - 1]] = 0
+    if p:
+        vals = w.sort(descending=True).values
+        cum = vals.cumsum(0)
+        tau = vals[int(torch.searchsorted(cum, p * cum[-1]))]
+        w[w < tau] = 0
+    return set(torch.nonzero(w > 0)[:, 0].tolist())
+
+
+@pytest.mark.parametrize("k,p", [(0, 0.9), (0, 0.5), (40, 0.0), (20, 0.8), (1, 0.0), (0, 1e-6)])
+def test_rejection_truncation_draws_from_the_truncated_distribution(k, p):
+    """top_k / top_p by rejection: never a token outside the kept set (sort-based reference, ties kept),
+    and the kept tokens in their renormalised proportions; rows are independent of their batch."""
+    g = torch.Generator().manual_seed(k * 100 + int(p * 10))
+    V, n = 1500, 20000  # rows longer than 1024: the two-level inverse CDF
+    rows = torch.stack([torch.randn(V, generator=g) * 2,  # broad
+                        torch.randn(V, generator=g) * 6,  # peaked
+                        torch.cat([torch.full((10,), 3.0), torch.randn(V - 10, generator=g)])])  # ties on top
+    rows[:, 7] = float("-inf")  # banned
+    for row in rows:
+        probs = torch.softmax(row, -1)
+        kept = kept_set(probs, k, p if p < 1 else 0.0)
+        u = torch.rand(n, S.ROUNDS, generator=g)
+        picks = S.sample_scaled(row.expand(n, -1), u, k, p if p else 1.0)
+        assert set(picks.tolist()) <= kept
+        ids = torch.tensor(sorted(kept))
+        want = probs[ids] / probs[ids].sum()
+        freq = torch.bincount(picks, minlength=V)[ids].float() / n
+        assert (freq - want).abs().max() < 4 * float(want.max() / n) ** 0.5 + 1e-3
+        if not (k and p):  # the sort-based path (a GPU's; the CPU's last resort) draws the same distribution
+            picks = S._sorted_fallback(probs.expand(n, -1), u[:, 0], k, p)
+            freq = torch.bincount(picks, minlength=V)[ids].float() / n
+            assert set(picks.tolist()) <= kept
+            assert (freq - want).abs().max() < 4 * float(want.max() / n) ** 0.5 + 1e-3
+        # one uniform per token: the rare rows rejected once settle by a sort; still only kept tokens
+        assert set(S.sample_scaled(row.expand(2000, -1), u[:2000, 0], k, p if p else 1.0).tolist()) <= kept
+    # a row's choice does not depend on the other rows of the batch
+    u = torch.rand(3, S.ROUNDS, generator=g)
+    together = S.sample_scaled(rows, u, k, p if p else 1.0)
+    alone = [S.sample_scaled(rows[i:i + 1], u[i:i + 1], k, p if p else 1.0).item() for i in range(3)]
+    assert together.tolist() == alone
 
 
 def test_greedy_is_deterministic_and_topk_restricts(tmp_path):
@@ -521,3 +605,16 @@ def test_end_to_end_preprocess_train_generate(tmp_path):
     assert g["recipes"] == 12 and g["stopped_at_end_of_recipe"] >= 0.5
     assert g["structure"] >= 0.5 and g["has_title"] == 1.0
     assert G.generation_done(load_config(cfg_path))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_takes_on_glibc():
+    """The generation job asks malloc to keep freed blocks (hpcrnn/memory.py); on Linux with glibc the
+    settings must take, or every decoding step pays page faults again."""
+    import platform
+
+    from hpcrnn.memory import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert keep_freed_memory() is True

@@ -1,0 +1,183 @@
+"""One generation step of a trained RecurrentLM, rearranged for speed: ``Stepper(model, ...)(tokens, state)``.
+
+A generation step feeds one token per slot and returns the next-token logits. Done the plain way
+(``RecurrentLM.step``: embedding, ``nn.LSTM`` on a length-1 sequence, linear) it costs, per slot,
+``E x 4H`` + ``H x 4H`` + ``H x V`` multiply-adds. The stepper does the same arithmetic with three
+rearrangements that change no result beyond float rounding:
+
+* **input table** — the first layer's input projection of a token only depends on the token, so
+  ``embedding @ W_ih^T + biases`` is computed once for the whole vocabulary (``V x 4H`` floats, e.g.
+  21 MB for the lecture's model) and a step gathers rows from it instead of multiplying (skipped when the
+  table would be larger than ``TABLE_LIMIT_BYTES``);
+* **in-place cell** — the gate nonlinearities and the state update run in place on one ``[B, 4H]`` buffer
+  and on the state tensors, with no per-step allocations (the state passed in is updated in place);
+* **folded sampling constants** — ``1 / temperature`` is folded into the output layer's weights and bias
+  (``(W / T) h + b / T``), and the banned tokens (``<unk>``) get a bias of ``-inf``, so the logits come out
+  ready to sample with no extra pass over ``[B, V]``.
+
+``precision`` is that of the matrix products, as under ``torch.autocast``: ``fp32``, or ``bf16`` — the
+recurrent and output products take bf16 inputs and sum in fp32 (many times faster where the hardware
+multiplies bf16 natively: AMX on a CPU, a GPU's tensor cores), while the input table, the gate
+nonlinearities and the recurrent state stay fp32; the logits come out bf16 (rounded once, after summing).
+``resolve_precision`` picks ``bf16`` where the hardware has it.
+
+The logits are returned in a buffer that the next call (with the same batch size) overwrites.
+
+The state layout is ``nn.LSTM``'s: ``(h, c)`` of shape ``[layers, B, H]`` (``h`` alone for GRU/RNN).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+TABLE_LIMIT_BYTES = 512 * 2 ** 20  # larger input tables (huge vocabularies) multiply per step instead
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the hardware multiplies bf16 natively — a CUDA GPU that supports it, or a CPU
+    with AMX tiles — else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return "bf16" if amx is not None and amx() else "fp32"
+    except Exception:  # a private probe: never let it fail a job
+        return "fp32"
+
+
+class Stepper:
+    """``step(tokens [B], state) -> (logits [B, V], state)`` for a RecurrentLM (see the module doc).
+
+    ``temperature`` > 0 divides the logits by it (0: greedy, logits unscaled); ``banned`` tokens get
+    ``-inf``. The model itself is left untouched; the stepper keeps its own (derived) weights."""
+
+    def __init__(self, model: torch.nn.Module, *, precision: str = "fp32", temperature: float = 0.0,
+                 banned: Sequence[int] = (), device="cpu"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        device = torch.device(device)
+        rnn = model.rnn
+        self.cell = model.cell
+        self.act = torch.relu_ if getattr(rnn, "nonlinearity", "tanh") == "relu" else torch.tanh_
+        self.hidden = H = rnn.hidden_size
+        self.layers = L = rnn.num_layers
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * H
+        f32 = dict(device=device, dtype=torch.float32)
+        self.mm_dtype = mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        with torch.no_grad():
+            self.w_ih_t, self.w_hh_t, self.bias, self.b_hn = [], [], [], []
+            for layer in range(L):
+                w_ih = getattr(rnn, f"weight_ih_l{layer}").detach().to(**f32)
+                w_hh = getattr(rnn, f"weight_hh_l{layer}").detach().to(**f32)
+                zeros = torch.zeros(G, **f32)
+                b_ih = getattr(rnn, f"bias_ih_l{layer}", None)
+                b_hh = getattr(rnn, f"bias_hh_l{layer}", None)
+                b_ih = zeros if b_ih is None else b_ih.detach().to(**f32)
+                b_hh = zeros if b_hh is None else b_hh.detach().to(**f32)
+                if self.cell == "gru":  # the n gate's hidden bias sits inside r * (W_hn h + b_hn)
+                    self.bias.append(b_ih + torch.cat([b_hh[:2 * H], zeros[:H]]))
+                    self.b_hn.append(torch.cat([zeros[:2 * H], b_hh[2 * H:]]))
+                else:
+                    self.bias.append(b_ih + b_hh)
+                    self.b_hn.append(None)
+                if layer == 0:
+                    w_ih0_t = w_ih.t().contiguous()  # fp32, for the input table
+                self.w_ih_t.append(w_ih.t().contiguous().to(mm_dtype))
+                self.w_hh_t.append(w_hh.t().contiguous().to(mm_dtype))
+            emb = model.embed.weight.detach().to(**f32)
+            self.vocab_size = V = emb.shape[0]
+            self.embed = emb
+            self.table: Optional[torch.Tensor] = None
+            if V * G * 4 <= TABLE_LIMIT_BYTES:  # computed once, in fp32 whatever the precision
+                self.table = torch.addmm(self.bias[0], emb, w_ih0_t)
+            w = model.head.weight.detach().to(**f32)
+            b = torch.zeros(V, **f32) if model.head.bias is None else model.head.bias.detach().to(**f32)
+            if temperature > 0:
+                w, b = w / temperature, b / temperature
+            ban = sorted(set(int(t) for t in banned))
+            if ban:
+                b = b.clone()
+                b[ban] = float("-inf")
+            self.head_b = b
+            if mm_dtype == torch.float32:
+                self.head_w_t = w.t().contiguous()  # [H, V]
+            else:
+                # The bias rides inside the bf16 product as one more input row (its input column is 1):
+                # adding an fp32 bias to a bf16 product afterwards is a mixed-type pass over [B, V] that
+                # costs more than the product. K is padded to a multiple of 32 (whole AMX tiles).
+                k = -(-(H + 1) // 32) * 32
+                wa = torch.zeros(k, V, **f32)
+                wa[:H] = w.t()
+                wa[H] = b
+                self.head_w_t = wa.to(mm_dtype)
+        self.device = device
+        self._out: dict = {}  # per batch size: reused output buffers (see __call__)
+
+    def _buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        buf = self._out.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._out[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            if name == "head_in":  # the bias column
+                buf.zero_()[:, self.hidden] = 1.0
+        return buf
+
+    def zero_state(self, batch: int):
+        z = torch.zeros(self.layers, batch, self.hidden, device=self.device)
+        return (z, z.clone()) if self.cell == "lstm" else z
+
+    def _mm(self, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, out: Optional[torch.Tensor] = None):
+        """``bias + x @ w_t`` in fp32; the product in the stepper's precision."""
+        if self.mm_dtype == torch.float32:
+            return torch.addmm(bias, x, w_t) if out is None else out.addmm_(x, w_t)
+        # bf16 inputs, fp32 sums (the product comes out bf16, as under autocast), added to fp32
+        prod = torch.mm(x.to(self.mm_dtype), w_t)
+        return torch.add(bias, prod) if out is None else out.add_(prod)
+
+    def __call__(self, tokens: torch.Tensor, state=None):
+        if state is None:
+            state = self.zero_state(tokens.shape[0])
+        H = self.hidden
+        hs = state[0] if self.cell == "lstm" else state
+        x = None
+        for layer in range(self.layers):
+            if layer == 0 and self.table is not None:
+                gates = self.table.index_select(0, tokens)
+            else:
+                inp = self.embed.index_select(0, tokens) if layer == 0 else x
+                gates = self._mm(self.bias[layer], inp, self.w_ih_t[layer])
+            h = hs[layer]
+            if self.cell == "lstm":
+                c = state[1][layer]
+                self._mm(None, h, self.w_hh_t[layer], out=gates)
+                gates[:, :2 * H].sigmoid_()  # input and forget gates
+                gates[:, 2 * H:3 * H].tanh_()  # candidate
+                gates[:, 3 * H:].sigmoid_()  # output gate
+                i, f, g, o = gates.split(H, 1)
+                c.mul_(f).addcmul_(i, g)
+                torch.tanh(c, out=h).mul_(o)
+            elif self.cell == "gru":
+                gh = self._mm(self.b_hn[layer], h, self.w_hh_t[layer])
+                rz = gates[:, :2 * H].add_(gh[:, :2 * H]).sigmoid_()
+                r, z = rz.split(H, 1)
+                n = gates[:, 2 * H:].addcmul_(r, gh[:, 2 * H:]).tanh_()
+                h.sub_(n).mul_(z).add_(n)  # (1 - z) n + z h
+            else:
+                self._mm(None, h, self.w_hh_t[layer], out=gates)
+                h.copy_(self.act(gates))
+            x = h
+        return self._head(x), state
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] into a buffer reused at the next step of the same batch size (a fresh tensor of
+        megabytes every step costs page faults comparable to the arithmetic): fp32, or bf16 (products summed
+        in fp32, rounded once at the end) when the precision is bf16."""
+        B = x.shape[0]
+        out = self._buffer("logits", (B, self.vocab_size), self.mm_dtype)
+        if self.mm_dtype == torch.float32:
+            return torch.addmm(self.head_b, x, self.head_w_t, out=out)
+        xa = self._buffer("head_in", (B, self.head_w_t.shape[0]), self.mm_dtype)
+        xa[:, :self.hidden].copy_(x)
+        return torch.mm(xa, self.head_w_t, out=out)
