@@ -13,12 +13,12 @@ weights cost exactly what trained ones cost). Figures, in generated tokens per s
 - lecture, one-hot: the same loop with the lecture's own formulation of the network (one-hot input into
   the LSTM, as its Keras model had it; same sizes) — for reference: its input projection alone costs
   50 x vocabulary x 4 x hidden multiply-adds per word;
-- bare batched loop: ``model.step`` + argmax for a batch, carrying the state — a hand-written lower bound
-  on the overhead, with no per-recipe bookkeeping;
-- hpcrnn: ``hpcrnn.generate.generate_batched`` as the generation job runs it (per-recipe random streams,
-  stop handling, refilled slots), greedy and sampling at temperature 0.8 (with and without top_k 40),
-  with an fp32 output layer and with the bf16 one (``generate.precision``; the lecture's loop is also
-  timed with it, for a like-for-like ratio).
+- plain batched loop: ``model.step`` (embedding, ``nn.LSTM``, linear) + argmax for a batch, carrying
+  the state — what a straightforward batched loop gets, with no per-recipe bookkeeping;
+- hpcrnn: ``hpcrnn.decode.generate_batched`` as the generation job runs it (``hpcrnn.stepper`` step,
+  per-recipe random streams, stop handling, refilled slots): greedy; the shipped configs' sampling
+  (temperature 1.0, top_p 0.9); temperature 0.8 alone and with top_k 40 — with an fp32 output layer and
+  with the bf16 one (``generate.precision``).
 
 Generation never stops early here (no stop token), so every run produces exactly batch x tokens tokens.
 The measurements run round-robin ``--repeats`` times and each line reports its best round (the machine
@@ -39,7 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header, peak_rss_mb  # noqa: E402
 from hpcrnn.config import ModelConfig  # noqa: E402
-from hpcrnn.generate import Job, apply_precision, generate_batched  # noqa: E402
+from hpcrnn.decode import Job, generate_batched  # noqa: E402
+from hpcrnn.memory import keep_freed_memory  # noqa: E402
+from hpcrnn.sampling import uniforms_per_token  # noqa: E402
 from hpcrnn.model import build_model  # noqa: E402
 
 
@@ -97,12 +99,15 @@ def bare_loop(model, vocab: int, batch: int, n_tokens: int, device) -> float:
     return batch * n_tokens / (time.perf_counter() - t0)
 
 
-def hpcrnn_loop(model, vocab: int, batch: int, n_tokens: int, device, temperature: float, top_k: int) -> float:
+def hpcrnn_loop(model, vocab: int, batch: int, n_tokens: int, device, temperature: float, top_k: int,
+                top_p: float, precision: str) -> float:
     rng = np.random.default_rng(0)
+    rounds = uniforms_per_token(top_k, top_p)
     jobs = [Job(k, [int(rng.integers(0, vocab))],
-                None if temperature == 0 else rng.random(n_tokens, dtype=np.float32)) for k in range(batch)]
+                None if temperature == 0 else rng.random((n_tokens, rounds), dtype=np.float32))
+            for k in range(batch)]
     kw = dict(batch_size=batch, max_tokens=n_tokens, stop_id=-1, temperature=temperature, top_k=top_k,
-              banned=[0], device=device)
+              top_p=top_p, banned=[0], device=device, precision=precision)
     list(generate_batched(model, jobs[:2], **{**kw, "max_tokens": 4, "batch_size": 2}))  # warm-up
     sync(device)
     t0 = time.perf_counter()
@@ -135,7 +140,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each line reports its best round")
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="output-layer precisions to time")
     args = ap.parse_args()
+    keep_freed_memory()  # as the generation job does (hpcrnn/memory.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -150,25 +158,21 @@ def main() -> None:
     print(header("bench_generate"))
     print(f"# model: {what}; window {window}; device {device}; best (median) of {args.repeats} rounds")
     hidden = getattr(getattr(model, "rnn", None), "hidden_size", args.hidden)
-    import copy
-
-    low = apply_precision(copy.deepcopy(model), "bf16")
     runs: dict[str, callable] = {
         "lecture sliding-window greedy, 1 recipe": lambda: lecture_loop(model, vocab, window, args.lecture_tokens,
                                                                          device),
-        "lecture, bf16 output layer": lambda: lecture_loop(low, vocab, window, args.lecture_tokens, device),
         "lecture, one-hot formulation (reference)": lambda: lecture_onehot_loop(vocab, hidden, window,
                                                                                  max(5, args.lecture_tokens // 6),
                                                                                  device),
     }
     for b in args.batch:
-        runs[f"bare batched loop, batch {b}"] = lambda b=b: bare_loop(model, vocab, b, args.tokens, device)
-        for temp, k, name in ((0.0, 0, "greedy"), (0.8, 0, "T 0.8"), (0.8, 40, "T 0.8 top_k 40")):
-            runs[f"hpcrnn, batch {b}, {name}"] = (
-                lambda b=b, temp=temp, k=k: hpcrnn_loop(model, vocab, b, args.tokens, device, temp, k))
-        for temp, name in ((0.0, "greedy"), (0.8, "T 0.8")):
-            runs[f"hpcrnn, batch {b}, {name}, bf16 output layer"] = (
-                lambda b=b, temp=temp: hpcrnn_loop(low, vocab, b, args.tokens, device, temp, 0))
+        runs[f"plain batched loop, batch {b}, greedy"] = lambda b=b: bare_loop(model, vocab, b, args.tokens, device)
+        for precision in args.precision:
+            for temp, k, p, name in ((0.0, 0, 1.0, "greedy"), (1.0, 0, 0.9, "T 1 top_p .9"), (0.8, 0, 1.0, "T .8"),
+                                     (0.8, 40, 1.0, "T .8 top_k 40")):
+                runs[f"hpcrnn, batch {b}, {name}, {precision}"] = (
+                    lambda b=b, temp=temp, k=k, p=p, precision=precision:
+                    hpcrnn_loop(model, vocab, b, args.tokens, device, temp, k, p, precision))
     got: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # round-robin: a burst of load elsewhere hits every line alike
         for name, fn in runs.items():
@@ -176,8 +180,17 @@ def main() -> None:
     base = max(got["lecture sliding-window greedy, 1 recipe"])
     for name, xs in got.items():
         best, med = max(xs), statistics.median(xs)
-        print(f"{name:<46} {best:>10,.0f} ({med:>8,.0f}) tokens/s {best / base:>7,.1f}x")
+        print(f"{name:<50} {best:>10,.0f} ({med:>8,.0f}) tokens/s {best / base:>7,.1f}x")
     print("# ratios: best round over the lecture loop's best round (fp32)")
+    for b in args.batch:  # what top_k/top_p by sorting would add to every step (hpcrnn draws by rejection)
+        probs = torch.softmax(torch.randn(b, vocab, generator=torch.Generator().manual_seed(0)) * 3, -1).to(device)
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            probs.sort(dim=-1, descending=True)
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        print(f"# reference: sorting {b} x {vocab:,} probabilities (top_p by sorting, per step): {best * 1e3:.1f} ms")
     print(f"# peak RSS {peak_rss_mb():.0f} MB")
 
 

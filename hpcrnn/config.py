@@ -116,7 +116,7 @@ class GenerateConfig:
     checkpoint: Optional[str] = None  # a checkpoint dir or step number; default: newest complete
     num_recipes: int = _f(100, min=1)
     # slots decoded together: per-step costs amortise over them (see bench/bench_generate.py)
-    batch_size: int = _f(512, min=1)
+    batch_size: int = _f(1024, min=1)
     temperature: float = _f(0.8, min=0.0)
     top_k: int = _f(0, min=0)
     top_p: float = _f(1.0, gt=0.0, max=1.0)
