@@ -47,7 +47,7 @@ What it does (``run_generate``):
   figures beside the same figures of a sample of real test-split recipes); both are deterministic, so two
   tasks finishing together write the same bytes, atomically.
 * Each finished recipe is detokenized, scored (``hpcrnn.quality``) and written off the generation loop:
-  in a writer thread, and on a GPU in forked worker processes (see :func:`quality_workers`).
+  in forked worker processes (a writer thread with one CPU; see :func:`quality_workers`).
 * Whitespace-tokenized corpora have no end-of-recipe token: their recipes run to ``max_tokens`` and
   start after an end-of-line token.
 * Shards: shard ``s`` of ``n`` writes recipes ``i`` with ``(i - 1) % n == s``. A rerun skips every
@@ -453,22 +453,34 @@ def describe_recipe(shown: list[int], toks: list[int]) -> tuple[str, Optional[st
     return text, Q.parse_recipe(text).title, Q.recipe_quality(text, toks, words, index)
 
 
-def quality_workers(device: torch.device) -> int:
-    """Worker processes for describing recipes. On a GPU the generation loop is Python launching kernels:
-    describing (detokenizing, parsing, the novelty search) in a thread of the same process would hold the
-    GIL against it and could not keep up, so spare CPUs take it in forked processes. On a CPU the torch
-    threads own the cores and describing costs a few per cent: it stays in the writer thread.
-    ``HPCRNN_QUALITY_WORKERS`` overrides (0: the writer thread)."""
+def available_cpus() -> int:
+    """The CPUs this task may use: Slurm's allocation, else the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def quality_workers(device: torch.device, cpus: int) -> int:
+    """Worker processes for describing recipes (detokenizing, parsing, the novelty search: ~60k tokens/s
+    a core), forked before the generation loop starts.
+
+    In a thread of the generating process, describing holds the GIL against the loop (Python launching
+    torch ops) and, on a CPU, steals a core from torch's threads, which then wait for each other in every
+    parallel op. So on a GPU spare CPUs take it (up to 8); on a CPU a quarter of the CPUs do (at least
+    one, given two CPUs), and torch gets the rest (see ``run_generate``). On the 2-core VM, 2,000 recipes
+    end to end: 21-26k tokens/s with the writer thread and two torch threads, 24-31k with one worker and
+    one torch thread (runs of each, 2026-11-26). One CPU: the writer thread. ``HPCRNN_QUALITY_WORKERS``
+    overrides (0: the writer thread)."""
     env = os.environ.get("HPCRNN_QUALITY_WORKERS", "")
     if env.strip().isdigit():
         return int(env)
-    if device.type != "cuda":
-        return 0
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus - 1))
+    if device.type == "cuda":
+        return max(0, min(8, cpus - 1))
+    return 0 if cpus < 2 else max(1, min(8, cpus // 4))
 
 
 class _Describer:
@@ -611,9 +623,6 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     g = cfg.generate
     out = output_dir(cfg)
     keep_freed_memory()  # see hpcrnn/memory.py: otherwise every decoding step page-faults its tensors
-    threads = cfg.train.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0) or 0)
-    if threads:
-        torch.set_num_threads(threads)
 
     cv = CorpusView.open(cfg.h5_path)
     pp = plan_prompt(cfg, cv)  # a bad prompt fails before anything is loaded or written
@@ -640,7 +649,13 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     qc: Optional[QualityContext] = None
     if todo:
         qc = build_quality_context(cv, cfg.data.seed)
-        describer = _Describer(cv, qc, quality_workers(device))  # forks (if at all) before CUDA starts
+        cpus = available_cpus()
+        workers = quality_workers(device, cpus)
+        # torch's threads: the CPUs the describing workers leave (train.threads overrides)
+        threads = cfg.train.threads or (max(1, cpus - workers) if device.type == "cpu" else cpus)
+        previous_threads = torch.get_num_threads()  # restored at the end: a library call keeps its caller's
+        torch.set_num_threads(threads)
+        describer = _Describer(cv, qc, workers)  # forks (if at all) before CUDA starts
         model = loaded.to(device)
         sampling = {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "max_tokens": g.max_tokens}
         hidden_of: dict[int, int] = {}
@@ -672,8 +687,8 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
         writer = _Writer(write)
         writer.start()
         _log(f"shard {shard + 1}/{num_shards}: {len(todo)} recipes to write ({skipped} present) with "
-             f"checkpoint step {info.step} on {device} ({precision} output layer), "
-             f"{min(g.batch_size, len(todo))} slots")
+             f"checkpoint step {info.step} on {device} ({precision} products, {threads} torch threads), "
+             f"{min(g.batch_size, len(todo))} slots, {workers or 'no'} describing worker(s)")
         t0 = time.perf_counter()
         try:
             for i, toks, stopped in generate_batched(
@@ -691,6 +706,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
             finally:
                 appender.close()
                 describer.close()
+                torch.set_num_threads(previous_threads)
         _log(f"shard {shard + 1}/{num_shards}: wrote {written} recipes, {tokens_total:,} tokens in "
              f"{seconds:.1f} s ({tokens_total / max(seconds, 1e-9):,.0f} tokens/s)")
 

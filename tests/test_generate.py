@@ -255,17 +255,26 @@ def test_same_seed_same_files_across_batch_sizes_and_shards(tmp_path):
 
 
 def test_worker_processes_describe_like_the_writer_thread(tmp_path, monkeypatch):
-    """On a GPU, recipes are described (text, quality) in forked worker processes: same files, same index."""
+    """Recipes described (text, quality) in forked worker processes or in the writer thread: same files,
+    same index."""
     cfg_path, cfg = prepared(tmp_path)
-    G.run_generate(with_(cfg_path, "generate.name=thread"))
+    monkeypatch.setenv("HPCRNN_QUALITY_WORKERS", "0")
+    assert G.quality_workers(torch.device("cpu"), 8) == 0
+    before = torch.get_num_threads()
+    G.run_generate(with_(cfg_path, "generate.name=thread", "train.threads=1"))
+    assert torch.get_num_threads() == before  # the caller's thread count is given back
     monkeypatch.setenv("HPCRNN_QUALITY_WORKERS", "2")
-    assert G.quality_workers(torch.device("cpu")) == 2
+    assert G.quality_workers(torch.device("cpu"), 8) == 2
     G.run_generate(with_(cfg_path, "generate.name=procs"))
     gen = tmp_path / "scratch" / "tiny" / "generated"
     assert files_of(gen / "procs") == files_of(gen / "thread")
     assert (gen / "procs" / "index.jsonl").read_bytes() == (gen / "thread" / "index.jsonl").read_bytes()
     monkeypatch.delenv("HPCRNN_QUALITY_WORKERS")
-    assert G.quality_workers(torch.device("cpu")) == 0
+    # the defaults: a quarter of a CPU node's CPUs (at least one given two), spare CPUs beside a GPU
+    assert [G.quality_workers(torch.device("cpu"), n) for n in (1, 2, 4, 16, 64)] == [0, 1, 1, 4, 8]
+    assert [G.quality_workers(torch.device("cuda"), n) for n in (1, 4, 64)] == [0, 3, 8]
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert G.available_cpus() == 6
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "whitespace"])
