@@ -58,7 +58,9 @@ class DataConfig:
     format: Literal["auto", "plain", "mastercook", "mealmaster"] = "auto"
     document_start: Optional[str] = None  # regex that starts a document, e.g. "^Title:"
     tokenizer: Literal["recipe", "whitespace", "char"] = "recipe"
-    min_count: int = _f(5, min=1)
+    # words seen fewer times in the train split become <unk>; default: 5, or 1 for the char tokenizer
+    # (every character of the corpus is kept)
+    min_count: Optional[int] = _f(None, min=1)
     rare: Literal["unk", "drop"] = "unk"
     repair: bool = True  # repair cp437-read-as-latin-1 mojibake where the evidence is clear
     window: int = _f(50, min=1)
@@ -364,6 +366,8 @@ def validate(cfg: Config, src: str) -> Config:
     """Cross-field checks and path resolution (relative to the current working directory)."""
     d, m, t, g = cfg.data, cfg.model, cfg.train, cfg.generate
     d.corpus = _check_corpus(d.corpus, src)
+    if d.min_count is None:
+        d.min_count = 1 if d.tokenizer == "char" else 5
     if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1.0) > 1e-6 or d.split[0] <= 0:
         raise ConfigError(f"{src}: data.split: expected three non-negative fractions (train, val, test) "
                           f"summing to 1 with train > 0, got {d.split}")

@@ -21,6 +21,15 @@ def test_defaults_and_name_from_stem(tmp_path):
     assert cfg.run_dir == Path(cfg.paths.scratch) / "myexp"
 
 
+def test_min_count_defaults_by_tokenizer(tmp_path):
+    """Words: 5; characters: 1 (every character kept); an explicit value wins; the resolved config says so."""
+    p = write(tmp_path, "data: {tokenizer: char}\n")
+    assert load_config(p).data.min_count == 1
+    assert load_config(p, ["data.min_count=3"]).data.min_count == 3
+    assert load_config(p, ["data.tokenizer=whitespace"]).data.min_count == 5
+    assert "min_count: 1" in load_config(p).to_yaml()
+
+
 def test_overrides_are_yaml_values(tmp_path):
     cfg = load_config(write(tmp_path, "train: {max_steps: 10}\n"),
                       ["train.max_steps=200", "model.cell=gru", "data.split=[0.8, 0.1, 0.1]",
