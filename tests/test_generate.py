@@ -347,20 +347,20 @@ def test_stepper_matches_the_model_step(cell, layers, table, monkeypatch):
         assert torch.allclose(want, have, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_bf16_products_stay_close_and_keep_the_state_fp32(cell):
+@pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("rnn", 1), ("lstm", 2), ("gru", 2)])
+def test_bf16_products_stay_close_and_keep_the_state_fp32(cell, layers):
     """bf16 matrix products (autocast's rule): bf16 logits, fp32 state, close to the fp32 stepper's over
-    carried steps; the first step from a zero state only reads the fp32 input table, so its state is
-    exactly the fp32 one."""
+    carried steps; the first step from a zero state only reads the fp32 input table, so its first layer's
+    state is exactly the fp32 one."""
     torch.manual_seed(0)
-    model = RecurrentLM(50, ModelConfig(cell=cell, hidden=32, embedding=16)).eval()
+    model = RecurrentLM(50, ModelConfig(cell=cell, hidden=32, embedding=16, layers=layers)).eval()
     f32, b16 = ST.Stepper(model), ST.Stepper(model, precision="bf16")
     assert b16.head_w_t.dtype == torch.bfloat16 and b16.table.dtype == torch.float32
     tok = torch.randint(0, 50, (5,))
     ref, ref_state = f32(tok, None)
     got, state = b16(tok, None)
     first = state[0] if cell == "lstm" else state
-    assert torch.equal(first, ref_state[0] if cell == "lstm" else ref_state)
+    assert torch.equal(first[0], (ref_state[0] if cell == "lstm" else ref_state)[0])  # layer 0
     for _ in range(6):
         assert got.dtype == torch.bfloat16 and first.dtype == torch.float32
         assert torch.allclose(got.float(), ref, atol=0.05), (got.float() - ref).abs().max()
