@@ -17,8 +17,8 @@ weights cost exactly what trained ones cost). Figures, in generated tokens per s
   the state — what a straightforward batched loop gets, with no per-recipe bookkeeping;
 - hpcrnn: ``hpcrnn.decode.generate_batched`` as the generation job runs it (``hpcrnn.stepper`` step,
   per-recipe random streams, stop handling, refilled slots): greedy; the shipped configs' sampling
-  (temperature 1.0, top_p 0.9); temperature 0.8 alone and with top_k 40 — with an fp32 output layer and
-  with the bf16 one (``generate.precision``).
+  (temperature 1.0, top_p 0.9); temperature 0.8 alone and with top_k 40 — in fp32 and with bf16
+  matrix products (``generate.precision``).
 
 Generation never stops early here (no stop token), so every run produces exactly batch x tokens tokens.
 The measurements run round-robin ``--repeats`` times and each line reports its best round (the machine

@@ -54,7 +54,7 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
     lasts, then the token sampled at the previous step. The host looks at the slots every ``sync_every``
     steps (1 on CPU, where looking is free; 8 on a GPU, where it costs a synchronisation); a slot that
     finished in between idles until then. Finished slots take the next job; when none is left the batch
-    shrinks to the live slots. ``precision`` is the output layer's (see :mod:`hpcrnn.stepper`).
+    shrinks to the live slots. ``precision``: that of the matrix products (see :mod:`hpcrnn.stepper`).
     """
     device = torch.device(device)
     if sync_every is None:

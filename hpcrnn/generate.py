@@ -15,9 +15,10 @@ What it does (``run_generate``):
   smallest set whose probability reaches ``top_p`` (ties at the edge kept), drawn by rejection rather than
   by sorting the vocabulary. The unknown-word token is never sampled (the model would write ``<unk>``).
   Generation of a recipe stops at the end-of-recipe token (not written) or at ``max_tokens``.
-* Precision (``generate.precision``): the output layer — most of a step's arithmetic — multiplies in
-  bf16 where the hardware does so natively (``auto``: CUDA, CPUs with AMX), fp32 otherwise; the
-  recurrent state always stays fp32. ``auto`` is resolved by the first task and pinned in ``plan.json``.
+* Precision (``generate.precision``): the matrix products — most of a step's arithmetic — take bf16
+  inputs and sum in fp32 where the hardware multiplies bf16 natively (``auto``: CUDA, CPUs with AMX), as
+  ``torch.autocast`` does, fp32 otherwise; the input table, the recurrent state and sampling stay fp32.
+  ``auto`` is resolved by the first task and pinned in ``plan.json``.
 * Reproducibility: recipe *i* draws its random numbers from its own stream seeded with
   ``(generate.seed, i)`` — per generated token one uniform (``ROUNDS`` when top_k/top_p truncate: one per
   rejection draw), consumed by inverse-CDF sampling — so the same seed and checkpoint give the same files
