@@ -29,10 +29,11 @@ def start_train(cfg_path, *overrides, env=None):
 
 
 def last_step(metrics: Path) -> int:
-    if not metrics.exists():
-        return 0
-    steps = [json.loads(l).get("step", 0) for l in metrics.read_text().splitlines() if l.strip()]
-    return max(steps, default=0)
+    """The newest step in metrics.jsonl, read while the trainer appends to it: a line still being written
+    can show up half-written, and is skipped (as hpcrnn.status does)."""
+    from hpcrnn.status import read_metrics
+
+    return max((r.get("step", 0) for r in read_metrics(metrics)), default=0)
 
 
 def model_bytes(cfg) -> bytes:
