@@ -458,8 +458,9 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     from hpcrnn.cli import main_for
 
-    return main_for("hpcrnn.train", "Train (or resume) a recurrent language model on the run's HDF5 windows.",
+    code = main_for("hpcrnn.train", "Train (or resume) a recurrent language model on the run's HDF5 windows.",
                     lambda cfg, args: run_train(cfg), argv)
+    return D.exit_process(code)  # after a multi-rank run: os._exit (see there)
 
 
 if __name__ == "__main__":

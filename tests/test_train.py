@@ -234,3 +234,16 @@ def test_training_done_follows_the_config_target(tmp_path, tiny_corpus):
     longer = load_config(cfg_path, ["train.max_steps=9"])
     assert not training_done(longer)
     assert run_train(longer).step == 9 and training_done(longer)
+
+
+def test_exit_process_after_a_multi_rank_run_keeps_the_status_and_the_output():
+    """After a multi-rank run the entry point leaves with os._exit (hpcrnn.distributed.exit_process): the
+    exit status must still be the entry point's, and buffered output must reach the stream."""
+    code = ("import sys; from hpcrnn import distributed as D; print('last words', end=''); "
+            "D._GROUP_USED = True; D.exit_process(76); print('never')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 76 and r.stdout == "last words", (r.returncode, r.stdout, r.stderr)
+    from hpcrnn import distributed as D
+
+    assert D.exit_process(3) == 3  # no group in this process: an ordinary return
