@@ -81,10 +81,11 @@ def job_ids(run_dir: Path) -> dict[str, str]:
 _UNSETTLED = {"RUNNING", "PENDING", "COMPLETING", "CONFIGURING"}
 
 
-def sacct(job_id: str, settle_s: float = 30.0) -> list[dict]:
-    """Every run of a job (requeued ones too, oldest first): State, Start, End. Called once the job has
-    left squeue, and accounting can lag behind that by a few seconds (seen in CI: sacct still said
-    RUNNING for a job that had completed), so it waits up to ``settle_s`` for a final state."""
+def sacct(job_id: str, settle_s: float = 30.0, expect: int = 1) -> list[dict]:
+    """Every run of a job (requeued ones too, oldest first; an array's tasks): State, Start, End. Called
+    once the job has left squeue, and accounting can lag behind that by a few seconds (seen in CI: sacct
+    still said RUNNING for a job that had completed, and listed only the last of an array's three
+    finished tasks), so it waits up to ``settle_s`` for ``expect`` rows in a final state."""
     deadline = time.time() + settle_s
     while True:
         r = _run("sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State,Start,End", "-j", str(job_id))
@@ -92,7 +93,7 @@ def sacct(job_id: str, settle_s: float = 30.0) -> list[dict]:
         for line in r.stdout.splitlines():
             jid, st, start, end = line.split("|")
             rows.append({"JobID": jid, "State": st.split()[0], "Start": start, "End": end})
-        if (rows and not any(x["State"] in _UNSETTLED for x in rows)) or time.time() > deadline:
+        if (len(rows) >= expect and not any(x["State"] in _UNSETTLED for x in rows)) or time.time() > deadline:
             return rows
         time.sleep(1)
 
@@ -322,7 +323,7 @@ def test_generate_shards_run_as_one_job_array(slurm, tmp_path, tiny_corpus):
     assert "array of 3" in r.stdout
     ids = job_ids(cfg.run_dir)
     wait_gone(list(ids.values()), cfg.run_dir, timeout=300)
-    tasks = sacct(ids["generate"])
+    tasks = sacct(ids["generate"], expect=3)
     assert sorted(t["JobID"] for t in tasks) == [f"{ids['generate']}_{i}" for i in range(3)], tasks
     assert all(t["State"] == "COMPLETED" for t in tasks), f"{tasks}\n{logs(cfg.run_dir)}"
     out = cfg.run_dir / "generated" / cfg.generate.name
