@@ -15,7 +15,7 @@ weights cost exactly what trained ones cost). Figures, in generated tokens per s
   50 x vocabulary x 4 x hidden multiply-adds per word;
 - plain batched loop: ``model.step`` (embedding, ``nn.LSTM``, linear) + argmax for a batch, carrying
   the state — what a straightforward batched loop gets, with no per-recipe bookkeeping;
-- hpcrnn: ``hpcrnn.decode.generate_batched`` as the generation job runs it (``hpcrnn.stepper`` step,
+- hpcrnn: ``hpcrnn.generate.decode.generate_batched`` as the generation job runs it (``hpcrnn.generate.stepper`` step,
   per-recipe random streams, stop handling, refilled slots): greedy; the shipped configs' sampling
   (temperature 1.0, top_p 0.9); temperature 0.8 alone and with top_k 40 — in fp32 and with bf16
   matrix products (``generate.precision``).
@@ -39,10 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header, peak_rss_mb  # noqa: E402
 from hpcrnn.config import ModelConfig  # noqa: E402
-from hpcrnn.decode import Job, generate_batched  # noqa: E402
-from hpcrnn.memory import keep_freed_memory  # noqa: E402
-from hpcrnn.sampling import uniforms_per_token  # noqa: E402
-from hpcrnn.model import build_model  # noqa: E402
+from hpcrnn.generate.decode import Job, generate_batched  # noqa: E402
+from hpcrnn.generate.memory import keep_freed_memory  # noqa: E402
+from hpcrnn.generate.sampling import uniforms_per_token  # noqa: E402
+from hpcrnn.train.model import build_model  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -118,7 +118,7 @@ def hpcrnn_loop(model, vocab: int, batch: int, n_tokens: int, device, temperatur
 
 
 def load_run(arg: str, device):
-    from hpcrnn import checkpoint as ckpt
+    from hpcrnn.train import checkpoint as ckpt
     from hpcrnn.config import load_config
 
     cfg = load_config(arg)

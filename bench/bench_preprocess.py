@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         print(f"bench_preprocess: {corpus} not found", file=sys.stderr)
         return 2
     from hpcrnn.config import apply_overrides, from_dict
-    from hpcrnn.corpus import run_preprocess
+    from hpcrnn.data.build import run_preprocess
 
     with tempfile.TemporaryDirectory(prefix="bench_pp_") as tmp:
         raw = {"run": {"name": "bench"}, "paths": {"scratch": tmp},

@@ -3,7 +3,7 @@
     python bench/bench_train.py [--corpus ../shared/data/recipes/recipes-5k.txt] [--steps 60] [--device cpu]
 
 The lecture's network (LSTM 256, window 50, batch 128). Figures:
-- tokens/s of `hpcrnn.train` (loss on every position), from its own metrics, after warm-up;
+- tokens/s of `hpcrnn.train.loop` (loss on every position), from its own metrics, after warm-up;
 - tokens/s of a minimal hand-written loop with the same model, optimizer, clipping and batches;
 - the lecture's formulation (one-hot input, loss on the last word only): input tokens/s and supervised
   (predicted) tokens/s — the figure to compare with ours, where every position is supervised;
@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header  # noqa: E402
-from hpcrnn import checkpoint as ckpt  # noqa: E402
+from hpcrnn.train import checkpoint as ckpt  # noqa: E402
 from hpcrnn.config import from_dict  # noqa: E402
-from hpcrnn.corpus import open_corpus, run_preprocess  # noqa: E402
-from hpcrnn.data import WindowBatches, gather_windows  # noqa: E402
-from hpcrnn.model import build_model  # noqa: E402
-from hpcrnn.train import run_train  # noqa: E402
+from hpcrnn.data.build import open_corpus, run_preprocess  # noqa: E402
+from hpcrnn.data.batches import WindowBatches, gather_windows  # noqa: E402
+from hpcrnn.train.model import build_model  # noqa: E402
+from hpcrnn.train.loop import run_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

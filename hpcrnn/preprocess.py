@@ -1,14 +1,14 @@
 """`python -m hpcrnn.preprocess CONFIG [key=value ...]`: corpus text -> <run dir>/corpus.h5.
 
 The first job of every pipeline. Running it again with the same inputs and settings does nothing and
-says so; a changed input file or data.* setting rebuilds. See hpcrnn.corpus for the file layout.
+says so; a changed input file or data.* setting rebuilds. See hpcrnn/data/build.py for the file layout.
 """
 from __future__ import annotations
 
 import sys
 
 from hpcrnn.cli import main_for
-from hpcrnn.corpus import PreprocessResult, run_preprocess
+from hpcrnn.data.build import PreprocessResult, run_preprocess
 
 __all__ = ["main", "run_preprocess", "PreprocessResult"]
 

@@ -90,7 +90,7 @@ def tiny_config(tmp_path: Path, corpus: Path, **sections) -> Path:
 def prepared(tmp_path: Path, corpus: Path, **sections):
     """Write a tiny config (see ``tiny_config``), load it and preprocess its corpus: (config path, cfg)."""
     from hpcrnn.config import load_config
-    from hpcrnn.corpus import run_preprocess
+    from hpcrnn.data.build import run_preprocess
 
     cfg_path = tiny_config(tmp_path, corpus, **sections)
     cfg = load_config(cfg_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcrnn import checkpoint as ckpt
+from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_REQUEUE, EXIT_STOPPED, EXIT_STORAGE, EXIT_USAGE
 from tests.conftest import ROOT, prepared, run_module, tiny_config
@@ -31,7 +31,7 @@ def start_train(cfg_path, *overrides, env=None):
 def last_step(metrics: Path) -> int:
     """The newest step in metrics.jsonl, read while the trainer appends to it: a line still being written
     can show up half-written, and is skipped (as hpcrnn.status does)."""
-    from hpcrnn.status import read_metrics
+    from hpcrnn.cluster.status import read_metrics
 
     return max((r.get("step", 0) for r in read_metrics(metrics)), default=0)
 
@@ -103,7 +103,7 @@ def _flip(path: Path) -> None:
 @pytest.mark.parametrize("damage", ["missing-marker", "truncated-model", "flipped-optimizer", "missing-meta"])
 def test_damaged_newest_checkpoint_is_skipped_not_deleted(tmp_path, tiny_corpus, damage):
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"keep_last": 3, "max_steps": 15})
-    from hpcrnn.train import run_train
+    from hpcrnn.train.loop import run_train
 
     run_train(cfg, stop_at_step=10)
     newest = cfg.checkpoint_dir / "step-00000010"
@@ -291,8 +291,8 @@ def test_damaged_corpus_one_line_error(tmp_path, tiny_corpus, damage):
 
 
 def test_vocabulary_mismatch_with_checkpoint(tmp_path, tiny_corpus):
-    from hpcrnn.corpus import run_preprocess
-    from hpcrnn.train import run_train
+    from hpcrnn.data.build import run_preprocess
+    from hpcrnn.train.loop import run_train
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus)
     run_train(cfg, stop_at_step=5)

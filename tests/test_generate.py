@@ -16,11 +16,11 @@ import torch
 import yaml
 
 from conftest import ROOT, run_module
-from hpcrnn import checkpoint as ckpt
-from hpcrnn import decode as D, generate as G, sampling as S, stepper as ST
+from hpcrnn.train import checkpoint as ckpt
+from hpcrnn.generate import decode as D, job as G, sampling as S, stepper as ST
 from hpcrnn.config import ModelConfig, load_config
 from hpcrnn.errors import ConfigError, InputError
-from hpcrnn.model import RecurrentLM, build_model
+from hpcrnn.train.model import RecurrentLM, build_model
 from tests.conftest import make_recipes
 
 torch.set_num_threads(1)
@@ -50,7 +50,7 @@ def write_config(tmp: Path, **sections) -> Path:
 def save_random_checkpoint(cfg, step: int = 5, seed: int = 0, eor_bias: float = 1.2, vocab_hash=None) -> Path:
     """A checkpoint of a random-weight model (so these tests do not need training). The end-of-recipe
     logit is raised so that recipes end at different lengths, some before max_tokens."""
-    from hpcrnn.corpus import open_corpus
+    from hpcrnn.data.build import open_corpus
 
     c = open_corpus(cfg.h5_path)
     torch.manual_seed(seed)
@@ -62,7 +62,7 @@ def save_random_checkpoint(cfg, step: int = 5, seed: int = 0, eor_bias: float = 
 
 
 def prepared(tmp: Path, checkpoint: bool = True, **sections):
-    from hpcrnn.corpus import run_preprocess
+    from hpcrnn.data.build import run_preprocess
 
     path = write_config(tmp, **sections)
     cfg = load_config(path)
@@ -527,7 +527,7 @@ def test_prompts(tmp_path):
         assert text.decode().startswith("Title: Fig Jam\nCategories: Soups")
     cfg_r = with_(cfg_path, "generate.name=random", "generate.prompt=random")
     G.run_generate(cfg_r)
-    from hpcrnn.corpus import open_corpus
+    from hpcrnn.data.build import open_corpus
 
     c = open_corpus(cfg.h5_path)
     lo, hi = c.split_ranges["test"]
@@ -622,7 +622,7 @@ def test_keep_freed_memory_takes_on_glibc():
     settings must take, or every decoding step pays page faults again."""
     import platform
 
-    from hpcrnn.memory import keep_freed_memory
+    from hpcrnn.generate.memory import keep_freed_memory
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcrnn import launch as L
+from hpcrnn.cluster import launch as L
 from hpcrnn.config import load_config
 from hpcrnn.errors import ConfigError
-from hpcrnn.status import collect_status, format_status, read_metrics
+from hpcrnn.cluster.status import collect_status, format_status, read_metrics
 from tests.conftest import run_module, tiny_config
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import FORMATS, ROOT, run_module
-from hpcrnn.corpus import open_corpus
+from hpcrnn.data.build import open_corpus
 
 
 def write_config(tmp_path: Path, corpus, **data) -> Path:

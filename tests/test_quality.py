@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcrnn import quality as Q
+from hpcrnn.generate import quality as Q
 
 
 def brute_longest_copy(stream, seq) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from hpcrnn.config import load_config
-from hpcrnn.launch import read_jobs
-from hpcrnn.status import read_metrics
+from hpcrnn.cluster.launch import read_jobs
+from hpcrnn.cluster.status import read_metrics
 from tests.conftest import RECIPES_5K, ROOT, make_recipes, run_module, tiny_config
 
 pytestmark = pytest.mark.slurm
@@ -267,8 +267,8 @@ def test_time_limit_requeues_and_finishes(slurm, tmp_path, tiny_corpus):
     (max_num_timeout=6) finish it."""
     import statistics
 
-    from hpcrnn.corpus import run_preprocess
-    from hpcrnn.train import run_train
+    from hpcrnn.data.build import run_preprocess
+    from hpcrnn.train.loop import run_train
 
     model = {"hidden": 64, "embedding": 64}
     probe = load_config(tiny_config(tmp_path / "probe", tiny_corpus, model=model,

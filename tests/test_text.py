@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcrnn.text import (DOC_SEP, EOR, EOS, NL, UNK, detokenize, ingredient_block, repair_mojibake,
+from hpcrnn.text.tokenize import (DOC_SEP, EOR, EOS, NL, UNK, detokenize, ingredient_block, repair_mojibake,
                          tokenize, tokenize_documents_bytes)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcrnn import checkpoint as ckpt
+from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_STOPPED, InputError
 from tests.conftest import ROOT, prepared, run_module, tiny_config
@@ -25,7 +25,7 @@ def model_bytes(cfg) -> bytes:
 
 
 def test_exact_resume_bitwise_at_several_steps(tmp_path, tiny_corpus):
-    from hpcrnn.train import run_train
+    from hpcrnn.train.loop import run_train
 
     # dropout and a cosine schedule make the RNG and scheduler state matter; 24 steps cross epochs
     extra = dict(model={"dropout": 0.2, "layers": 2}, train={"schedule": "cosine", "warmup_steps": 3})
@@ -45,7 +45,7 @@ def test_exact_resume_bitwise_at_several_steps(tmp_path, tiny_corpus):
 
 
 def test_metrics_records_and_retention(tmp_path, tiny_corpus):
-    from hpcrnn.train import run_train
+    from hpcrnn.train.loop import run_train
 
     _, cfg = prepared(tmp_path, tiny_corpus)
     r = run_train(cfg)
@@ -70,7 +70,7 @@ def test_metrics_records_and_retention(tmp_path, tiny_corpus):
 
 @pytest.mark.parametrize("cell,loss", [("gru", "all"), ("rnn", "last")])
 def test_cells_and_last_word_loss(tmp_path, tiny_corpus, cell, loss):
-    from hpcrnn.train import run_train
+    from hpcrnn.train.loop import run_train
 
     _, cfg = prepared(tmp_path, tiny_corpus, model={"cell": cell}, train={"loss": loss, "max_steps": 6})
     r = run_train(cfg)
@@ -80,7 +80,7 @@ def test_cells_and_last_word_loss(tmp_path, tiny_corpus, cell, loss):
 
 
 def test_incompatible_checkpoint_is_refused(tmp_path, tiny_corpus):
-    from hpcrnn.train import run_train
+    from hpcrnn.train.loop import run_train
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus)
     run_train(cfg, stop_at_step=5)
@@ -90,7 +90,7 @@ def test_incompatible_checkpoint_is_refused(tmp_path, tiny_corpus):
 
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, tiny_corpus, capfd):
-    from hpcrnn.train import run_train
+    from hpcrnn.train.loop import run_train
 
     _, cfg = prepared(tmp_path, tiny_corpus, train={"keep_last": 3})
     run_train(cfg, stop_at_step=10)
@@ -214,7 +214,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, tiny_corpus):
      (1, 2, 1, "submitit-local")),
 ])
 def test_rank_detection(monkeypatch, env, want):
-    from hpcrnn import distributed
+    from hpcrnn.train import distributed
 
     for k in list(os.environ):
         if k.startswith(("SLURM_", "SUBMITIT_")) or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -225,7 +225,7 @@ def test_rank_detection(monkeypatch, env, want):
 
 
 def test_training_done_follows_the_config_target(tmp_path, tiny_corpus):
-    from hpcrnn.train import run_train, training_done
+    from hpcrnn.train.loop import run_train, training_done
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 6})
     assert not training_done(cfg)
@@ -239,11 +239,11 @@ def test_training_done_follows_the_config_target(tmp_path, tiny_corpus):
 def test_exit_process_after_a_multi_rank_run_keeps_the_status_and_the_output():
     """After a multi-rank run the entry point leaves with os._exit (hpcrnn.distributed.exit_process): the
     exit status must still be the entry point's, and buffered output must reach the stream."""
-    code = ("import sys; from hpcrnn import distributed as D; print('last words', end=''); "
+    code = ("import sys; from hpcrnn.train import distributed as D; print('last words', end=''); "
             "D._GROUP_USED = True; D.exit_process(76); print('never')")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 76 and r.stdout == "last words", (r.returncode, r.stdout, r.stderr)
-    from hpcrnn import distributed as D
+    from hpcrnn.train import distributed as D
 
     assert D.exit_process(3) == 3  # no group in this process: an ordinary return

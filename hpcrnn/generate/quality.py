@@ -4,7 +4,7 @@ Every figure is computed the same way for a generated recipe and for a held-out 
 
 ``structure``
     ``has_title`` (a ``Title:`` line with a word in it, or, for a headerless layout, a short first line),
-    ``has_ingredients`` (at least one ingredient line: the block that :func:`hpcrnn.text.ingredient_block`
+    ``has_ingredients`` (at least one ingredient line: the block that :func:`hpcrnn.text.tokenize.ingredient_block`
     finds after the header) and ``has_instructions`` (at least :data:`MIN_INSTRUCTION_WORDS` words after
     the ingredient block); ``structure`` is all three.
 
@@ -112,11 +112,11 @@ def parse_recipe(text: str) -> ParsedRecipe:
     """Split recipe text into title, ingredient lines and instructions.
 
     The corpus' layout (``Title:``/``Categories:``/``Yield:`` header, ingredient lines, instructions) is
-    found with :func:`hpcrnn.text.ingredient_block`, the same rule the detokenizer uses to capitalise
+    found with :func:`hpcrnn.text.tokenize.ingredient_block`, the same rule the detokenizer uses to capitalise
     ingredient names. Text without that header (e.g. a generated fragment that starts mid-recipe) has no
     ingredient block; its first line counts as a title when it is short and not a sentence.
     """
-    from hpcrnn.text import ingredient_block
+    from hpcrnn.text.tokenize import ingredient_block
 
     lines = text.split("\n")
     title = None

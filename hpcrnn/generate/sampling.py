@@ -64,7 +64,7 @@ def sample_next(logits: torch.Tensor, u: Optional[torch.Tensor], temperature: fl
 
 def sample_scaled(x: torch.Tensor, u: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
                   work: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sample from logits already divided by the temperature (see :class:`hpcrnn.stepper.Stepper`).
+    """Sample from logits already divided by the temperature (see :class:`hpcrnn.generate.stepper.Stepper`).
     ``work``: an optional float32 buffer of the logits' shape (may be ``x`` itself), overwritten; without
     one, a copy is made (``x`` is never modified otherwise)."""
     if u.dim() == 1:

@@ -1,4 +1,4 @@
-"""The training loop: `python -m hpcrnn.train CONFIG [key=value ...]`.
+"""The training loop behind `python -m hpcrnn.train CONFIG [key=value ...]`.
 
 Read top to bottom: set-up (ranks, data, model, optimizer, resume), then one loop whose every step boundary
 is a safe place to stop, evaluate and checkpoint. Stopping never happens inside a signal handler: the
@@ -10,11 +10,6 @@ me; 76 checkpointed on SIGTERM, stopped (a cancelled job must not come back); 3 
 4 an output could not be written (disk full): the previous checkpoint is intact.
 """
 from __future__ import annotations
-
-if __name__ == "__main__":  # catch stop signals from the first moment, before the slow imports below
-    from hpcrnn.stopflag import FLAG as _EARLY
-
-    _EARLY.install()
 
 import math
 import os
@@ -28,17 +23,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpcrnn import checkpoint as ckpt
-from hpcrnn import distributed as D
+from hpcrnn.train import checkpoint as ckpt
+from hpcrnn.train import distributed as D
 from hpcrnn.config import Config
-from hpcrnn.data import WindowBatches, batch_iterator
-from hpcrnn.corpus import open_corpus
+from hpcrnn.data.batches import WindowBatches, batch_iterator
+from hpcrnn.data.build import open_corpus
 from hpcrnn.errors import (EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError,
                             StorageError)
 from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
-from hpcrnn.model import build_model, count_parameters
-from hpcrnn.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
+from hpcrnn.train.model import build_model, count_parameters
+from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 
 
 
@@ -126,7 +121,7 @@ def seed_everything(seed: int) -> None:
 def evaluate(model, tokens: np.ndarray, starts: np.ndarray, cfg: Config, info: D.DistInfo,
              max_batches: int = 0) -> dict:
     """Loss, perplexity, top-1 and top-5 next-word accuracy over a split, sharded over the ranks."""
-    from hpcrnn.data import gather_windows
+    from hpcrnn.data.batches import gather_windows
 
     gb, win = cfg.train.batch_size, cfg.data.window
     n_batches = math.ceil(len(starts) / gb)
@@ -462,6 +457,3 @@ def main(argv: list[str] | None = None) -> int:
                     lambda cfg, args: run_train(cfg), argv)
     return D.exit_process(code)  # after a multi-rank run: os._exit (see there)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

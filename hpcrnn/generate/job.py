@@ -7,10 +7,10 @@ What it does (``run_generate``):
 * Loads the newest *complete* checkpoint of the run (or ``generate.checkpoint``: a step number or a
   folder) and refuses one whose vocabulary hash differs from the corpus'.
 * Generates ``generate.num_recipes`` recipes with a fixed number of *slots* (``generate.batch_size``)
-  by continuous batched decoding (:mod:`hpcrnn.decode`): every step feeds one token per slot through
-  :class:`hpcrnn.stepper.Stepper`, carrying the recurrent state — the lecture instead re-ran the whole
+  by continuous batched decoding (:mod:`hpcrnn.generate.decode`): every step feeds one token per slot through
+  :class:`hpcrnn.generate.stepper.Stepper`, carrying the recurrent state — the lecture instead re-ran the whole
   50-word window through the network for every new word, one recipe at a time.
-* Sampling (:mod:`hpcrnn.sampling`): ``temperature`` 0 is greedy argmax (the lecture's choice); otherwise
+* Sampling (:mod:`hpcrnn.generate.sampling`): ``temperature`` 0 is greedy argmax (the lecture's choice); otherwise
   softmax at that temperature, restricted to the ``top_k`` most likely tokens (0: all) and then to the
   smallest set whose probability reaches ``top_p`` (ties at the edge kept), drawn by rejection rather than
   by sorting the vocabulary. The unknown-word token is never sampled (the model would write ``<unk>``).
@@ -47,7 +47,7 @@ What it does (``run_generate``):
   the task that notices writes ``index.jsonl`` (all recipes, in order) and ``summary.json`` (generated
   figures beside the same figures of a sample of real test-split recipes); both are deterministic, so two
   tasks finishing together write the same bytes, atomically.
-* Each finished recipe is detokenized, scored (``hpcrnn.quality``) and written off the generation loop:
+* Each finished recipe is detokenized, scored (``hpcrnn.generate.quality``) and written off the generation loop:
   in forked worker processes (a writer thread with one CPU; see :func:`quality_workers`).
 * Whitespace-tokenized corpora have no end-of-recipe token: their recipes run to ``max_tokens`` and
   start after an end-of-line token.
@@ -71,10 +71,10 @@ import numpy as np
 import torch
 
 from hpcrnn.config import Config
-from hpcrnn.decode import Job, generate_batched
-from hpcrnn.memory import keep_freed_memory
-from hpcrnn.sampling import uniforms_per_token
-from hpcrnn.stepper import resolve_precision
+from hpcrnn.generate.decode import Job, generate_batched
+from hpcrnn.generate.memory import keep_freed_memory
+from hpcrnn.generate.sampling import uniforms_per_token
+from hpcrnn.generate.stepper import resolve_precision
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, InputError
 from hpcrnn.fsutil import atomic_write_json, atomic_write_text, fsync_dir
 
@@ -163,7 +163,7 @@ class CorpusView:
 
     @classmethod
     def open(cls, path: Path) -> "CorpusView":
-        from hpcrnn.corpus import open_corpus
+        from hpcrnn.data.build import open_corpus
 
         path = Path(path)
         if not path.is_file():
@@ -192,7 +192,7 @@ class CorpusView:
         return [self.stoi.get(t, self.unk_id) for t in toks]
 
     def text(self, ids: Sequence[int]) -> str:
-        from hpcrnn.text import detokenize
+        from hpcrnn.text.tokenize import detokenize
 
         return detokenize([self.vocab[i] for i in ids], self.tokenizer)
 
@@ -224,7 +224,7 @@ class CorpusView:
 
     def start_prefix(self) -> list[int]:
         """The tokens of ``Title:`` when most training documents begin with them, else []."""
-        from hpcrnn.text import tokenize
+        from hpcrnn.text.tokenize import tokenize
 
         ids = self.ids(tokenize(TITLE_TEXT, self.tokenizer))
         # whitespace tokenization closes the line with EOS; only the words open a document
@@ -254,7 +254,7 @@ class PromptPlan:
 
 
 def plan_prompt(cfg: Config, cv: CorpusView) -> PromptPlan:
-    from hpcrnn.text import tokenize
+    from hpcrnn.text.tokenize import tokenize
 
     p = cfg.generate.prompt
     if p == "random":
@@ -311,7 +311,7 @@ class QualityContext:
 
 
 def build_quality_context(cv: CorpusView, seed: int = 0) -> QualityContext:
-    from hpcrnn import quality as Q
+    from hpcrnn.generate import quality as Q
 
     t0 = time.time()
     train = cv.docs(0)
@@ -329,7 +329,7 @@ def build_quality_context(cv: CorpusView, seed: int = 0) -> QualityContext:
 
 def real_sample_quality(cv: CorpusView, qc: QualityContext, n: int, seed: int) -> tuple[list[dict], list[int]]:
     """The figures of up to ``n`` test-split recipes (a fixed sample: the same for every generation)."""
-    from hpcrnn import quality as Q
+    from hpcrnn.generate import quality as Q
 
     test = cv.docs(2)
     if n <= 0 or len(test) == 0:
@@ -444,8 +444,8 @@ _DESCRIBE_CTX: Optional[tuple] = None
 
 def describe_recipe(shown: list[int], toks: list[int]) -> tuple[str, Optional[str], dict]:
     """(text, title, quality figures) of one recipe: its shown prompt ids and its generated ids."""
-    from hpcrnn import quality as Q
-    from hpcrnn.text import detokenize
+    from hpcrnn.generate import quality as Q
+    from hpcrnn.text.tokenize import detokenize
 
     vocab, tokenizer, words, index = _DESCRIBE_CTX
     text = detokenize([vocab[i] for i in shown + toks], tokenizer)
@@ -618,7 +618,7 @@ def _remove_own_temporaries(out: Path, mine: set[int]) -> None:
 
 def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateResult:
     """Generate this shard's recipes (all of them with the defaults); merge when all are present."""
-    from hpcrnn import checkpoint as ckpt
+    from hpcrnn.train import checkpoint as ckpt
 
     _check(cfg, shard, num_shards)
     g = cfg.generate
@@ -719,7 +719,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
 def merge(cfg: Config, out: Path, info, cv: CorpusView, qc: Optional[QualityContext] = None) -> bool:
     """Write index.jsonl and summary.json once every recipe 1..N is present. Deterministic content, so
     two tasks that both see the set complete write the same bytes (each atomically)."""
-    from hpcrnn import quality as Q
+    from hpcrnn.generate import quality as Q
 
     g = cfg.generate
     present = present_recipes(out)
@@ -762,7 +762,7 @@ def generation_done(cfg: Config) -> bool:
         s = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
         if s.get("num_recipes") != cfg.generate.num_recipes or s.get("settings") != settings_of(cfg):
             return False
-        from hpcrnn import checkpoint as ckpt
+        from hpcrnn.train import checkpoint as ckpt
 
         info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint)
         if info.step != s.get("checkpoint", {}).get("step"):
@@ -790,6 +790,3 @@ def main(argv: list[str] | None = None) -> int:
                    help="how many tasks share the recipes (default 1: this process writes them all)")
     return run_cli(p, _cli, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

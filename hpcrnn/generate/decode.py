@@ -2,8 +2,8 @@
 
 The lecture generated one recipe at a time and re-ran its whole 50-word window through the network for
 every new word. Here a fixed number of *slots* each hold one recipe; every step feeds one token per slot
-through :class:`hpcrnn.stepper.Stepper` (carrying the recurrent state) and picks the next tokens with
-:mod:`hpcrnn.sampling`. A slot whose recipe ends (stop token or ``max_tokens``) takes the next recipe at
+through :class:`hpcrnn.generate.stepper.Stepper` (carrying the recurrent state) and picks the next tokens with
+:mod:`hpcrnn.generate.sampling`. A slot whose recipe ends (stop token or ``max_tokens``) takes the next recipe at
 once (its state zeroed), so the batch stays full until the queue runs dry.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from hpcrnn.sampling import greedy, sample_scaled
-from hpcrnn.stepper import Stepper
+from hpcrnn.generate.sampling import greedy, sample_scaled
+from hpcrnn.generate.stepper import Stepper
 
 
 @dataclass
@@ -54,7 +54,7 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
     lasts, then the token sampled at the previous step. The host looks at the slots every ``sync_every``
     steps (1 on CPU, where looking is free; 8 on a GPU, where it costs a synchronisation); a slot that
     finished in between idles until then. Finished slots take the next job; when none is left the batch
-    shrinks to the live slots. ``precision``: that of the matrix products (see :mod:`hpcrnn.stepper`).
+    shrinks to the live slots. ``precision``: that of the matrix products (see :mod:`hpcrnn.generate.stepper`).
     """
     device = torch.device(device)
     if sync_every is None:

@@ -215,7 +215,7 @@ def open_latest(ckpt_dir: Path, which: str | None = None, device: Any = "cpu", t
 def load_model(c: CheckpointInfo, device: Any = "cpu"):
     """The trained model of a checkpoint, in eval mode, and its meta."""
     from hpcrnn.config import ModelConfig
-    from hpcrnn.model import build_model
+    from hpcrnn.train.model import build_model
 
     mcfg = ModelConfig(**c.meta["config"]["model"])
     model = build_model(mcfg, int(c.meta["vocab_size"]))

@@ -72,7 +72,7 @@ class _StepDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> torch.Tensor:
         if self._tokens is None:
-            from hpcrnn.corpus import open_corpus
+            from hpcrnn.data.build import open_corpus
 
             self._tokens = open_corpus(self.h5_path).tokens()
         return gather_windows(self._tokens, self.batches.rank_starts(step), self.window)

@@ -79,7 +79,7 @@ import numpy as np
 from hpcrnn import __version__
 from hpcrnn.errors import InputError
 from hpcrnn.fsutil import fsync_dir
-from hpcrnn.text import (DOC_SEP, EOR, EOS, NL, TAB, TEXT_REVISION, UNK, ingredient_block, repair_mojibake,
+from hpcrnn.text.tokenize import (DOC_SEP, EOR, EOS, NL, TAB, TEXT_REVISION, UNK, ingredient_block, repair_mojibake,
                          tokenize_documents_bytes)
 
 FORMAT_VERSION = 1

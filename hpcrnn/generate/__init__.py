@@ -1,0 +1,1 @@
+"""Generation: the job (plan, files, index, summary), batched decoding, the fast step, sampling, quality."""

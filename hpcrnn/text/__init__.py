@@ -1,0 +1,1 @@
+"""Text: tokenizers, the detokenizer, mojibake repair, and every recipe-format rule."""

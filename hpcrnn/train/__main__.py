@@ -1,0 +1,13 @@
+"""`python -m hpcrnn.train CONFIG [key=value ...]`: train or resume the run (hpcrnn/train/loop.py)."""
+
+from hpcrnn.train.stopflag import FLAG
+
+# Catch stop signals from the first moment: a SIGUSR2 or SIGTERM that arrives during the seconds of the
+# torch import below still ends in a checkpoint, because the handler only sets this flag.
+FLAG.install()
+
+import sys  # noqa: E402
+
+from hpcrnn.train.loop import main  # noqa: E402
+
+sys.exit(main())
