@@ -25,6 +25,7 @@ The measurements run round-robin ``--repeats`` times and each line reports its b
 is shared: the best round is the least disturbed one) and the median. Never asserted as a test: it
 prints figures with the machine and the date.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,15 +100,30 @@ def bare_loop(model, vocab: int, batch: int, n_tokens: int, device) -> float:
     return batch * n_tokens / (time.perf_counter() - t0)
 
 
-def hpcrnn_loop(model, vocab: int, batch: int, n_tokens: int, device, temperature: float, top_k: int,
-                top_p: float, precision: str) -> float:
+def hpcrnn_loop(
+    model, vocab: int, batch: int, n_tokens: int, device, temperature: float, top_k: int, top_p: float, precision: str
+) -> float:
     rng = np.random.default_rng(0)
     rounds = uniforms_per_token(top_k, top_p)
-    jobs = [Job(k, [int(rng.integers(0, vocab))],
-                None if temperature == 0 else rng.random((n_tokens, rounds), dtype=np.float32))
-            for k in range(batch)]
-    kw = dict(batch_size=batch, max_tokens=n_tokens, stop_id=-1, temperature=temperature, top_k=top_k,
-              top_p=top_p, banned=[0], device=device, precision=precision)
+    jobs = [
+        Job(
+            k,
+            [int(rng.integers(0, vocab))],
+            None if temperature == 0 else rng.random((n_tokens, rounds), dtype=np.float32),
+        )
+        for k in range(batch)
+    ]
+    kw = dict(
+        batch_size=batch,
+        max_tokens=n_tokens,
+        stop_id=-1,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        banned=[0],
+        device=device,
+        precision=precision,
+    )
     list(generate_batched(model, jobs[:2], **{**kw, "max_tokens": 4, "batch_size": 2}))  # warm-up
     sync(device)
     t0 = time.perf_counter()
@@ -118,8 +134,8 @@ def hpcrnn_loop(model, vocab: int, batch: int, n_tokens: int, device, temperatur
 
 
 def load_run(arg: str, device):
-    from hpcrnn.train import checkpoint as ckpt
     from hpcrnn.config import load_config
+    from hpcrnn.train import checkpoint as ckpt
 
     cfg = load_config(arg)
     info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint)
@@ -140,8 +156,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each line reports its best round")
-    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                    help="output-layer precisions to time")
+    ap.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=["fp32", "bf16"],
+        help="output-layer precisions to time",
+    )
     args = ap.parse_args()
     keep_freed_memory()  # as the generation job does (hpcrnn/memory.py)
     if args.threads:
@@ -159,20 +180,25 @@ def main() -> None:
     print(f"# model: {what}; window {window}; device {device}; best (median) of {args.repeats} rounds")
     hidden = getattr(getattr(model, "rnn", None), "hidden_size", args.hidden)
     runs: dict[str, callable] = {
-        "lecture sliding-window greedy, 1 recipe": lambda: lecture_loop(model, vocab, window, args.lecture_tokens,
-                                                                         device),
-        "lecture, one-hot formulation (reference)": lambda: lecture_onehot_loop(vocab, hidden, window,
-                                                                                 max(5, args.lecture_tokens // 6),
-                                                                                 device),
+        "lecture sliding-window greedy, 1 recipe": lambda: lecture_loop(
+            model, vocab, window, args.lecture_tokens, device
+        ),
+        "lecture, one-hot formulation (reference)": lambda: lecture_onehot_loop(
+            vocab, hidden, window, max(5, args.lecture_tokens // 6), device
+        ),
     }
     for b in args.batch:
         runs[f"plain batched loop, batch {b}, greedy"] = lambda b=b: bare_loop(model, vocab, b, args.tokens, device)
         for precision in args.precision:
-            for temp, k, p, name in ((0.0, 0, 1.0, "greedy"), (1.0, 0, 0.9, "T 1 top_p .9"), (0.8, 0, 1.0, "T .8"),
-                                     (0.8, 40, 1.0, "T .8 top_k 40")):
-                runs[f"hpcrnn, batch {b}, {name}, {precision}"] = (
-                    lambda b=b, temp=temp, k=k, p=p, precision=precision:
-                    hpcrnn_loop(model, vocab, b, args.tokens, device, temp, k, p, precision))
+            for temp, k, p, name in (
+                (0.0, 0, 1.0, "greedy"),
+                (1.0, 0, 0.9, "T 1 top_p .9"),
+                (0.8, 0, 1.0, "T .8"),
+                (0.8, 40, 1.0, "T .8 top_k 40"),
+            ):
+                runs[f"hpcrnn, batch {b}, {name}, {precision}"] = lambda b=b, temp=temp, k=k, p=p, precision=precision: (
+                    hpcrnn_loop(model, vocab, b, args.tokens, device, temp, k, p, precision)
+                )
     got: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # round-robin: a burst of load elsewhere hits every line alike
         for name, fn in runs.items():

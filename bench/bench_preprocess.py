@@ -6,6 +6,7 @@ Prints MB/s (decoded text), tokens/s, wall time, peak RSS, the machine and the d
 shared corpus on the 2-core development machine: < 60 s wall and < 1 GB peak RSS. Runs in its own
 process so that the peak RSS is the preprocessing's alone. Heavy: run it once, not in a loop.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,8 +43,11 @@ def main(argv: list[str]) -> int:
     from hpcrnn.data.build import run_preprocess
 
     with tempfile.TemporaryDirectory(prefix="bench_pp_") as tmp:
-        raw = {"run": {"name": "bench"}, "paths": {"scratch": tmp},
-               "data": {"corpus": str(corpus), "document_start": "^Title:", "min_count": 5, "window": 50}}
+        raw = {
+            "run": {"name": "bench"},
+            "paths": {"scratch": tmp},
+            "data": {"corpus": str(corpus), "document_start": "^Title:", "min_count": 5, "window": 50},
+        }
         cfg = from_dict(apply_overrides(raw, overrides), "bench")
         t0 = time.perf_counter()
         res = run_preprocess(cfg)
@@ -56,11 +60,15 @@ def main(argv: list[str]) -> int:
     print(f"wall       {wall:.1f} s   (target < 60 s)")
     print(f"throughput {mb / wall:.2f} MB/s, {c['tokens'] / wall / 1e6:.2f} M tokens/s ({c['tokens']} tokens)")
     print(f"peak RSS   {peak_mb:.0f} MiB   (target < 1024 MiB)")
-    print(f"output     {size / 1e6:.1f} MB, {size / c['tokens']:.2f} bytes/token, vocabulary {c['vocab_size']}, "
-          f"<unk> {100 * c['unk_rate']:.2f}%, repaired {c['repaired_documents']} documents")
+    print(
+        f"output     {size / 1e6:.1f} MB, {size / c['tokens']:.2f} bytes/token, vocabulary {c['vocab_size']}, "
+        f"<unk> {100 * c['unk_rate']:.2f}%, repaired {c['repaired_documents']} documents"
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine    {platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, load {load:.1f}, "
-          f"Python {platform.python_version()}")
+    print(
+        f"machine    {platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, load {load:.1f}, "
+        f"Python {platform.python_version()}"
+    )
     print(f"date       {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     return 0 if wall < 60 and peak_mb < 1024 else 1
 

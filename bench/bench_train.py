@@ -11,6 +11,7 @@ The lecture's network (LSTM 256, window 50, batch 128). Figures:
   at the default interval (train.checkpoint_every).
 Never asserted as a test: it prints figures with the machine and the date.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header  # noqa: E402
-from hpcrnn.train import checkpoint as ckpt  # noqa: E402
 from hpcrnn.config import from_dict  # noqa: E402
-from hpcrnn.data.build import open_corpus, run_preprocess  # noqa: E402
 from hpcrnn.data.batches import WindowBatches, gather_windows  # noqa: E402
-from hpcrnn.train.model import build_model  # noqa: E402
+from hpcrnn.data.build import open_corpus, run_preprocess  # noqa: E402
+from hpcrnn.train import checkpoint as ckpt  # noqa: E402
 from hpcrnn.train.loop import run_train  # noqa: E402
+from hpcrnn.train.model import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +50,11 @@ def _median_step_s(steps: int, warmup: int, step) -> float:
 def hand_loop(tokens, starts, V, steps, device, batch=128, window=50):
     """The minimal loop a person would write: same model, Adam, clipping, same batches."""
     torch.manual_seed(0)
-    emb, lstm, head = (torch.nn.Embedding(V, 256).to(device), torch.nn.LSTM(256, 256, batch_first=True).to(device),
-                       torch.nn.Linear(256, V).to(device))
+    emb, lstm, head = (
+        torch.nn.Embedding(V, 256).to(device),
+        torch.nn.LSTM(256, 256, batch_first=True).to(device),
+        torch.nn.Linear(256, V).to(device),
+    )
     params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=2e-3)
     wb = WindowBatches(starts, batch, 0, 1, 0)
@@ -98,10 +102,21 @@ def main() -> None:
     args = ap.parse_args()
     print(header("bench_train"))
     tmp = Path(tempfile.mkdtemp())
-    cfg = from_dict({"paths": {"scratch": str(tmp)}, "run": {"name": "bench"},
-                     "data": {"corpus": args.corpus, "document_start": "^Title:"},
-                     "train": {"max_steps": args.steps, "log_every": 10, "eval_every": 10**9,
-                               "checkpoint_every": 10**9, "device": args.device, "progress": "lines"}})
+    cfg = from_dict(
+        {
+            "paths": {"scratch": str(tmp)},
+            "run": {"name": "bench"},
+            "data": {"corpus": args.corpus, "document_start": "^Title:"},
+            "train": {
+                "max_steps": args.steps,
+                "log_every": 10,
+                "eval_every": 10**9,
+                "checkpoint_every": 10**9,
+                "device": args.device,
+                "progress": "lines",
+            },
+        }
+    )
     run_preprocess(cfg)
     corpus = open_corpus(cfg.h5_path)
     tokens, starts, V = corpus.tokens(), corpus.windows("train"), len(corpus.vocab)
@@ -118,8 +133,10 @@ def main() -> None:
     print(f"hand-written loop   {hand:12,.0f} tokens/s  -> hpcrnn at {100 * ours / hand:.1f}% of it")
 
     lec_in, lec_sup = lecture_loop(tokens, starts, V, args.lecture_steps, args.device)
-    print(f"lecture (one-hot, last word): {lec_in:,.0f} input tokens/s, {lec_sup:,.0f} supervised tokens/s "
-          f"-> hpcrnn supervises {ours / lec_sup:,.0f}x more tokens per second")
+    print(
+        f"lecture (one-hot, last word): {lec_in:,.0f} input tokens/s, {lec_sup:,.0f} supervised tokens/s "
+        f"-> hpcrnn supervises {ours / lec_sup:,.0f}x more tokens per second"
+    )
 
     # checkpoint cost at the default interval
     default_every = 500
@@ -130,13 +147,16 @@ def main() -> None:
     opt.step()
     t = time.perf_counter()
     for i in range(3):
-        ckpt.save_checkpoint(tmp / "ckbench", i, model.state_dict(), {"optimizer": opt.state_dict()},
-                             {"config": cfg.to_dict()})
+        ckpt.save_checkpoint(
+            tmp / "ckbench", i, model.state_dict(), {"optimizer": opt.state_dict()}, {"config": cfg.to_dict()}
+        )
     per_ckpt = (time.perf_counter() - t) / 3
     step_s = 128 * 50 / ours
     share = per_ckpt / (per_ckpt + default_every * step_s)
-    print(f"checkpoint: {per_ckpt * 1000:.0f} ms each; every {default_every} steps ({default_every * step_s:.0f} s "
-          f"of training) that is {100 * share:.2f}% of training time")
+    print(
+        f"checkpoint: {per_ckpt * 1000:.0f} ms each; every {default_every} steps ({default_every * step_s:.0f} s "
+        f"of training) that is {100 * share:.2f}% of training time"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared bits of the benchmarks: a header naming the machine and date, peak RSS."""
+
 from __future__ import annotations
 
 import datetime
@@ -19,9 +20,11 @@ def header(name: str) -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"# {name} — {datetime.datetime.now().isoformat(timespec='seconds')} on {platform.node()}: "
-            f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+    return (
+        f"# {name} — {datetime.datetime.now().isoformat(timespec='seconds')} on {platform.node()}: "
+        f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}"
+    )
 
 
 def peak_rss_mb(children: bool = False) -> float:

@@ -4,12 +4,13 @@ It parses arguments, loads the config with the one loader, writes the resolved c
 directory, calls ``run_<stage>(cfg)`` and maps the outcome to the documented exit statuses. User errors
 print one line without a traceback (``--debug`` shows it).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from hpcrnn.errors import EXIT_ERROR, EXIT_OK, HpcrnnError
 
@@ -20,17 +21,21 @@ directory holds absolute paths."""
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("config", help="experiment YAML file, or a run directory holding config.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides parsed as YAML, e.g. train.max_steps=200 model.cell=gru")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides parsed as YAML, e.g. train.max_steps=200 model.cell=gru",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None,
-            save: bool = True) -> int:
+def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None, save: bool = True) -> int:
     """Parse, load, call ``fn(cfg, args)``; return the exit status (never raises for user errors)."""
     args = parser.parse_args(argv)
     try:
@@ -53,8 +58,10 @@ def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | Non
         if args.debug:
             traceback.print_exc()
         msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"{parser.prog}: internal error: {e.__class__.__name__}: {msg} (rerun with --debug for the "
-              f"traceback)", file=sys.stderr)
+        print(
+            f"{parser.prog}: internal error: {e.__class__.__name__}: {msg} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

@@ -12,6 +12,7 @@ runs exactly what was submitted.
 
 Errors are ``ConfigError`` with one line naming the file and the dotted key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -56,18 +57,18 @@ class DataConfig:
     # a file (.txt/.xz/.gz), a directory, a list of these, or {train: PATH, val: PATH, test: PATH}
     corpus: Any = ""
     format: Literal["auto", "plain", "mastercook", "mealmaster"] = "auto"
-    document_start: Optional[str] = None  # regex that starts a document, e.g. "^Title:"
+    document_start: str | None = None  # regex that starts a document, e.g. "^Title:"
     tokenizer: Literal["recipe", "whitespace", "char"] = "recipe"
     # words seen fewer times in the train split become <unk>; default: 5, or 1 for the char tokenizer
     # (every character of the corpus is kept)
-    min_count: Optional[int] = _f(None, min=1)
+    min_count: int | None = _f(None, min=1)
     rare: Literal["unk", "drop"] = "unk"
     repair: bool = True  # repair cp437-read-as-latin-1 mojibake where the evidence is clear
     window: int = _f(50, min=1)
-    stride: Optional[int] = _f(None, min=1)  # default: the window
+    stride: int | None = _f(None, min=1)  # default: the window
     split: list[float] = _f(factory=lambda: [0.9, 0.05, 0.05])
     seed: int = 0
-    h5_path: Optional[str] = None  # default: <run dir>/corpus.h5
+    h5_path: str | None = None  # default: <run dir>/corpus.h5
 
 
 @dataclass
@@ -115,7 +116,7 @@ class TrainConfig:
 @dataclass
 class GenerateConfig:
     name: str = "default"
-    checkpoint: Optional[str] = None  # a checkpoint dir or step number; default: newest complete
+    checkpoint: str | None = None  # a checkpoint dir or step number; default: newest complete
     num_recipes: int = _f(100, min=1)
     # slots decoded together: per-step costs amortise over them (see bench/bench_generate.py)
     batch_size: int = _f(1024, min=1)
@@ -138,23 +139,24 @@ class GenerateConfig:
 class SlurmResources:
     """Resources of one stage's job. In slurm.preprocess|train|generate, None inherits slurm.defaults."""
 
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    time_min: Optional[int] = _f(None, min=1)
-    nodes: Optional[int] = _f(None, min=1)
-    tasks_per_node: Optional[int] = _f(None, min=1)
-    gpus_per_node: Optional[int] = _f(None, min=0)
-    cpus_per_task: Optional[int] = _f(None, min=1)
-    mem_gb: Optional[float] = _f(None, gt=0.0)
-    constraint: Optional[str] = None
-    signal_delay_s: Optional[int] = _f(None, min=0)
-    additional: Optional[dict] = None  # extra sbatch parameters, e.g. {mail-type: END}
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int | None = _f(None, min=1)
+    nodes: int | None = _f(None, min=1)
+    tasks_per_node: int | None = _f(None, min=1)
+    gpus_per_node: int | None = _f(None, min=0)
+    cpus_per_task: int | None = _f(None, min=1)
+    mem_gb: float | None = _f(None, gt=0.0)
+    constraint: str | None = None
+    signal_delay_s: int | None = _f(None, min=0)
+    additional: dict | None = None  # extra sbatch parameters, e.g. {mail-type: END}
 
 
 def _default_resources() -> SlurmResources:
-    return SlurmResources(time_min=60, nodes=1, tasks_per_node=1, gpus_per_node=0, cpus_per_task=2,
-                          signal_delay_s=90, additional={})
+    return SlurmResources(
+        time_min=60, nodes=1, tasks_per_node=1, gpus_per_node=0, cpus_per_task=2, signal_delay_s=90, additional={}
+    )
 
 
 @dataclass
@@ -347,8 +349,10 @@ def _check_corpus(corpus: Any, src: str) -> Any:
     if isinstance(corpus, dict):
         want = {"train", "val", "test"}
         if set(corpus) != want:
-            raise ConfigError(f"{src}: {key}: a split mapping needs exactly the keys train, val, test "
-                              f"(got {', '.join(map(str, corpus)) or 'none'})")
+            raise ConfigError(
+                f"{src}: {key}: a split mapping needs exactly the keys train, val, test "
+                f"(got {', '.join(map(str, corpus)) or 'none'})"
+            )
         out = {}
         for k in ("train", "val", "test"):
             if not isinstance(corpus[k], str):
@@ -369,17 +373,21 @@ def validate(cfg: Config, src: str) -> Config:
     if d.min_count is None:
         d.min_count = 1 if d.tokenizer == "char" else 5
     if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1.0) > 1e-6 or d.split[0] <= 0:
-        raise ConfigError(f"{src}: data.split: expected three non-negative fractions (train, val, test) "
-                          f"summing to 1 with train > 0, got {d.split}")
+        raise ConfigError(
+            f"{src}: data.split: expected three non-negative fractions (train, val, test) "
+            f"summing to 1 with train > 0, got {d.split}"
+        )
     if d.document_start is not None:
         try:
             re.compile(d.document_start, re.M)
         except re.error as e:
             raise ConfigError(f"{src}: data.document_start: invalid regex {d.document_start!r}: {e}") from None
     if m.tie_weights and m.embedding != m.hidden:
-        raise ConfigError(f"{src}: model.tie_weights: needs model.embedding == model.hidden "
-                          f"({m.embedding} != {m.hidden})")
+        raise ConfigError(
+            f"{src}: model.tie_weights: needs model.embedding == model.hidden ({m.embedding} != {m.hidden})"
+        )
     import signal as _signal
+
     if not hasattr(_signal, t.stop_signal) or not t.stop_signal.startswith("SIG"):
         raise ConfigError(f"{src}: train.stop_signal: {t.stop_signal!r} is not a signal name like SIGUSR2")
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", cfg.run.name or "x"):
@@ -403,6 +411,7 @@ def validate(cfg: Config, src: str) -> Config:
 
 
 # ---------------------------------------------------------------- overrides and loading
+
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
@@ -429,7 +438,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if nxt is None:
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = nxt
         node[parts[-1]] = value
     return raw
@@ -440,7 +449,9 @@ def read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{src}: config file not found")
     if path.is_dir():
-        raise ConfigError(f"{src}: is a directory, expected a YAML config file (or a run directory holding {RESOLVED_NAME})")
+        raise ConfigError(
+            f"{src}: is a directory, expected a YAML config file (or a run directory holding {RESOLVED_NAME})"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -1,4 +1,5 @@
 """Atomic file writes: temporary name in the same directory, fsync, rename (then fsync the directory)."""
+
 from __future__ import annotations
 
 import json

@@ -9,6 +9,7 @@ A lock is stale — and is taken over — when its holder is recognisably dead:
 - another host with a Slurm job id that Slurm no longer lists as running;
 - otherwise: the holder refreshes the lock's mtime (``heartbeat``); older than ``stale_after`` s is dead.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,14 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike, stage: str, stale_after: float = 3600.0):
         self.path = Path(run_dir) / LOCK_NAME
         self.stage, self.stale_after = stage, stale_after
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _proc_start(os.getpid()),
-                   "job_id": os.environ.get("SLURM_JOB_ID"), "stage": stage, "since": time.time()}
+        self.me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": _proc_start(os.getpid()),
+            "job_id": os.environ.get("SLURM_JOB_ID"),
+            "stage": stage,
+            "since": time.time(),
+        }
         self.held = False
 
     def _stale_reason(self, holder: dict) -> str | None:
@@ -74,7 +81,7 @@ class RunLock:
             return f"no heartbeat for {age:.0f} s"
         return None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
@@ -92,10 +99,13 @@ class RunLock:
                         holder = {"host": "?", "pid": -1}
                 why = self._stale_reason(holder)
                 if why is None:
-                    who = (f"{holder.get('stage', '?')} pid {holder.get('pid')} on {holder.get('host')}"
-                           + (f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""))
-                    raise LockedError(f"{self.path.parent}: run is in use by {who} (lock {self.path}); "
-                                      f"wait for it, or remove the lock if that process is really gone")
+                    who = f"{holder.get('stage', '?')} pid {holder.get('pid')} on {holder.get('host')}" + (
+                        f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""
+                    )
+                    raise LockedError(
+                        f"{self.path.parent}: run is in use by {who} (lock {self.path}); "
+                        f"wait for it, or remove the lock if that process is really gone"
+                    )
                 # take over a stale lock: rename it away (atomic) so two takers cannot both win
                 try:
                     os.rename(self.path, self.path.with_name(f".{LOCK_NAME}.stale-{os.getpid()}"))

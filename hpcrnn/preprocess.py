@@ -3,6 +3,7 @@
 The first job of every pipeline. Running it again with the same inputs and settings does nothing and
 says so; a changed input file or data.* setting rebuilds. See hpcrnn/data/build.py for the file layout.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,9 +19,12 @@ def _run(cfg, args) -> PreprocessResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for("python -m hpcrnn.preprocess",
-                    "Tokenize a text corpus into one HDF5 file of token windows (the first pipeline job).",
-                    _run, argv)
+    return main_for(
+        "python -m hpcrnn.preprocess",
+        "Tokenize a text corpus into one HDF5 file of token windows (the first pipeline job).",
+        _run,
+        argv,
+    )
 
 
 if __name__ == "__main__":

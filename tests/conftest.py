@@ -1,4 +1,5 @@
 """Shared fixtures. Tests write their own small corpora; shared data is used when present."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ def run_module(module: str, *args: str, cwd=None, env=None, timeout=600) -> subp
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     if env:
         e.update(env)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=e,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -32,10 +34,44 @@ def shared_5k() -> Path:
     return RECIPES_5K
 
 
-_TITLES = ["apple pie", "bean soup", "corn bread", "dill salad", "egg curry", "fig jam", "garlic bread",
-           "ham stew", "leek soup", "mint tea", "nut cake", "onion tart", "pea soup", "rice pudding"]
-_INGR = ["flour", "sugar", "salt", "butter", "milk", "eggs", "onion", "garlic", "rice", "beans", "apples",
-         "water", "oil", "pepper", "dill", "mint", "nuts", "figs", "leeks", "ham"]
+_TITLES = [
+    "apple pie",
+    "bean soup",
+    "corn bread",
+    "dill salad",
+    "egg curry",
+    "fig jam",
+    "garlic bread",
+    "ham stew",
+    "leek soup",
+    "mint tea",
+    "nut cake",
+    "onion tart",
+    "pea soup",
+    "rice pudding",
+]
+_INGR = [
+    "flour",
+    "sugar",
+    "salt",
+    "butter",
+    "milk",
+    "eggs",
+    "onion",
+    "garlic",
+    "rice",
+    "beans",
+    "apples",
+    "water",
+    "oil",
+    "pepper",
+    "dill",
+    "mint",
+    "nuts",
+    "figs",
+    "leeks",
+    "ham",
+]
 _UNITS = ["c ", "ts", "tb", "lb", "oz"]
 _VERBS = ["mix", "stir", "bake", "boil", "chop", "add", "serve", "cool", "fold", "heat"]
 
@@ -49,8 +85,11 @@ def make_recipes(n: int, seed: int = 0) -> str:
     for i in range(n):
         title = rng.choice(_TITLES).upper()
         ingr = rng.sample(_INGR, rng.randint(3, 6))
-        lines = [f"Title: {title}", f"Categories: {rng.choice(['Soups', 'Desserts', 'Breads'])}",
-                 f"Yield: {rng.randint(1, 8)} Servings"]
+        lines = [
+            f"Title: {title}",
+            f"Categories: {rng.choice(['Soups', 'Desserts', 'Breads'])}",
+            f"Yield: {rng.randint(1, 8)} Servings",
+        ]
         lines += [f"{rng.randint(1, 4)} {rng.choice(_UNITS)} {w.capitalize()}" for w in ingr]
         for _ in range(rng.randint(1, 3)):
             a, b = rng.sample(ingr, 2)
@@ -75,8 +114,17 @@ def tiny_config(tmp_path: Path, corpus: Path, **sections) -> Path:
         "paths": {"scratch": str(tmp_path / "scratch"), "jobs": str(tmp_path / "jobs")},
         "data": {"corpus": str(corpus), "document_start": "^Title:", "min_count": 1, "window": 12},
         "model": {"hidden": 16, "embedding": 16},
-        "train": {"batch_size": 8, "max_steps": 24, "checkpoint_every": 5, "eval_every": 10, "log_every": 5,
-                  "eval_batches": 2, "deterministic": True, "threads": 1, "lr": 0.01},
+        "train": {
+            "batch_size": 8,
+            "max_steps": 24,
+            "checkpoint_every": 5,
+            "eval_every": 10,
+            "log_every": 5,
+            "eval_batches": 2,
+            "deterministic": True,
+            "threads": 1,
+            "lr": 0.01,
+        },
         "generate": {"num_recipes": 4, "batch_size": 4, "max_tokens": 60, "quality_sample": 5},
     }
     for sec, vals in sections.items():

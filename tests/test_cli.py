@@ -1,5 +1,6 @@
 """Every entry point: --help, and bad config paths give one line and exit 2. Property-based: random YAML
 documents and random overrides give a valid config or a one-line ConfigError, never anything else."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,17 +44,30 @@ def test_bad_config_paths_one_line_exit_2(module, tmp_path):
 
 # ---------------------------------------------------------------- property-based
 
-FIELDS = {f.name: [g.name for g in dataclasses.fields(f.type if not isinstance(f.type, str) else
-                                                      getattr(__import__("hpcrnn.config", fromlist=["x"]),
-                                                              f.type))]
-          for f in dataclasses.fields(Config) if f.name != "source"}
+FIELDS = {
+    f.name: [
+        g.name
+        for g in dataclasses.fields(
+            f.type if not isinstance(f.type, str) else getattr(__import__("hpcrnn.config", fromlist=["x"]), f.type)
+        )
+    ]
+    for f in dataclasses.fields(Config)
+    if f.name != "source"
+}
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["lstm", "gru", "0.5", "1e-3", "${HOME}", "${NOPE_X}",
-                                                           "^Title:", "[", "auto"]))
-values = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=3),
-                                                      st.dictionaries(st.text(max_size=8), kids, max_size=3)),
-                      max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["lstm", "gru", "0.5", "1e-3", "${HOME}", "${NOPE_X}", "^Title:", "[", "auto"]),
+)
+values = st.recursive(
+    scalars,
+    lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(st.text(max_size=8), kids, max_size=3)),
+    max_leaves=6,
+)
 
 
 @st.composite

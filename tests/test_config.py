@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from hpcrnn.config import load_config, save_resolved
 from hpcrnn.errors import ConfigError
 from tests.conftest import ROOT
@@ -31,36 +32,51 @@ def test_min_count_defaults_by_tokenizer(tmp_path):
 
 
 def test_overrides_are_yaml_values(tmp_path):
-    cfg = load_config(write(tmp_path, "train: {max_steps: 10}\n"),
-                      ["train.max_steps=200", "model.cell=gru", "data.split=[0.8, 0.1, 0.1]",
-                       "train.deterministic=true", "generate.prompt=Title: Soup", "train.lr=1e-3"])
+    cfg = load_config(
+        write(tmp_path, "train: {max_steps: 10}\n"),
+        [
+            "train.max_steps=200",
+            "model.cell=gru",
+            "data.split=[0.8, 0.1, 0.1]",
+            "train.deterministic=true",
+            "generate.prompt=Title: Soup",
+            "train.lr=1e-3",
+        ],
+    )
     assert cfg.train.lr == 0.001
     assert cfg.train.max_steps == 200 and cfg.model.cell == "gru"
     assert cfg.data.split == [0.8, 0.1, 0.1] and cfg.train.deterministic is True
     assert cfg.generate.prompt == "Title: Soup"
 
 
-@pytest.mark.parametrize("text,overrides,needle", [
-    ("model: {hiden: 3}\n", [], "model.hiden: unknown key (did you mean 'model.hidden'?)"),
-    ("modle: {}\n", [], "modle: unknown key (did you mean 'model'?)"),
-    ("model: {hidden: big}\n", [], "model.hidden: expected an integer"),
-    ("model: {cell: lstmm}\n", [], "model.cell: 'lstmm' is not one of lstm|gru|rnn (did you mean 'lstm'?)"),
-    ("train: {keep_last: 1}\n", [], "train.keep_last: 1 is below the minimum 2"),
-    ("generate: {top_p: 1.5}\n", [], "generate.top_p: 1.5 is above the maximum 1.0"),
-    ("train: {deterministic: 1}\n", [], "train.deterministic: expected true or false"),
-    ("data: {split: [0.5, 0.1]}\n", [], "data.split"),
-    ("paths: {scratch: '${HPCRNN_SURELY_UNSET_VAR}/x'}\n", [], "paths.scratch: environment variable ${HPCRNN_SURELY_UNSET_VAR} is not set"),
-    ("model: 3\n", [], "model: expected a mapping"),
-    ("", ["train.max_steps"], "expected dotted key=value"),
-    ("", ["train..x=1"], "is not a dotted key"),
-    ("", ["train.max_steps=[1"], "value is not valid YAML"),
-    ("", ["train.nope=1"], "train.nope: unknown key"),
-    ("", ["train.max_steps.x=1"], "train.max_steps"),
-    ("model: {tie_weights: true, embedding: 10, hidden: 20}\n", [], "model.tie_weights"),
-    ("data: {document_start: '(['}\n", [], "data.document_start: invalid regex"),
-    ("a: [\n", [], "invalid YAML"),
-    ("- 1\n- 2\n", [], "expected a mapping of sections"),
-])
+@pytest.mark.parametrize(
+    "text,overrides,needle",
+    [
+        ("model: {hiden: 3}\n", [], "model.hiden: unknown key (did you mean 'model.hidden'?)"),
+        ("modle: {}\n", [], "modle: unknown key (did you mean 'model'?)"),
+        ("model: {hidden: big}\n", [], "model.hidden: expected an integer"),
+        ("model: {cell: lstmm}\n", [], "model.cell: 'lstmm' is not one of lstm|gru|rnn (did you mean 'lstm'?)"),
+        ("train: {keep_last: 1}\n", [], "train.keep_last: 1 is below the minimum 2"),
+        ("generate: {top_p: 1.5}\n", [], "generate.top_p: 1.5 is above the maximum 1.0"),
+        ("train: {deterministic: 1}\n", [], "train.deterministic: expected true or false"),
+        ("data: {split: [0.5, 0.1]}\n", [], "data.split"),
+        (
+            "paths: {scratch: '${HPCRNN_SURELY_UNSET_VAR}/x'}\n",
+            [],
+            "paths.scratch: environment variable ${HPCRNN_SURELY_UNSET_VAR} is not set",
+        ),
+        ("model: 3\n", [], "model: expected a mapping"),
+        ("", ["train.max_steps"], "expected dotted key=value"),
+        ("", ["train..x=1"], "is not a dotted key"),
+        ("", ["train.max_steps=[1"], "value is not valid YAML"),
+        ("", ["train.nope=1"], "train.nope: unknown key"),
+        ("", ["train.max_steps.x=1"], "train.max_steps"),
+        ("model: {tie_weights: true, embedding: 10, hidden: 20}\n", [], "model.tie_weights"),
+        ("data: {document_start: '(['}\n", [], "data.document_start: invalid regex"),
+        ("a: [\n", [], "invalid YAML"),
+        ("- 1\n- 2\n", [], "expected a mapping of sections"),
+    ],
+)
 def test_errors_name_key_and_file(tmp_path, text, overrides, needle):
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
@@ -90,8 +106,11 @@ def test_relative_paths_resolve_against_cwd(tmp_path, monkeypatch):
 
 def test_resolved_config_round_trip(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    p = write(tmp_path, "paths: {scratch: s}\ndata: {corpus: {train: a.txt, val: b.txt, test: c.txt}}\n"
-                        "slurm: {train: {time_min: 7}, defaults: {additional: {mail-type: END}}}\n")
+    p = write(
+        tmp_path,
+        "paths: {scratch: s}\ndata: {corpus: {train: a.txt, val: b.txt, test: c.txt}}\n"
+        "slurm: {train: {time_min: 7}, defaults: {additional: {mail-type: END}}}\n",
+    )
     cfg = load_config(p, ["model.cell=rnn"])
     out = save_resolved(cfg)
     assert out == tmp_path / "s" / "exp" / "config.yaml"

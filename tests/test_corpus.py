@@ -1,4 +1,5 @@
 """The corpus builder and the HDF5 reader (hpcrnn.corpus), in process, on small corpora the tests write."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,17 +18,20 @@ from hpcrnn.data.build import FORMAT_VERSION, SPLITS, clean_document, open_corpu
 from hpcrnn.errors import InputError
 from hpcrnn.text.tokenize import EOR, NL, UNK, tokenize
 
-WORDS = ("salt pepper flour sugar butter eggs milk water onion garlic oil rice beans cheese cream "
-         "tomato lemon basil chicken beef").split()
+WORDS = (
+    "salt pepper flour sugar butter eggs milk water onion garlic oil rice beans cheese cream "
+    "tomato lemon basil chicken beef"
+).split()
 VERBS = "stir bake boil simmer chop mix pour serve whisk fold".split()
 
 
 def make_recipe(rng: random.Random, i: int, extra: str = "") -> str:
     ings = "\n".join(f"{rng.randint(1, 4)} c  {rng.choice(WORDS).capitalize()}" for _ in range(rng.randint(2, 5)))
-    steps = " ".join(f"{rng.choice(VERBS).capitalize()} the {rng.choice(WORDS)}, then {rng.choice(VERBS)}."
-                     for _ in range(rng.randint(2, 6)))
-    return (f"Title: Dish number {i}{extra}\nCategories: Test\nYield: {rng.randint(1, 8)} servings\n"
-            f"{ings}\n{steps}\n\n")
+    steps = " ".join(
+        f"{rng.choice(VERBS).capitalize()} the {rng.choice(WORDS)}, then {rng.choice(VERBS)}."
+        for _ in range(rng.randint(2, 6))
+    )
+    return f"Title: Dish number {i}{extra}\nCategories: Test\nYield: {rng.randint(1, 8)} servings\n{ings}\n{steps}\n\n"
 
 
 def write_corpus(path, n=60, seed=0, extra=lambda i: "") -> list[str]:
@@ -38,11 +42,14 @@ def write_corpus(path, n=60, seed=0, extra=lambda i: "") -> list[str]:
 
 
 def cfg_for(tmp_path, corpus, **data):
-    d = {"corpus": corpus if not hasattr(corpus, "__fspath__") else str(corpus), "document_start": "^Title:",
-         "min_count": 1, "window": 8}
+    d = {
+        "corpus": corpus if not hasattr(corpus, "__fspath__") else str(corpus),
+        "document_start": "^Title:",
+        "min_count": 1,
+        "window": 8,
+    }
     d.update(data)
-    return from_dict({"run": {"name": "t"}, "paths": {"scratch": str(tmp_path / "scratch")}, "data": d},
-                     "test.yaml")
+    return from_dict({"run": {"name": "t"}, "paths": {"scratch": str(tmp_path / "scratch")}, "data": d}, "test.yaml")
 
 
 def expected_stream(docs: list[str], c, tokenizer="recipe") -> np.ndarray:
@@ -58,6 +65,7 @@ def expected_stream(docs: list[str], c, tokenizer="recipe") -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the file
+
 
 def test_layout_vocab_and_attributes(tmp_path):
     src = tmp_path / "r.txt"
@@ -78,7 +86,7 @@ def test_layout_vocab_and_attributes(tmp_path):
     assert res.counts["tokens"] == len(c.tokens())
     # counts are the train split's
     tr = c.split_ranges["train"]
-    assert (np.bincount(c.tokens()[tr[0]:tr[1]], minlength=len(c.vocab)) == c.counts).all()
+    assert (np.bincount(c.tokens()[tr[0] : tr[1]], minlength=len(c.vocab)) == c.counts).all()
     with h5py.File(res.path) as f:
         assert f["tokens"].compression == "gzip" and f["tokens"].chunks is not None
 
@@ -95,7 +103,7 @@ def test_every_window_is_the_corpus_slice_it_encodes(tmp_path):
         assert w.dtype == np.int64 and len(w) == (b - a - 7 - 1) // 3 + 1
         assert np.all(np.diff(w) == 3) and w[0] == a and w[-1] + 7 + 1 <= b  # inside its split
         for i in range(len(w)):
-            assert np.array_equal(c.window_tokens(split, i), want[w[i]:w[i] + 8])
+            assert np.array_equal(c.window_tokens(split, i), want[w[i] : w[i] + 8])
 
 
 def test_split_is_by_document_and_disjoint(tmp_path):
@@ -123,8 +131,9 @@ def test_split_is_by_document_and_disjoint(tmp_path):
     assert len({t for t, k in zip(titles, ds) if k == 0}) == 80
     assert {t for t, k in zip(titles, ds) if k != 0} == {UNK}
     # another seed, another split
-    other = open_corpus(run_preprocess(cfg_for(tmp_path, src, split=[0.8, 0.1, 0.1], seed=4,
-                                               h5_path=str(tmp_path / "o.h5"))).path)
+    other = open_corpus(
+        run_preprocess(cfg_for(tmp_path, src, split=[0.8, 0.1, 0.1], seed=4, h5_path=str(tmp_path / "o.h5"))).path
+    )
     with h5py.File(other.path) as f:
         assert not np.array_equal(f["document_index"][()], index)
 
@@ -149,8 +158,11 @@ def test_rare_words_become_unk_or_are_dropped(tmp_path):
     n_tokens = len(c.tokens())
     title0 = c.decode(c.document_tokens(0)[:7])
     assert title0[:4] == ["title", ":", "dish", "number"] and title0[5:] == [UNK, NL]
-    d = open_corpus(run_preprocess(cfg_for(tmp_path, src, min_count=2, split=[1.0, 0.0, 0.0], rare="drop",
-                                           h5_path=str(tmp_path / "drop.h5"))).path)
+    d = open_corpus(
+        run_preprocess(
+            cfg_for(tmp_path, src, min_count=2, split=[1.0, 0.0, 0.0], rare="drop", h5_path=str(tmp_path / "drop.h5"))
+        ).path
+    )
     assert d.attrs["counts"]["dropped_tokens"] == c.attrs["counts"]["unk_tokens"]
     assert len(d.tokens()) == n_tokens - d.attrs["counts"]["dropped_tokens"]
     assert d.decode(d.document_tokens(0)[:5]) == ["title", ":", "dish", "number", NL]  # "0" is rare too
@@ -171,9 +183,11 @@ def test_vocabulary_comes_from_the_train_split_only(tmp_path):
 
 def test_ingredient_lines_are_recoverable(tmp_path):
     src = tmp_path / "r.txt"
-    src.write_text("Title: Soup\nCategories: Soups\nYield: 2 servings\n1 c  Water\n2 ts Salt\n"
-                   "Boil the water with the salt for a long while, stirring now and then.\n\n"
-                   "Title: Tea\nCategories: Drinks\nYield: 1 servings\n1 c  Water\nSteep the tea.\n")
+    src.write_text(
+        "Title: Soup\nCategories: Soups\nYield: 2 servings\n1 c  Water\n2 ts Salt\n"
+        "Boil the water with the salt for a long while, stirring now and then.\n\n"
+        "Title: Tea\nCategories: Drinks\nYield: 1 servings\n1 c  Water\nSteep the tea.\n"
+    )
     c = open_corpus(run_preprocess(cfg_for(tmp_path, src, window=2, split=[1.0, 0.0, 0.0])).path)
     assert c.ingredient_lines(0) == [["1", "c", "water"], ["2", "ts", "salt"]]
     assert c.ingredient_lines(1) == [["1", "c", "water"]]
@@ -189,6 +203,7 @@ def test_encode_maps_unknown_words_to_unk(tmp_path):
 
 # ---------------------------------------------------------------- inputs
 
+
 def test_xz_gz_directory_and_list_inputs_give_the_same_stream(tmp_path):
     src = tmp_path / "r.txt"
     write_corpus(src)
@@ -201,17 +216,25 @@ def test_xz_gz_directory_and_list_inputs_give_the_same_stream(tmp_path):
     (tmp_path / "dir" / "b.txt.gz").write_bytes(gzip.compress(data[half:]))
     (tmp_path / "dir" / "notes.pdf").write_bytes(b"%PDF")  # not a text file: ignored
     ref = open_corpus(run_preprocess(cfg_for(tmp_path, src, h5_path=str(tmp_path / "ref.h5"))).path)
-    for i, corpus in enumerate([tmp_path / "r.txt.xz", tmp_path / "r.txt.gz", tmp_path / "dir",
-                                [str(tmp_path / "dir" / "a.txt"), str(tmp_path / "dir" / "b.txt.gz")]]):
+    for i, corpus in enumerate(
+        [
+            tmp_path / "r.txt.xz",
+            tmp_path / "r.txt.gz",
+            tmp_path / "dir",
+            [str(tmp_path / "dir" / "a.txt"), str(tmp_path / "dir" / "b.txt.gz")],
+        ]
+    ):
         c = open_corpus(run_preprocess(cfg_for(tmp_path, corpus, h5_path=str(tmp_path / f"{i}.h5"))).path)
         assert np.array_equal(c.tokens(), ref.tokens()) and c.vocab == ref.vocab, corpus
 
 
 def test_decoding_fallback_nfc_crlf_and_repair(tmp_path):
     src = tmp_path / "r.txt"
-    body = ("Title: Caf\xe9 au lait\r\nYield: 1\r\nBring to 80\xf8C.\r\n\r\n"  # latin-1 bytes, CRLF
-            "Title: Cre\u0301me\nYield: 1\nBake at 350øF.\nText\x00with a NUL\n")
-    src.write_bytes(body[:body.index("Title: Cre")].encode("latin-1") + body[body.index("Title: Cre"):].encode())
+    body = (
+        "Title: Caf\xe9 au lait\r\nYield: 1\r\nBring to 80\xf8C.\r\n\r\n"  # latin-1 bytes, CRLF
+        "Title: Cre\u0301me\nYield: 1\nBake at 350øF.\nText\x00with a NUL\n"
+    )
+    src.write_bytes(body[: body.index("Title: Cre")].encode("latin-1") + body[body.index("Title: Cre") :].encode())
     res = run_preprocess(cfg_for(tmp_path, src, window=2, split=[1.0, 0.0, 0.0]))
     c = open_corpus(res.path)
     words = set(c.decode(c.tokens()))
@@ -225,26 +248,34 @@ def test_without_document_start_each_file_is_one_document(tmp_path):
     (tmp_path / "d").mkdir()
     for i in range(3):
         (tmp_path / "d" / f"{i}.txt").write_text(f"file {i} says hello world\nsecond line\n")
-    c = open_corpus(run_preprocess(cfg_for(tmp_path, tmp_path / "d", document_start=None, window=3,
-                                           split=[1.0, 0.0, 0.0])).path)
+    c = open_corpus(
+        run_preprocess(cfg_for(tmp_path, tmp_path / "d", document_start=None, window=3, split=[1.0, 0.0, 0.0])).path
+    )
     assert c.num_documents == 3
 
 
 def test_whitespace_tokenizer_stream(tmp_path):
     src = tmp_path / "ptb.txt"
     src.write_text(" the cat sat \n a dog ran \n the dog sat \n")
-    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, tokenizer="whitespace",
-                                           window=3, split=[1.0, 0.0, 0.0])).path)
+    c = open_corpus(
+        run_preprocess(
+            cfg_for(tmp_path, src, document_start=None, tokenizer="whitespace", window=3, split=[1.0, 0.0, 0.0])
+        ).path
+    )
     assert c.eos_id is not None and c.eor_id is None
     assert c.decode(c.tokens()) == "the cat sat <eos> a dog ran <eos> the dog sat <eos>".split()
     # a one-word vocabulary is still a vocabulary (EOS is a special, not a word)
     src.write_text("x x x\n")
-    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, tokenizer="whitespace",
-                                           window=2, split=[1.0, 0.0, 0.0])).path)
+    c = open_corpus(
+        run_preprocess(
+            cfg_for(tmp_path, src, document_start=None, tokenizer="whitespace", window=2, split=[1.0, 0.0, 0.0])
+        ).path
+    )
     assert c.vocab == [UNK, "<eos>", "x"]
 
 
 # ---------------------------------------------------------------- re-running
+
 
 def test_second_run_skips_and_changes_rebuild(tmp_path):
     from hpcrnn.data.build import is_current
@@ -268,16 +299,20 @@ def test_second_run_skips_and_changes_rebuild(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("case, msg", [
-    ("missing", "not found"),
-    ("empty", "empty"),
-    ("nodir", "no text files"),
-    ("binary", "binary"),
-    ("nomatch", "matches nowhere"),
-    ("mincount", "vocabulary is empty"),
-    ("window", "longer than"),
-    ("badxz", "corrupt"),
-])
+
+@pytest.mark.parametrize(
+    "case, msg",
+    [
+        ("missing", "not found"),
+        ("empty", "empty"),
+        ("nodir", "no text files"),
+        ("binary", "binary"),
+        ("nomatch", "matches nowhere"),
+        ("mincount", "vocabulary is empty"),
+        ("window", "longer than"),
+        ("badxz", "corrupt"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_file_and_leaves_no_output(tmp_path, case, msg):
     src = tmp_path / "r.txt"
     extra = {}
@@ -295,10 +330,10 @@ def test_bad_input_is_one_line_naming_the_file_and_leaves_no_output(tmp_path, ca
         src.write_text("no recipes here\n")
     elif case == "mincount":
         write_corpus(src, n=5)
-        extra = {"min_count": 10 ** 6}
+        extra = {"min_count": 10**6}
     elif case == "window":
         write_corpus(src, n=5)
-        extra = {"window": 10 ** 6}
+        extra = {"window": 10**6}
     elif case == "badxz":
         src = tmp_path / "r.txt.xz"
         src.write_bytes(lzma.compress(b"Title: x\n" * 100)[:40])
@@ -324,6 +359,7 @@ def test_failed_rebuild_keeps_the_previous_file(tmp_path):
 
 # ---------------------------------------------------------------- reading
 
+
 def test_open_corpus_rejects_missing_truncated_corrupt_and_other_versions(tmp_path):
     with pytest.raises(InputError, match="not found"):
         open_corpus(tmp_path / "none.h5")
@@ -332,7 +368,7 @@ def test_open_corpus_rejects_missing_truncated_corrupt_and_other_versions(tmp_pa
     path = run_preprocess(cfg_for(tmp_path, src)).path
     data = path.read_bytes()
     trunc = tmp_path / "trunc.h5"
-    trunc.write_bytes(data[:len(data) // 2])
+    trunc.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError) as e:
         open_corpus(trunc).tokens()
     assert str(trunc) in str(e.value) and "\n" not in str(e.value)
@@ -369,9 +405,11 @@ def test_readable_by_many_processes_and_after_fork(tmp_path):
     for p in procs:
         p.join(timeout=60)
     assert got == [want] * 3 and all(p.exitcode == 0 for p in procs)
+
     # an inherited Corpus object works in the child too
     def inherited(q2):
         q2.put(int(c.tokens().astype(np.int64).sum()) + len(c.windows("train")))
+
     q2 = ctx.Queue()
     p = ctx.Process(target=inherited, args=(q2,))
     p.start()
@@ -380,6 +418,7 @@ def test_readable_by_many_processes_and_after_fork(tmp_path):
 
 
 # ---------------------------------------------------------------- issue 8: split files, formats, chars
+
 
 def _mapping(tmp_path, texts: dict) -> dict:
     out = {}
@@ -391,9 +430,14 @@ def _mapping(tmp_path, texts: dict) -> dict:
 
 
 def test_split_mapping_takes_files_as_they_are(tmp_path):
-    corpus = _mapping(tmp_path, {"train": " the cat sat \n a dog ran \n the dog sat \n",
-                                 "val": " the cat ran \n a zebra sat \n",
-                                 "test": " a dog sat \n"})
+    corpus = _mapping(
+        tmp_path,
+        {
+            "train": " the cat sat \n a dog ran \n the dog sat \n",
+            "val": " the cat ran \n a zebra sat \n",
+            "test": " a dog sat \n",
+        },
+    )
     cfg = cfg_for(tmp_path, corpus, document_start=None, tokenizer="whitespace", window=2)
     c = open_corpus(run_preprocess(cfg).path)
     assert c.attrs["split_mode"] == "files"
@@ -414,7 +458,7 @@ def test_split_mapping_of_recipe_files_keeps_file_order(tmp_path, shared_5k):
     assert [int((c.document_split() == k).sum()) for k in range(3)] == [300, 40, 40]
     with h5py.File(c.path) as f:
         assert f["document_index"][()].tolist() == list(range(380))  # file order, no shuffle
-    trained = set(c.decode(c.tokens()[:c.split_ranges["train"][1]]))
+    trained = set(c.decode(c.tokens()[: c.split_ranges["train"][1]]))
     assert set(c.vocab) <= trained | {UNK, EOR}
 
 
@@ -431,14 +475,18 @@ def test_split_mapping_errors_name_the_file(tmp_path):
     assert "fr.txt" in str(e.value) and "unknown" in str(e.value) and not cfg.h5_path.exists()
 
 
-@pytest.mark.parametrize("name, fmt, n_docs", [
-    ("lecture-allrecipes-excerpt.txt", "mastercook", 2),
-    ("krecipes-mxptest.txt", "mastercook", 2),
-    ("gourmet-mealmaster.mmf", "mealmaster", 5),
-    ("gourmet-mealmaster_2_col.mmf", "mealmaster", 1),
-])
+@pytest.mark.parametrize(
+    "name, fmt, n_docs",
+    [
+        ("lecture-allrecipes-excerpt.txt", "mastercook", 2),
+        ("krecipes-mxptest.txt", "mastercook", 2),
+        ("gourmet-mealmaster.mmf", "mealmaster", 5),
+        ("gourmet-mealmaster_2_col.mmf", "mealmaster", 1),
+    ],
+)
 def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_docs):
     from conftest import FORMATS
+
     from hpcrnn.data.build import detect_format
 
     src = FORMATS / name
@@ -446,19 +494,41 @@ def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_doc
         pytest.skip(f"{src} not present")
     assert detect_format(src.read_text()) == fmt
     for asked in ("auto", fmt):
-        c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, format=asked, window=4,
-                                               split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / f"{asked}.h5"))).path)
+        c = open_corpus(
+            run_preprocess(
+                cfg_for(
+                    tmp_path,
+                    src,
+                    document_start=None,
+                    format=asked,
+                    window=4,
+                    split=[1.0, 0.0, 0.0],
+                    h5_path=str(tmp_path / f"{asked}.h5"),
+                )
+            ).path
+        )
         assert c.num_documents == n_docs and c.attrs["counts"]["formats"] == {str(src): fmt}
         assert "\t" in c.stoi  # table columns are kept as tokens
     # a corpus that quotes a recipe of another format further down stays plain under auto
     quoting = tmp_path / "quoting.txt"
     quoting.write_text("Title: Notes\nYield: 1\nSee below.\n\n" + src.read_text())
     assert detect_format(quoting.read_text()) == "plain"
-    assert open_corpus(run_preprocess(cfg_for(tmp_path, quoting, window=4, split=[1.0, 0.0, 0.0],
-                                              h5_path=str(tmp_path / "q.h5"))).path).attrs["counts"][
-        "formats"] == {str(quoting): "plain"}  # document_start given: plain under auto
-    plain = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, format="plain", window=4,
-                                               split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / "p.h5"))).path)
+    assert open_corpus(
+        run_preprocess(cfg_for(tmp_path, quoting, window=4, split=[1.0, 0.0, 0.0], h5_path=str(tmp_path / "q.h5"))).path
+    ).attrs["counts"]["formats"] == {str(quoting): "plain"}  # document_start given: plain under auto
+    plain = open_corpus(
+        run_preprocess(
+            cfg_for(
+                tmp_path,
+                src,
+                document_start=None,
+                format="plain",
+                window=4,
+                split=[1.0, 0.0, 0.0],
+                h5_path=str(tmp_path / "p.h5"),
+            )
+        ).path
+    )
     assert plain.num_documents == 1 and "\t" not in plain.stoi  # plain: the file as it is, tabs are spaces
     other = "mealmaster" if fmt == "mastercook" else "mastercook"
     with pytest.raises(InputError) as e:
@@ -468,13 +538,13 @@ def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_doc
 
 def test_lecture_layout_round_trips_and_ingredients_are_found(tmp_path):
     from conftest import FORMATS
+
     from hpcrnn.text.tokenize import detokenize
 
     src = FORMATS / "lecture-allrecipes-excerpt.txt"
     if not src.exists():
         pytest.skip(f"{src} not present")
-    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, window=4,
-                                           split=[1.0, 0.0, 0.0])).path)
+    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, window=4, split=[1.0, 0.0, 0.0])).path)
     first = src.read_text().split("\n\nCafe Mexicano")[0] + "\n"
     text = detokenize(c.decode(c.document_tokens(0)), "recipe")
     assert text.lower() == first.lower()  # the same tab table, lines and words (case aside)
@@ -485,13 +555,13 @@ def test_lecture_layout_round_trips_and_ingredients_are_found(tmp_path):
 
 def test_mealmaster_layout_comes_back_in_its_columns(tmp_path):
     from conftest import FORMATS
+
     from hpcrnn.text.tokenize import detokenize
 
     src = FORMATS / "gourmet-mealmaster_2_col.mmf"
     if not src.exists():
         pytest.skip(f"{src} not present")
-    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, window=4,
-                                           split=[1.0, 0.0, 0.0])).path)
+    c = open_corpus(run_preprocess(cfg_for(tmp_path, src, document_start=None, window=4, split=[1.0, 0.0, 0.0])).path)
     text = detokenize(c.decode(c.document_tokens(0)), "recipe")
     lines = text.split("\n")
     assert lines[0].startswith("MMMMM----- Recipe via Meal-Master") and lines[-2] == "MMMMM"
@@ -512,5 +582,7 @@ def test_char_tokenizer_stream_and_round_trip(tmp_path):
     assert c.attrs["counts"]["unk_tokens"] == 0 and "T" in c.stoi and " " in c.stoi  # case and spaces kept
     assert c.tokens().dtype == np.uint8
     assert detokenize(c.decode(c.tokens()), "char") == "\n".join(clean_document(d) for d in docs)
-    assert c.ingredient_lines(0)[0][:4] == list(c.decode(c.document_tokens(0)))[
-        sum(len(x) + 1 for x in clean_document(docs[0]).split("\n")[:3]):][:4]
+    assert (
+        c.ingredient_lines(0)[0][:4]
+        == list(c.decode(c.document_tokens(0)))[sum(len(x) + 1 for x in clean_document(docs[0]).split("\n")[:3]) :][:4]
+    )

@@ -1,5 +1,6 @@
 """Fault injection: kill -9, corrupt checkpoints, disk full, concurrent launches, readers beside writers,
 signals at awkward moments. Each test states the promise it checks; FAULTS counts what was tried."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_REQUEUE, EXIT_STOPPED, EXIT_STORAGE, EXIT_USAGE
+from hpcrnn.train import checkpoint as ckpt
 from tests.conftest import ROOT, prepared, run_module, tiny_config
 
 torch.set_num_threads(1)
@@ -24,8 +25,14 @@ torch.set_num_threads(1)
 
 def start_train(cfg_path, *overrides, env=None):
     e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "hpcrnn.train", str(cfg_path), *overrides], env=e, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpcrnn.train", str(cfg_path), *overrides],
+        env=e,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def last_step(metrics: Path) -> int:
@@ -42,12 +49,15 @@ def model_bytes(cfg) -> bytes:
 
 # ---------------------------------------------------------------- kill -9
 
+
 def test_kill9_at_random_moments_resumes_bitwise(tmp_path, tiny_corpus):
     """20 seeded kill -9 trials (some at start-up, some mid-step, some mid-checkpoint-write): every relaunch
     resumes from the newest complete checkpoint and the finished model is bitwise identical."""
     steps = 400
-    over = {"train": {"max_steps": steps, "checkpoint_every": 7, "log_every": 1, "eval_every": 50,
-                      "keep_last": 2}, "model": {"dropout": 0.1}}
+    over = {
+        "train": {"max_steps": steps, "checkpoint_every": 7, "log_every": 1, "eval_every": 50, "keep_last": 2},
+        "model": {"dropout": 0.1},
+    }
     _, ref = prepared(tmp_path / "ref", tiny_corpus, **over)
     r = run_module("hpcrnn.train", str(tiny_config(tmp_path / "ref", tiny_corpus, **over)))
     assert r.returncode == 0, r.stderr
@@ -71,8 +81,7 @@ def test_kill9_at_random_moments_resumes_bitwise(tmp_path, tiny_corpus):
                 time.sleep(0.002)
             time.sleep(rng.uniform(0, 0.02))
         else:
-            while (p.poll() is None and time.time() - t0 < 60
-                   and not any(cfg.checkpoint_dir.glob(".tmp-step-*"))):
+            while p.poll() is None and time.time() - t0 < 60 and not any(cfg.checkpoint_dir.glob(".tmp-step-*")):
                 time.sleep(0.002)
         if p.poll() is not None:
             break  # finished before the kill: the remaining trials have nothing to interrupt
@@ -93,6 +102,7 @@ def test_kill9_at_random_moments_resumes_bitwise(tmp_path, tiny_corpus):
 
 
 # ---------------------------------------------------------------- corrupt checkpoints
+
 
 def _flip(path: Path) -> None:
     b = bytearray(path.read_bytes())
@@ -126,6 +136,7 @@ def test_damaged_newest_checkpoint_is_skipped_not_deleted(tmp_path, tiny_corpus,
 
 # ---------------------------------------------------------------- disk full
 
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     if os.geteuid() != 0:
@@ -140,8 +151,12 @@ def small_tmpfs(tmp_path):
 def test_disk_full_while_checkpointing(tmp_path, tiny_corpus, small_tmpfs):
     """The run stops with a one-line error; the previous checkpoint is intact and loadable."""
     h5 = tmp_path / "corpus.h5"
-    over = {"paths": {"scratch": str(small_tmpfs)}, "data": {"h5_path": str(h5)},
-            "model": {"hidden": 48, "embedding": 48}, "train": {"max_steps": 200, "checkpoint_every": 5}}
+    over = {
+        "paths": {"scratch": str(small_tmpfs)},
+        "data": {"h5_path": str(h5)},
+        "model": {"hidden": 48, "embedding": 48},
+        "train": {"max_steps": 200, "checkpoint_every": 5},
+    }
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, **over)
     r = run_module("hpcrnn.train", str(cfg_path))
     assert r.returncode == EXIT_STORAGE, (r.stdout, r.stderr)
@@ -158,9 +173,9 @@ def test_disk_full_while_checkpointing(tmp_path, tiny_corpus, small_tmpfs):
 
 # ---------------------------------------------------------------- two launches at once
 
+
 def test_second_trainer_is_refused_and_stale_lock_recognised(tmp_path, tiny_corpus):
-    cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 100000, "log_every": 1,
-                                                           "checkpoint_every": 50})
+    cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 100000, "log_every": 1, "checkpoint_every": 50})
     a = start_train(cfg_path)
     try:
         t0 = time.time()
@@ -196,10 +211,12 @@ def test_lock_from_another_host_with_fresh_heartbeat_is_respected(tmp_path):
 
 # ---------------------------------------------------------------- reader beside a writer
 
+
 def test_reader_never_sees_a_partial_checkpoint(tmp_path, tiny_corpus):
     """A generation-style reader polls the newest checkpoint while a trainer writes and deletes them."""
-    cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 400, "checkpoint_every": 1,
-                                                           "keep_last": 2, "eval_every": 1000})
+    cfg_path, cfg = prepared(
+        tmp_path, tiny_corpus, train={"max_steps": 400, "checkpoint_every": 1, "keep_last": 2, "eval_every": 1000}
+    )
     p = start_train(cfg_path)
     loads, errors = 0, []
     t0 = time.time()
@@ -219,6 +236,7 @@ def test_reader_never_sees_a_partial_checkpoint(tmp_path, tiny_corpus):
 
 
 # ---------------------------------------------------------------- signals at awkward moments
+
 
 def _signal_run(cfg_path, cfg, sig, when, extra_env=None, *overrides):
     p = start_train(cfg_path, *overrides, env=extra_env)
@@ -243,8 +261,7 @@ def _signal_run(cfg_path, cfg, sig, when, extra_env=None, *overrides):
 @pytest.mark.parametrize("when", ["startup", "eval", "checkpoint", "dataloader"])
 @pytest.mark.parametrize("sig,code", [(signal.SIGUSR2, EXIT_REQUEUE), (signal.SIGTERM, EXIT_STOPPED)])
 def test_signal_moments_end_in_checkpoint_and_resume_exactly(tmp_path, tiny_corpus, when, sig, code):
-    over = {"train": {"max_steps": 60, "log_every": 1, "checkpoint_every": 5, "eval_every": 10,
-                      "eval_batches": 0}}
+    over = {"train": {"max_steps": 60, "log_every": 1, "checkpoint_every": 5, "eval_every": 10, "eval_batches": 0}}
     if when == "dataloader":
         over["train"]["num_workers"] = 2
     _, ref = prepared(tmp_path / "ref", tiny_corpus, **over)
@@ -264,6 +281,7 @@ def test_signal_moments_end_in_checkpoint_and_resume_exactly(tmp_path, tiny_corp
 
 
 # ---------------------------------------------------------------- damaged data
+
 
 @pytest.mark.parametrize("damage", ["truncated", "garbled", "format-version"])
 def test_damaged_corpus_one_line_error(tmp_path, tiny_corpus, damage):

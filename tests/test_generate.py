@@ -1,5 +1,6 @@
 """The generation job: sampling, batched generation against a plain reference, files, reruns, shards,
 bad input, and an end-to-end preprocess -> train -> generate run."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, run_module
-from hpcrnn.train import checkpoint as ckpt
-from hpcrnn.generate import decode as D, job as G, sampling as S, stepper as ST
+
 from hpcrnn.config import ModelConfig, load_config
 from hpcrnn.errors import ConfigError, InputError
+from hpcrnn.generate import decode as D
+from hpcrnn.generate import job as G
+from hpcrnn.generate import sampling as S
+from hpcrnn.generate import stepper as ST
+from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.model import RecurrentLM, build_model
 from tests.conftest import make_recipes
 
 torch.set_num_threads(1)
+
 
 def write_config(tmp: Path, **sections) -> Path:
     corpus = tmp / "recipes.txt"
@@ -32,13 +37,26 @@ def write_config(tmp: Path, **sections) -> Path:
     raw = {
         "run": {"name": "tiny"},
         "paths": {"scratch": str(tmp / "scratch"), "jobs": str(tmp / "jobs")},
-        "data": {"corpus": str(corpus), "document_start": "^Title:", "min_count": 1, "window": 12,
-                 "split": [0.8, 0.1, 0.1]},
+        "data": {
+            "corpus": str(corpus),
+            "document_start": "^Title:",
+            "min_count": 1,
+            "window": 12,
+            "split": [0.8, 0.1, 0.1],
+        },
         "model": {"hidden": 16, "embedding": 16},
-        "train": {"batch_size": 8, "max_steps": 30, "checkpoint_every": 10, "eval_every": 10, "log_every": 10,
-                  "eval_batches": 2, "threads": 1, "lr": 0.02, "device": "cpu"},
-        "generate": {"num_recipes": 7, "batch_size": 3, "max_tokens": 40, "quality_sample": 5,
-                     "device": "cpu"},
+        "train": {
+            "batch_size": 8,
+            "max_steps": 30,
+            "checkpoint_every": 10,
+            "eval_every": 10,
+            "log_every": 10,
+            "eval_batches": 2,
+            "threads": 1,
+            "lr": 0.02,
+            "device": "cpu",
+        },
+        "generate": {"num_recipes": 7, "batch_size": 3, "max_tokens": 40, "quality_sample": 5, "device": "cpu"},
     }
     for sec, vals in sections.items():
         raw.setdefault(sec, {}).update(vals)
@@ -128,7 +146,7 @@ def test_two_level_inverse_cdf(n):
     freq = torch.bincount(got, minlength=n).float() / m
     assert (freq - w[0] / w[0].sum()).abs().max() < 2e-4
     # every row searches on its own: one row alone gives what it gives in the batch
-    assert all(S.inverse_cdf(w.clone(), u[k:k + 1])[0].item() == got[k].item() for k in (0, 777, 19999))
+    assert all(S.inverse_cdf(w.clone(), u[k : k + 1])[0].item() == got[k].item() for k in (0, 777, 19999))
     assert torch.allclose(S.inverse_cdf(w, u[:1])[1], w.sum(-1))  # and the row's total
 
 
@@ -183,8 +201,10 @@ def test_batched_generation_equals_one_at_a_time(cell, temperature, top_k, top_p
     bias = model.head.bias.data[stop].item()
     for extra in np.arange(0.0, 3.0, 0.02):  # an end-of-recipe bias that gives both endings
         model.head.bias.data[stop] = bias + extra
-        want = {j.key: reference_generate(model, j.prompt, j.uniforms, 30, stop, temperature, top_k, top_p, [0])
-                for j in jobs}
+        want = {
+            j.key: reference_generate(model, j.prompt, j.uniforms, 30, stop, temperature, top_k, top_p, [0])
+            for j in jobs
+        }
         if len({s for _, s in want.values()}) == 2 and len({len(t) for t, _ in want.values()}) > 3:
             break
     else:
@@ -391,9 +411,13 @@ def test_rejection_truncation_draws_from_the_truncated_distribution(k, p):
     and the kept tokens in their renormalised proportions; rows are independent of their batch."""
     g = torch.Generator().manual_seed(k * 100 + int(p * 10))
     V, n = 1500, 20000  # rows longer than 1024: the two-level inverse CDF
-    rows = torch.stack([torch.randn(V, generator=g) * 2,  # broad
-                        torch.randn(V, generator=g) * 6,  # peaked
-                        torch.cat([torch.full((10,), 3.0), torch.randn(V - 10, generator=g)])])  # ties on top
+    rows = torch.stack(
+        [
+            torch.randn(V, generator=g) * 2,  # broad
+            torch.randn(V, generator=g) * 6,  # peaked
+            torch.cat([torch.full((10,), 3.0), torch.randn(V - 10, generator=g)]),
+        ]
+    )  # ties on top
     rows[:, 7] = float("-inf")  # banned
     for row in rows:
         probs = torch.softmax(row, -1)
@@ -415,7 +439,7 @@ def test_rejection_truncation_draws_from_the_truncated_distribution(k, p):
     # a row's choice does not depend on the other rows of the batch
     u = torch.rand(3, S.ROUNDS, generator=g)
     together = S.sample_scaled(rows, u, k, p if p else 1.0)
-    alone = [S.sample_scaled(rows[i:i + 1], u[i:i + 1], k, p if p else 1.0).item() for i in range(3)]
+    alone = [S.sample_scaled(rows[i : i + 1], u[i : i + 1], k, p if p else 1.0).item() for i in range(3)]
     assert together.tolist() == alone
 
 
@@ -474,12 +498,18 @@ def test_killed_job_leaves_no_half_file_and_rerun_completes_identically(tmp_path
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
     """A real process killed with SIGKILL while writing: no half file, and the rerun completes the set
     exactly as an uninterrupted run writes it."""
-    cfg_path, cfg = prepared(tmp_path, generate={"num_recipes": 400, "batch_size": 2, "max_tokens": 40,
-                                                 "quality_sample": 0})
+    cfg_path, cfg = prepared(
+        tmp_path, generate={"num_recipes": 400, "batch_size": 2, "max_tokens": 40, "quality_sample": 0}
+    )
     out = tmp_path / "scratch" / "tiny" / "generated" / "default"
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-m", "hpcrnn.generate", str(cfg_path)], cwd=ROOT,
-                         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "hpcrnn.generate", str(cfg_path)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("recipe-*.txt"))) < 20 and p.poll() is None:
         time.sleep(0.02)
@@ -499,16 +529,24 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
 def test_concurrent_shard_processes(tmp_path):
     """Three shard tasks at once (as a job array runs them): disjoint recipes, one complete index."""
     cfg_path, cfg = prepared(tmp_path, generate={"num_recipes": 12})
-    procs = [subprocess.Popen([sys.executable, "-m", "hpcrnn.generate", str(cfg_path), "--shard", str(s),
-                               "--num-shards", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-             for s in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hpcrnn.generate", str(cfg_path), "--shard", str(s), "--num-shards", "3"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        )
+        for s in range(3)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
     out = tmp_path / "scratch" / "tiny" / "generated" / "default"
-    shard_sets = [{json.loads(x)["recipe"] for x in (out / f"index-0000{s}-of-00003.jsonl").read_text().splitlines()}
-                  for s in (1, 2, 3)]
+    shard_sets = [
+        {json.loads(x)["recipe"] for x in (out / f"index-0000{s}-of-00003.jsonl").read_text().splitlines()}
+        for s in (1, 2, 3)
+    ]
     assert shard_sets == [set(range(s, 13, 3)) for s in (1, 2, 3)]
     assert G.generation_done(cfg)  # whichever finished last merged (or several did, with the same bytes)
     G.run_generate(with_(cfg_path, "generate.name=one"))
@@ -536,7 +574,7 @@ def test_prompts(tmp_path):
         assert rec["prompt_tokens"] == 12  # data.window
         job, hidden = G.make_job(rec["recipe"], cfg_r, test_text, G.plan_prompt(cfg_r, test_text))
         assert hidden == 0
-        assert any((c.tokens()[lo + k:lo + k + 12] == job.prompt).all() for k in range(hi - lo - 11))
+        assert any((c.tokens()[lo + k : lo + k + 12] == job.prompt).all() for k in range(hi - lo - 11))
 
 
 def test_generation_done_and_changed_settings(tmp_path):
@@ -582,8 +620,9 @@ def test_bad_input_one_line_errors(tmp_path):
 
     shutil.rmtree(ckpt_dir)
     save_random_checkpoint(cfg)
-    one_line_error(run_module("hpcrnn.generate", str(cfg_path), "generate.prompt=zzqx qqxz"),
-                   "generate.prompt", "unknown")
+    one_line_error(
+        run_module("hpcrnn.generate", str(cfg_path), "generate.prompt=zzqx qqxz"), "generate.prompt", "unknown"
+    )
     for bad in ("0", "1.5", "-0.1"):
         one_line_error(run_module("hpcrnn.generate", str(cfg_path), f"generate.top_p={bad}"), "generate.top_p")
     one_line_error(run_module("hpcrnn.generate", str(cfg_path), "--shard", "3", "--num-shards", "3"), "shard")
@@ -599,11 +638,12 @@ def test_bad_input_one_line_errors(tmp_path):
 def test_end_to_end_preprocess_train_generate(tmp_path):
     """The real pipeline on a tiny corpus: the trained model learns the layout well enough that most
     recipes have a title, ingredients and instructions."""
-    cfg_path = write_config(tmp_path, train={"max_steps": 300, "batch_size": 16, "lr": 0.02,
-                                             "checkpoint_every": 300, "eval_every": 300},
-                            model={"hidden": 64, "embedding": 32},
-                            generate={"num_recipes": 12, "batch_size": 6, "max_tokens": 120,
-                                      "temperature": 0.5})
+    cfg_path = write_config(
+        tmp_path,
+        train={"max_steps": 300, "batch_size": 16, "lr": 0.02, "checkpoint_every": 300, "eval_every": 300},
+        model={"hidden": 64, "embedding": 32},
+        generate={"num_recipes": 12, "batch_size": 6, "max_tokens": 120, "temperature": 0.5},
+    )
     for stage in ("preprocess", "train", "generate"):
         r = run_module(f"hpcrnn.{stage}", str(cfg_path))
         assert r.returncode == 0, (stage, r.stderr[-2000:])

@@ -1,5 +1,6 @@
 """The launcher and status without Slurm: the debug (in-process) and local (submitit subprocess) paths on
 real stages, skip and relaunch logic, config errors, and the sbatch script a stage gets."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ import pytest
 import torch
 
 from hpcrnn.cluster import launch as L
+from hpcrnn.cluster.status import collect_status, format_status, read_metrics
 from hpcrnn.config import load_config
 from hpcrnn.errors import ConfigError
-from hpcrnn.cluster.status import collect_status, format_status, read_metrics
 from tests.conftest import run_module, tiny_config
 
 torch.set_num_threads(1)
@@ -38,6 +39,7 @@ def recipes(cfg) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ pure logic
+
 
 def test_parse_stages_orders_and_rejects_unknown():
     assert L.parse_stages(None) == ["preprocess", "train", "generate"]
@@ -65,16 +67,38 @@ def test_cluster_auto_follows_sbatch_on_path(tmp_path, monkeypatch):
 def test_sbatch_script_has_the_stage_resources_and_dependency(tmp_path, tiny_corpus, monkeypatch):
     # SlurmExecutor only needs srun on PATH to be built; nothing is submitted here
     monkeypatch.setenv("PATH", str(fake_bin(tmp_path, "srun", "sbatch")) + os.pathsep + os.environ["PATH"])
-    cfg = load_config(tiny_config(tmp_path, tiny_corpus), [
-        "slurm.defaults.partition=batch", "slurm.defaults.time_min=30", "slurm.defaults.mem_gb=1.5",
-        "slurm.train.partition=gpu", "slurm.train.gpus_per_node=2", "slurm.train.tasks_per_node=2",
-        "slurm.train.time_min=240", "slurm.train.signal_delay_s=120", "slurm.train.account=proj7",
-        "slurm.train.additional={mail_type: END}", "slurm.train.constraint=a100"])
+    cfg = load_config(
+        tiny_config(tmp_path, tiny_corpus),
+        [
+            "slurm.defaults.partition=batch",
+            "slurm.defaults.time_min=30",
+            "slurm.defaults.mem_gb=1.5",
+            "slurm.train.partition=gpu",
+            "slurm.train.gpus_per_node=2",
+            "slurm.train.tasks_per_node=2",
+            "slurm.train.time_min=240",
+            "slurm.train.signal_delay_s=120",
+            "slurm.train.account=proj7",
+            "slurm.train.additional={mail_type: END}",
+            "slurm.train.constraint=a100",
+        ],
+    )
     text = L.make_executor(cfg, "train", "slurm", dependency="afterok:41")._make_submission_file_text("CMD", "u")
-    for line in ["#SBATCH --partition=gpu", "#SBATCH --time=240", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --ntasks-per-node=2", "#SBATCH --signal=USR2@120", "#SBATCH --account=proj7",
-                 "#SBATCH --constraint=a100", "#SBATCH --mail-type=END", "#SBATCH --dependency=afterok:41",
-                 "#SBATCH --mem=1536MB", "#SBATCH --kill-on-invalid-dep=yes", "#SBATCH --job-name=tiny-train", "#SBATCH --cpus-per-task=2"]:
+    for line in [
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=240",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --account=proj7",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --mail-type=END",
+        "#SBATCH --dependency=afterok:41",
+        "#SBATCH --mem=1536MB",
+        "#SBATCH --kill-on-invalid-dep=yes",
+        "#SBATCH --job-name=tiny-train",
+        "#SBATCH --cpus-per-task=2",
+    ]:
         assert line in text, line
     assert f"export PYTHONPATH={L.PROJECT_ROOT}" in text
     assert str(cfg.jobs_dir / "train") in text  # logs under <paths.jobs>/<run>/<stage>/
@@ -122,6 +146,7 @@ def test_status_of_a_missing_run_is_one_line(tmp_path, tiny_corpus):
 
 # ------------------------------------------------------------------------------------------ debug: in-process
 
+
 def test_debug_pipeline_runs_then_skips_then_continues(tmp_path, tiny_corpus):
     cfg = load_config(tiny_config(tmp_path, tiny_corpus))
     lines: list[str] = []
@@ -132,8 +157,11 @@ def test_debug_pipeline_runs_then_skips_then_continues(tmp_path, tiny_corpus):
     assert (cfg.run_dir / "config.yaml").is_file()
 
     s = collect_status(cfg)
-    assert {k: v["state"] for k, v in s["stages"].items()} == {"preprocess": "done", "train": "done",
-                                                              "generate": "done"}
+    assert {k: v["state"] for k, v in s["stages"].items()} == {
+        "preprocess": "done",
+        "train": "done",
+        "generate": "done",
+    }
     assert s["checkpoint"]["step"] == 24 and s["checkpoint"]["done"]
     assert s["recipes"] == 4 and s["val_ppl"]["ppl"] > 1
     assert "newest checkpoint: step 24 of 24 (final)" in format_status(s)
@@ -206,6 +234,7 @@ def test_debug_requeue_resumes_bitwise(tmp_path, tiny_corpus):
 
 # ------------------------------------------------------------------------------------------ local: submitit jobs
 
+
 def test_local_cluster_runs_the_job_callables_with_logs(tmp_path, tiny_corpus):
     cfg_path = tiny_config(tmp_path, tiny_corpus)
     r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", timeout=300)
@@ -237,8 +266,7 @@ def test_local_stage_failure_is_one_line_naming_the_log(tmp_path, tiny_corpus):
 def test_local_two_tasks_train_as_two_ranks(tmp_path, tiny_corpus):
     """submitit's local executor runs one process per task; the job callable makes them one DDP group."""
     cfg_path = tiny_config(tmp_path, tiny_corpus, slurm={"train": {"tasks_per_node": 2}})
-    r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", "--stages", "preprocess,train",
-                   timeout=300)
+    r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", "--stages", "preprocess,train", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 rank(s)" in r.stdout
     cfg = load_config(cfg_path)
@@ -249,11 +277,13 @@ def test_local_two_tasks_train_as_two_ranks(tmp_path, tiny_corpus):
 def test_local_time_limit_out_of_timeouts_then_relaunch_continues(tmp_path, tiny_corpus):
     """submitit's local executor sends USR2 before its time limit as Slurm does: with no timeouts left
     the trainer's checkpoint still lands, the launch says so (exit 75), and a relaunch resumes from it."""
-    cfg_path = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 10 ** 6, "log_every": 1000,
-                                                         "checkpoint_every": 10 ** 6, "eval_every": 10 ** 6},
-                           slurm={"max_num_timeout": 0, "train": {"time_min": 1, "signal_delay_s": 50}})
-    r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", "--stages", "preprocess,train",
-                   timeout=300)
+    cfg_path = tiny_config(
+        tmp_path,
+        tiny_corpus,
+        train={"max_steps": 10**6, "log_every": 1000, "checkpoint_every": 10**6, "eval_every": 10**6},
+        slurm={"max_num_timeout": 0, "train": {"time_min": 1, "signal_delay_s": 50}},
+    )
+    r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", "--stages", "preprocess,train", timeout=300)
     assert r.returncode == 75, r.stderr[-2000:]
     assert "more than slurm.max_num_timeout times" in r.stderr.strip().splitlines()[-1]
     cfg = load_config(cfg_path)
@@ -264,8 +294,17 @@ def test_local_time_limit_out_of_timeouts_then_relaunch_continues(tmp_path, tiny
     s = collect_status(cfg)["stages"]["train"]
     assert s["state"] == "failed" and f"resumable from step {step}" in s["detail"]
 
-    r = run_module("hpcrnn.launch", str(cfg_path), f"train.max_steps={step + 6}", "slurm.train.time_min=10",
-                   "--cluster", "local", "--stages", "train", timeout=300)
+    r = run_module(
+        "hpcrnn.launch",
+        str(cfg_path),
+        f"train.max_steps={step + 6}",
+        "slurm.train.time_min=10",
+        "--cluster",
+        "local",
+        "--stages",
+        "train",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resumed from step-{step:08d}" in r.stdout
     assert collect_status(load_config(cfg_path, [f"train.max_steps={step + 6}"]))["stages"]["train"]["state"] == "done"
@@ -281,6 +320,10 @@ def test_local_jobs_get_the_stage_cpus_as_threads(tmp_path, tiny_corpus):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
     out = subprocess.run(["bash", "-c", setup + "\necho $OMP_NUM_THREADS"], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "3"
-    out = subprocess.run(["bash", "-c", setup + "\necho $OMP_NUM_THREADS"], env={**env, "SLURM_CPUS_PER_TASK": "5"},
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", "-c", setup + "\necho $OMP_NUM_THREADS"],
+        env={**env, "SLURM_CPUS_PER_TASK": "5"},
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout.strip() == "5"

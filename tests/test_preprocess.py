@@ -1,4 +1,5 @@
 """`python -m hpcrnn.preprocess` as a real process: exit statuses, messages, skip, kill, shared data."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import FORMATS, ROOT, run_module
+
 from hpcrnn.data.build import open_corpus
 
 
@@ -29,9 +30,13 @@ def write_config(tmp_path: Path, corpus, **data) -> Path:
 def small_corpus(path: Path, n: int = 50) -> Path:
     rng = random.Random(0)
     words = "salt pepper flour sugar butter eggs milk water onion garlic".split()
-    path.write_text("".join(
-        f"Title: Dish {i}\nYield: 2 servings\n1 c  {rng.choice(words)}\n"
-        f"Stir the {rng.choice(words)} and the {rng.choice(words)}.\n\n" for i in range(n)))
+    path.write_text(
+        "".join(
+            f"Title: Dish {i}\nYield: 2 servings\n1 c  {rng.choice(words)}\n"
+            f"Stir the {rng.choice(words)} and the {rng.choice(words)}.\n\n"
+            for i in range(n)
+        )
+    )
     return path
 
 
@@ -81,8 +86,14 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path):
 
 def _run_until_tmp_appears(cfg: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "hpcrnn.preprocess", str(cfg)], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "hpcrnn.preprocess", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out_dir = tmp_path / "scratch" / "pp"
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
@@ -112,8 +123,15 @@ def test_killed_midway_leaves_no_output_file(tmp_path, sig):
     assert len(open_corpus(out).windows("train")) > 0
 
 
-@pytest.mark.parametrize("name", ["lecture-allrecipes-excerpt.txt", "krecipes-mxptest.txt",
-                                  "gourmet-mealmaster.mmf", "gourmet-mealmaster_2_col.mmf"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lecture-allrecipes-excerpt.txt",
+        "krecipes-mxptest.txt",
+        "gourmet-mealmaster.mmf",
+        "gourmet-mealmaster_2_col.mmf",
+    ],
+)
 def test_shared_formats_preprocess_without_error(tmp_path, name):
     src = FORMATS / name
     if not src.exists():
@@ -139,15 +157,26 @@ def test_real_5k_corpus(tmp_path, shared_5k):
     # window i read back equals the slice of the stream it encodes, and decodes to recipe text
     w = c.windows("test")
     toks = c.window_tokens("test", len(w) // 2)
-    assert np.array_equal(toks, c.tokens()[w[len(w) // 2]:w[len(w) // 2] + 51])
+    assert np.array_equal(toks, c.tokens()[w[len(w) // 2] : w[len(w) // 2] + 51])
 
 
 def _e2e_config(tmp_path: Path, data: dict) -> Path:
-    cfg = {"run": {"name": "e2e"}, "paths": {"scratch": str(tmp_path / "scratch"), "jobs": str(tmp_path / "jobs")},
-           "data": data, "model": {"hidden": 16, "embedding": 16},
-           "train": {"batch_size": 4, "max_steps": 3, "checkpoint_every": 3, "eval_every": 3, "eval_batches": 1,
-                     "log_every": 1, "device": "cpu"},
-           "generate": {"num_recipes": 2, "batch_size": 2, "max_tokens": 60, "quality_sample": 0, "device": "cpu"}}
+    cfg = {
+        "run": {"name": "e2e"},
+        "paths": {"scratch": str(tmp_path / "scratch"), "jobs": str(tmp_path / "jobs")},
+        "data": data,
+        "model": {"hidden": 16, "embedding": 16},
+        "train": {
+            "batch_size": 4,
+            "max_steps": 3,
+            "checkpoint_every": 3,
+            "eval_every": 3,
+            "eval_batches": 1,
+            "log_every": 1,
+            "device": "cpu",
+        },
+        "generate": {"num_recipes": 2, "batch_size": 2, "max_tokens": 60, "quality_sample": 0, "device": "cpu"},
+    }
     p = tmp_path / "e2e.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -164,11 +193,21 @@ def test_user_corpora_end_to_end(tmp_path, case, shared_5k):
             Path(files[k]).write_text("\n".join(part) + "\n", encoding="utf-8")
         data = {"corpus": files, "tokenizer": "whitespace", "min_count": 1, "window": 20}
     elif case == "mastercook":
-        data = {"corpus": [str(FORMATS / "lecture-allrecipes-excerpt.txt"), str(FORMATS / "krecipes-mxptest.txt")],
-                "format": "mastercook", "min_count": 1, "window": 8, "split": [1.0, 0.0, 0.0]}
+        data = {
+            "corpus": [str(FORMATS / "lecture-allrecipes-excerpt.txt"), str(FORMATS / "krecipes-mxptest.txt")],
+            "format": "mastercook",
+            "min_count": 1,
+            "window": 8,
+            "split": [1.0, 0.0, 0.0],
+        }
     else:
-        data = {"corpus": str(FORMATS / "gourmet-mealmaster.mmf"), "tokenizer": "char", "min_count": 1,
-                "window": 32, "split": [0.6, 0.2, 0.2]}
+        data = {
+            "corpus": str(FORMATS / "gourmet-mealmaster.mmf"),
+            "tokenizer": "char",
+            "min_count": 1,
+            "window": 32,
+            "split": [0.6, 0.2, 0.2],
+        }
     cfg = _e2e_config(tmp_path, data)
     for stage in ("preprocess", "train", "generate"):
         r = run_module(f"hpcrnn.{stage}", str(cfg))

@@ -1,4 +1,5 @@
 """Quality figures: exact novelty against a brute force, parsing, ingredient words, coherence, repetition."""
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,7 @@ def brute_longest_copy(stream, seq) -> int:
     for i in range(len(t)):
         for j in range(i + 1, len(t) + 1):
             sub = t[i:j]
-            if any(s[k:k + len(sub)] == sub for k in range(len(s) - len(sub) + 1)):
+            if any(s[k : k + len(sub)] == sub for k in range(len(s) - len(sub) + 1)):
                 best = max(best, len(sub))
             else:
                 break
@@ -32,7 +33,7 @@ def test_longest_copy_matches_brute_force(data):
     seq = data.draw(st.lists(st.integers(0, vocab - 1), min_size=0, max_size=40))
     if stream and data.draw(st.booleans()):  # plant a long verbatim copy
         a = data.draw(st.integers(0, len(stream) - 1))
-        seq = seq[:5] + stream[a:a + 30] + seq[5:]
+        seq = seq[:5] + stream[a : a + 30] + seq[5:]
     idx = Q.CopyIndex(np.array(stream, dtype=np.int64), vocab)
     assert idx.longest_copy(seq) == brute_longest_copy(stream, seq)
 
@@ -45,7 +46,7 @@ def brute_longest_copy_np(stream, seq) -> int:
         L = best + 1
         while i + L <= len(seq) and L <= len(stream):
             win = np.lib.stride_tricks.sliding_window_view(stream, L)
-            if not (win == seq[i:i + L]).all(axis=1).any():
+            if not (win == seq[i : i + L]).all(axis=1).any():
                 break
             best = L
             L += 1
@@ -60,7 +61,7 @@ def test_longest_copy_long_runs_and_many_candidates():
     idx = Q.CopyIndex(stream, 6)
     assert idx.K == 2 * (64 // 3)  # 3 bits a token (6 ids and the separator): 21 tokens per 64-bit key
     for a, n in ((1000, 150), (4100, 120), (6000, 60)):
-        seq = np.concatenate([rng.integers(0, 6, 7), stream[a:a + n], rng.integers(0, 6, 9)])
+        seq = np.concatenate([rng.integers(0, 6, 7), stream[a : a + n], rng.integers(0, 6, 9)])
         got = idx.longest_copy(seq)
         assert got >= n
         assert got == brute_longest_copy_np(stream, seq)
@@ -100,8 +101,13 @@ Source: a cookbook
 def test_parse_mealmaster_recipe():
     p = Q.parse_recipe(MEALMASTER)
     assert p.title == "Garlic Bread"
-    assert p.ingredient_lines == ["1 lg French bread loaf", "1/2 c  Butter, softened", "4    Cloves garlic; minced",
-                                  "2 tb Chopped parsley", "Salt"]
+    assert p.ingredient_lines == [
+        "1 lg French bread loaf",
+        "1/2 c  Butter, softened",
+        "4    Cloves garlic; minced",
+        "2 tb Chopped parsley",
+        "Salt",
+    ]
     assert p.instructions.startswith("Mix the butter")
     assert p.has_title and p.has_ingredients and p.has_instructions
 
@@ -126,15 +132,21 @@ def test_ingredient_names_and_words():
 
 
 def _recipe(title, ingredients, instructions):
-    return Q.parse_recipe(f"Title: {title}\nCategories: Test\nYield: 2 servings\n" + "\n".join(ingredients)
-                          + "\n" + instructions + "\n")
+    return Q.parse_recipe(
+        f"Title: {title}\nCategories: Test\nYield: 2 servings\n" + "\n".join(ingredients) + "\n" + instructions + "\n"
+    )
 
 
 def test_ingredient_words_and_coherence():
     corpus = []
     for k in range(6):
-        corpus.append(_recipe(f"r{k}", ["2 c  Flour", "1 ts Salt", "3    Onions, chopped", "1 tb Garlic"],
-                              "Heat the oven. Mix the flour, salt, onion and garlic well, then bake."))
+        corpus.append(
+            _recipe(
+                f"r{k}",
+                ["2 c  Flour", "1 ts Salt", "3    Onions, chopped", "1 tb Garlic"],
+                "Heat the oven. Mix the flour, salt, onion and garlic well, then bake.",
+            )
+        )
     corpus.append(_recipe("hot", ["1 c  Heat"], "Heat the pan and heat the oven and heat it all through."))
     words = Q.build_ingredient_words(corpus, min_recipes=3)
     assert {"flour", "salt", "onion", "garlic"} <= words
@@ -172,8 +184,9 @@ def test_real_recipes_score_coherent_and_shuffled_ones_do_not(shared_5k):
     held = parsed[1200:]
     assert sum(p.has_title and p.has_ingredients and p.has_instructions for p in held) / len(held) > 0.9
     real = [c for c in (Q.coherence(p, words)[0] for p in held) if c is not None]
-    swapped = [Q.ParsedRecipe(p.title, p.ingredient_lines, held[(k + 7) % len(held)].instructions)
-               for k, p in enumerate(held)]
+    swapped = [
+        Q.ParsedRecipe(p.title, p.ingredient_lines, held[(k + 7) % len(held)].instructions) for k, p in enumerate(held)
+    ]
     fake = [c for c in (Q.coherence(p, words)[0] for p in swapped) if c is not None]
     assert np.mean(real) > 0.65
     assert np.mean(fake) < np.mean(real) - 0.3

@@ -8,6 +8,7 @@ issue's acceptance checks and must not pass by being skipped.
 4. a train job at its time limit is requeued and finishes;                test_time_limit_...
 5. relaunching a finished pipeline submits nothing.                       test_relaunch_...
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcrnn.config import load_config
 from hpcrnn.cluster.launch import read_jobs
 from hpcrnn.cluster.status import read_metrics
+from hpcrnn.config import load_config
 from tests.conftest import RECIPES_5K, ROOT, make_recipes, run_module, tiny_config
 
 pytestmark = pytest.mark.slurm
@@ -58,8 +59,10 @@ def slurm() -> None:
     if why is None:
         return
     if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"CI is set but there is no usable Slurm cluster: {why} (.ci/run starts one with "
-                    f".ci/slurm-cluster start)", pytrace=False)
+        pytest.fail(
+            f"CI is set but there is no usable Slurm cluster: {why} (.ci/run starts one with .ci/slurm-cluster start)",
+            pytrace=False,
+        )
     pytest.skip(f"no usable Slurm cluster: {why} (start one as root with .ci/slurm-cluster start)")
 
 
@@ -140,6 +143,7 @@ def model_pt(cfg) -> Path:
 
 # ------------------------------------------------------------------------------------------ 1 and 5
 
+
 @pytest.fixture(scope="module")
 def smoke_run(slurm, tmp_path_factory):
     """configs/smoke.yaml launched on Slurm (its real corpus where present, else a small one)."""
@@ -200,14 +204,19 @@ def test_relaunch_of_finished_pipeline_submits_nothing(smoke_run):
     assert submitted() == before
     last = read_jobs(cfg.run_dir)["launches"][-1]
     assert {s: v["action"] for s, v in last["stages"].items()} == {
-        "preprocess": "skipped", "train": "skipped", "generate": "skipped"}
+        "preprocess": "skipped",
+        "train": "skipped",
+        "generate": "skipped",
+    }
 
 
 # ------------------------------------------------------------------------------------------ 2
 
+
 def test_two_task_train_job_runs_two_ddp_ranks(slurm, tmp_path, tiny_corpus):
-    cfg_path = tiny_config(tmp_path, tiny_corpus, slurm={"defaults": {"cpus_per_task": 1},
-                                                        "train": {"tasks_per_node": 2}})
+    cfg_path = tiny_config(
+        tmp_path, tiny_corpus, slurm={"defaults": {"cpus_per_task": 1}, "train": {"tasks_per_node": 2}}
+    )
     cfg = load_config(cfg_path)
     r = launch(str(cfg_path), "--stages", "preprocess,train")
     assert r.returncode == 0, r.stderr
@@ -224,10 +233,13 @@ def test_two_task_train_job_runs_two_ddp_ranks(slurm, tmp_path, tiny_corpus):
 
 # ------------------------------------------------------------------------------------------ 3
 
+
 def test_preempted_train_job_requeues_resumes_and_matches_uninterrupted(slurm, tmp_path, tiny_corpus):
-    extra = dict(model={"hidden": 64, "embedding": 64},
-                 train={"max_steps": 1500, "checkpoint_every": 50, "eval_every": 500, "log_every": 100},
-                 slurm={"defaults": {"cpus_per_task": 1, "time_min": 60}})
+    extra = dict(
+        model={"hidden": 64, "embedding": 64},
+        train={"max_steps": 1500, "checkpoint_every": 50, "eval_every": 500, "log_every": 100},
+        slurm={"defaults": {"cpus_per_task": 1, "time_min": 60}},
+    )
     # the reference, uninterrupted, runs beside the one we preempt (one CPU each)
     ref_path = tiny_config(tmp_path / "ref", tiny_corpus, **extra)
     cut_path = tiny_config(tmp_path / "cut", tiny_corpus, **extra)
@@ -260,6 +272,7 @@ def test_preempted_train_job_requeues_resumes_and_matches_uninterrupted(slurm, t
 
 # ------------------------------------------------------------------------------------------ 4
 
+
 def test_time_limit_requeues_and_finishes(slurm, tmp_path, tiny_corpus):
     """time_min=2 with the warning 30 s before: USR2 arrives 60-90 s in (slurmctld checks limits about
     every 30 s). Training is sized from the trainer's measured steady speed on this machine to need about
@@ -271,28 +284,36 @@ def test_time_limit_requeues_and_finishes(slurm, tmp_path, tiny_corpus):
     from hpcrnn.train.loop import run_train
 
     model = {"hidden": 64, "embedding": 64}
-    probe = load_config(tiny_config(tmp_path / "probe", tiny_corpus, model=model,
-                                    train={"max_steps": 600, "log_every": 50, "checkpoint_every": 1000,
-                                           "eval_every": 1000}))
+    probe = load_config(
+        tiny_config(
+            tmp_path / "probe",
+            tiny_corpus,
+            model=model,
+            train={"max_steps": 600, "log_every": 50, "checkpoint_every": 1000, "eval_every": 1000},
+        )
+    )
     run_preprocess(probe)
     run_train(probe)
     tps = [r["tokens_per_s"] for r in read_metrics(probe.metrics_path) if r.get("split") == "train"]
     steps_per_s = statistics.median(tps) / (probe.train.batch_size * probe.data.window)
     steps = int(steps_per_s * 200)
 
-    cfg_path = tiny_config(tmp_path / "tl", tiny_corpus, model=model,
-                           train={"max_steps": steps, "checkpoint_every": 2000, "eval_every": 100000,
-                                  "log_every": 500},
-                           slurm={"defaults": {"cpus_per_task": 1}, "max_num_timeout": 6,
-                                  "train": {"time_min": 2, "signal_delay_s": 30}})
+    cfg_path = tiny_config(
+        tmp_path / "tl",
+        tiny_corpus,
+        model=model,
+        train={"max_steps": steps, "checkpoint_every": 2000, "eval_every": 100000, "log_every": 500},
+        slurm={"defaults": {"cpus_per_task": 1}, "max_num_timeout": 6, "train": {"time_min": 2, "signal_delay_s": 30}},
+    )
     cfg = load_config(cfg_path)
     r = launch(str(cfg_path), "--stages", "preprocess,train")
     assert r.returncode == 0, r.stderr
     jid = job_ids(cfg.run_dir)["train"]
     wait_gone([jid], cfg.run_dir, timeout=900)
     runs = sacct(jid)
-    assert runs[-1]["State"] == "COMPLETED" and "REQUEUED" in [x["State"] for x in runs[:-1]], \
+    assert runs[-1]["State"] == "COMPLETED" and "REQUEUED" in [x["State"] for x in runs[:-1]], (
         f"{runs}\n{logs(cfg.run_dir)}"
+    )
     events = [e for e in read_metrics(cfg.metrics_path) if e.get("event") == "requeue"]
     assert events and all(e["reason"] == "timed-out" and e["job_id"] == jid for e in events), events
     assert [e["restart_count"] for e in events] == list(range(len(events)))
@@ -302,8 +323,9 @@ def test_time_limit_requeues_and_finishes(slurm, tmp_path, tiny_corpus):
 
 
 def test_refused_submission_leaves_no_half_pipeline(slurm, tmp_path, tiny_corpus):
-    cfg_path = tiny_config(tmp_path, tiny_corpus, slurm={"defaults": {"cpus_per_task": 1},
-                                                        "train": {"partition": "no-such-partition"}})
+    cfg_path = tiny_config(
+        tmp_path, tiny_corpus, slurm={"defaults": {"cpus_per_task": 1}, "train": {"partition": "no-such-partition"}}
+    )
     r = launch(str(cfg_path))
     assert r.returncode == 2
     msg = r.stderr.strip().splitlines()[-1]
@@ -314,9 +336,12 @@ def test_refused_submission_leaves_no_half_pipeline(slurm, tmp_path, tiny_corpus
 
 
 def test_generate_shards_run_as_one_job_array(slurm, tmp_path, tiny_corpus):
-    cfg_path = tiny_config(tmp_path, tiny_corpus, generate={"num_recipes": 6, "batch_size": 3, "max_tokens": 60,
-                                                            "quality_sample": 5, "shards": 3},
-                           slurm={"defaults": {"cpus_per_task": 1}})
+    cfg_path = tiny_config(
+        tmp_path,
+        tiny_corpus,
+        generate={"num_recipes": 6, "batch_size": 3, "max_tokens": 60, "quality_sample": 5, "shards": 3},
+        slurm={"defaults": {"cpus_per_task": 1}},
+    )
     cfg = load_config(cfg_path)
     r = launch(str(cfg_path))
     assert r.returncode == 0, r.stderr
@@ -341,10 +366,13 @@ def test_scancel_stops_training_with_a_checkpoint_and_relaunch_continues(slurm, 
     """Plain scancel (SIGTERM): the trainer stops at a step boundary with a complete checkpoint and the job
     is not requeued; the generate job left waiting on it is reported failed, and the next launch cancels it
     and continues the run from that checkpoint."""
-    cfg_path = tiny_config(tmp_path, tiny_corpus, model={"hidden": 64, "embedding": 64},
-                           train={"max_steps": 3000, "checkpoint_every": 50, "eval_every": 1000,
-                                  "log_every": 500},
-                           slurm={"defaults": {"cpus_per_task": 1}})
+    cfg_path = tiny_config(
+        tmp_path,
+        tiny_corpus,
+        model={"hidden": 64, "embedding": 64},
+        train={"max_steps": 3000, "checkpoint_every": 50, "eval_every": 1000, "log_every": 500},
+        slurm={"defaults": {"cpus_per_task": 1}},
+    )
     cfg = load_config(cfg_path)
     assert launch(str(cfg_path)).returncode == 0
     ids = job_ids(cfg.run_dir)
@@ -392,19 +420,22 @@ def test_real_preemption_by_a_higher_priority_job(slurm, tmp_path, tiny_corpus):
     if not {"preemptible", "urgent"} <= set(cpus):
         pytest.skip("the cluster has no preemptible/urgent partitions (.ci/slurm-cluster makes them)")
     n = int(cpus["preemptible"])
-    cfg_path = tiny_config(tmp_path, tiny_corpus, model={"hidden": 64, "embedding": 64},
-                           train={"max_steps": 3000, "checkpoint_every": 100, "eval_every": 100000,
-                                  "log_every": 1000},
-                           slurm={"defaults": {"cpus_per_task": 1},
-                                  "train": {"partition": "preemptible", "cpus_per_task": n}})
+    cfg_path = tiny_config(
+        tmp_path,
+        tiny_corpus,
+        model={"hidden": 64, "embedding": 64},
+        train={"max_steps": 3000, "checkpoint_every": 100, "eval_every": 100000, "log_every": 1000},
+        slurm={"defaults": {"cpus_per_task": 1}, "train": {"partition": "preemptible", "cpus_per_task": n}},
+    )
     cfg = load_config(cfg_path)
     assert launch(str(cfg_path), "--stages", "preprocess,train").returncode == 0
     jid = job_ids(cfg.run_dir)["train"]
     deadline = time.time() + 180
     while time.time() < deadline and not list(cfg.checkpoint_dir.glob("step-*/COMPLETE")):
         time.sleep(0.2)
-    urgent = _run("sbatch", "--parsable", "-p", "urgent", "-c", str(n), "-o", str(tmp_path / "urgent.out"),
-                  "--wrap", "sleep 3").stdout.strip()
+    urgent = _run(
+        "sbatch", "--parsable", "-p", "urgent", "-c", str(n), "-o", str(tmp_path / "urgent.out"), "--wrap", "sleep 3"
+    ).stdout.strip()
     wait_gone([jid, urgent], cfg.run_dir, timeout=300)
     assert sacct(urgent)[-1]["State"] == "COMPLETED"
     assert [x["State"] for x in sacct(jid)] == ["REQUEUED", "COMPLETED"], logs(cfg.run_dir)

@@ -1,4 +1,5 @@
 """Tokenizers, detokenizer and mojibake repair (hpcrnn.text)."""
+
 from __future__ import annotations
 
 import re
@@ -7,8 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcrnn.text.tokenize import (DOC_SEP, EOR, EOS, NL, UNK, detokenize, ingredient_block, repair_mojibake,
-                         tokenize, tokenize_documents_bytes)
+from hpcrnn.text.tokenize import (
+    DOC_SEP,
+    EOR,
+    EOS,
+    NL,
+    UNK,
+    detokenize,
+    ingredient_block,
+    repair_mojibake,
+    tokenize,
+    tokenize_documents_bytes,
+)
 
 
 def _recipes(path, n=None):
@@ -19,6 +30,7 @@ def _recipes(path, n=None):
 
 
 # ---------------------------------------------------------------- the lecture's rules
+
 
 def test_punctuation_is_spaced_off_words():
     assert tokenize("word!") == ["word", "!"]
@@ -63,8 +75,9 @@ def test_unknown_tokenizer_is_an_error():
 
 # ---------------------------------------------------------------- fast path == tokenize
 
-_ALPHABET = st.sampled_from(list("abcXYZ019 \t\n.,;:-_*=~!?'\"()/&%$#@+<>") + ["é", "ñ", "½", "°", "─", "═",
-                                                                             "ß", "Ω", "ﬁ", "\xa0"])
+_ALPHABET = st.sampled_from(
+    list("abcXYZ019 \t\n.,;:-_*=~!?'\"()/&%$#@+<>") + ["é", "ñ", "½", "°", "─", "═", "ß", "Ω", "ﬁ", "\xa0"]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -86,26 +99,39 @@ def test_corpus_fast_path_on_real_recipes(shared_5k):
 
 # ---------------------------------------------------------------- detokenizer
 
-@pytest.mark.parametrize("text", [
-    "word!",
-    "stir, then bake at 350°f for 1 1/2 hours.",
-    "don't use the 9-inch pan (or a 1/4\" dish).",
-    "cooked -- do not boil.",
-    "price: $1.80, 1,000 servings; 0:45 minutes",
-    "he said \"stir well\" and left.",
-    "mmmmm-----filling-----",
-    "write to someone@aol.com",
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "word!",
+        "stir, then bake at 350°f for 1 1/2 hours.",
+        "don't use the 9-inch pan (or a 1/4\" dish).",
+        "cooked -- do not boil.",
+        "price: $1.80, 1,000 servings; 0:45 minutes",
+        'he said "stir well" and left.',
+        "mmmmm-----filling-----",
+        "write to someone@aol.com",
+    ],
+)
 def test_detokenize_reattaches_punctuation(text):
     assert detokenize(tokenize(text), capitalize=False) == text
 
 
 def test_detokenize_restores_lines_documents_and_capitals():
-    toks = tokenize("Title: FRIED RICE\nCategories: rice, chinese\nYield: 4 servings\n1 c  Rice\n"
-                    "2 tb Soy sauce\n\nBoil the rice. stir in soy.\n") + [EOR] + tokenize("title: x\n") + [EOR]
+    toks = (
+        tokenize(
+            "Title: FRIED RICE\nCategories: rice, chinese\nYield: 4 servings\n1 c  Rice\n"
+            "2 tb Soy sauce\n\nBoil the rice. stir in soy.\n"
+        )
+        + [EOR]
+        + tokenize("title: x\n")
+        + [EOR]
+    )
     out = detokenize(toks)
-    assert out.startswith("Title: Fried Rice\nCategories: Rice, Chinese\nYield: 4 servings\n1 c Rice\n"
-                          "2 tb Soy sauce\n\nBoil the rice. Stir in soy.\n")
+    assert out.startswith(
+        "Title: Fried Rice\nCategories: Rice, Chinese\nYield: 4 servings\n1 c Rice\n"
+        "2 tb Soy sauce\n\nBoil the rice. Stir in soy.\n"
+    )
     assert out.endswith("\n\nTitle: X\n")  # documents separated by a blank line
 
 
@@ -133,41 +159,58 @@ def test_detokenize_round_trips_real_recipes(shared_5k):
 
 
 def test_ingredient_block_of_a_recipe():
-    lines = ["Title: Soup", "Categories: Soups", "Yield: 4 servings", "1 c  Water", "Salt",
-             "MMMMM-----GARNISH-----", "2 tb Parsley", "Combine salad ingredients.", "Serve."]
+    lines = [
+        "Title: Soup",
+        "Categories: Soups",
+        "Yield: 4 servings",
+        "1 c  Water",
+        "Salt",
+        "MMMMM-----GARNISH-----",
+        "2 tb Parsley",
+        "Combine salad ingredients.",
+        "Serve.",
+    ]
     assert ingredient_block(lines) == (3, 7)
-    assert ingredient_block(["Title: x", "Yield: 1", "", "1 c Flour", "",
-                             "A long instruction line that is clearly not an ingredient line."]) == (3, 4)
+    assert ingredient_block(
+        ["Title: x", "Yield: 1", "", "1 c Flour", "", "A long instruction line that is clearly not an ingredient line."]
+    ) == (3, 4)
     assert ingredient_block(["Just prose."]) == (0, 0)
 
 
 # ---------------------------------------------------------------- mojibake
 
-@pytest.mark.parametrize("bad, good", [
-    ("Bake at 350øF for 1 hour.", "Bake at 350°F for 1 hour."),
-    ("Heat oven to 200ø C.", "Heat oven to 200° C."),
-    ("Add 1« cups flour and « tsp salt.", "Add 1½ cups flour and ½ tsp salt."),
-    ("Cut into ¬-inch dice.", "Cut into ¼-inch dice."),
-    ("ÄÄÄÄÄÄÄÄ Submitted by Jo", "──────── Submitted by Jo"),
-    ("ÉÍÍÍÍ»\nº Hi º", "╔════╗\n║ Hi ║"),
-    ("2 jalape¤o peppers", "2 jalapeño peppers"),
-    ("saut\x82 the onions", "sauté the onions"),
-    ("Don\x92t stir", "Don’t stir"),
-])
+
+@pytest.mark.parametrize(
+    "bad, good",
+    [
+        ("Bake at 350øF for 1 hour.", "Bake at 350°F for 1 hour."),
+        ("Heat oven to 200ø C.", "Heat oven to 200° C."),
+        ("Add 1« cups flour and « tsp salt.", "Add 1½ cups flour and ½ tsp salt."),
+        ("Cut into ¬-inch dice.", "Cut into ¼-inch dice."),
+        ("ÄÄÄÄÄÄÄÄ Submitted by Jo", "──────── Submitted by Jo"),
+        ("ÉÍÍÍÍ»\nº Hi º", "╔════╗\n║ Hi ║"),
+        ("2 jalape¤o peppers", "2 jalapeño peppers"),
+        ("saut\x82 the onions", "sauté the onions"),
+        ("Don\x92t stir", "Don’t stir"),
+    ],
+)
 def test_repair_mojibake_where_the_evidence_is_clear(bad, good):
     out, n = repair_mojibake(bad)
     assert out == good
     assert n == sum(a != b for a, b in zip(bad, good)) > 0
 
 
-@pytest.mark.parametrize("text", [
-    "Sauce Béarnaise with crème fraîche",  # real accents: cp437 would make Greek letters of them
-    "Bake at 350°F until golden.",  # a real degree sign
-    "Add 1½ cups of Cool Whip®.",
-    "plain ascii 350 F",
-    "Crème brûlée ☃",  # not latin-1 at all
-    "Price 1.80á",  # no evidence
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sauce Béarnaise with crème fraîche",  # real accents: cp437 would make Greek letters of them
+        "Bake at 350°F until golden.",  # a real degree sign
+        "Add 1½ cups of Cool Whip®.",
+        "plain ascii 350 F",
+        "Crème brûlée ☃",  # not latin-1 at all
+        "Price 1.80á",  # no evidence
+    ],
+)
 def test_repair_mojibake_leaves_good_text_alone(text):
     assert repair_mojibake(text) == (text, 0)
 

@@ -1,4 +1,5 @@
 """The trainer: exact resume, DDP equivalence, signals, divergence, compatibility, metrics, retention."""
+
 import json
 import os
 import signal
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_STOPPED, InputError
+from hpcrnn.train import checkpoint as ckpt
 from tests.conftest import ROOT, prepared, run_module, tiny_config
 
 torch.set_num_threads(1)
@@ -105,8 +106,14 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, tiny_corpus, capfd):
 
 
 def _env_rank(rank, world, port):
-    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _free_port() -> int:
@@ -118,10 +125,17 @@ def _free_port() -> int:
 def _launch_ranks(cfg_path, world, *overrides):
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-m", "hpcrnn.train", str(cfg_path), *overrides],
-                              env={**env, **_env_rank(r, world, port)}, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hpcrnn.train", str(cfg_path), *overrides],
+            env={**env, **_env_rank(r, world, port)},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     return [p.returncode for p in procs], outs
 
@@ -155,14 +169,22 @@ def _wait_for_step(metrics: Path, step: int, proc, timeout=120):
     raise AssertionError("training made no progress")
 
 
-@pytest.mark.parametrize("sig,code,status", [(signal.SIGUSR2, EXIT_REQUEUE, "requeue"),
-                                              (signal.SIGTERM, EXIT_STOPPED, "stopped")])
+@pytest.mark.parametrize(
+    "sig,code,status", [(signal.SIGUSR2, EXIT_REQUEUE, "requeue"), (signal.SIGTERM, EXIT_STOPPED, "stopped")]
+)
 def test_signal_checkpoints_and_exits_with_status(tmp_path, tiny_corpus, sig, code, status):
-    cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 100000, "log_every": 1,
-                                                           "checkpoint_every": 100000})
+    cfg_path, cfg = prepared(
+        tmp_path, tiny_corpus, train={"max_steps": 100000, "log_every": 1, "checkpoint_every": 100000}
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "hpcrnn.train", str(cfg_path)], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "hpcrnn.train", str(cfg_path)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for_step(cfg.metrics_path, 3, p)
     p.send_signal(sig)
     out = p.communicate(timeout=60)[0]
@@ -175,13 +197,20 @@ def test_signal_checkpoints_and_exits_with_status(tmp_path, tiny_corpus, sig, co
 
 def test_resume_after_real_signal_is_bitwise_identical(tmp_path, tiny_corpus):
     _, ref = prepared(tmp_path / "ref", tiny_corpus, train={"max_steps": 40, "log_every": 1})
-    r = run_module("hpcrnn.train", str(tiny_config(tmp_path / "ref", tiny_corpus,
-                                                   train={"max_steps": 40, "log_every": 1})))
+    r = run_module(
+        "hpcrnn.train", str(tiny_config(tmp_path / "ref", tiny_corpus, train={"max_steps": 40, "log_every": 1}))
+    )
     assert r.returncode == 0, r.stderr
     cfg_path, cfg = prepared(tmp_path / "sig", tiny_corpus, train={"max_steps": 40, "log_every": 1})
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "hpcrnn.train", str(cfg_path)], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "hpcrnn.train", str(cfg_path)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for_step(cfg.metrics_path, 7, p)
     p.send_signal(signal.SIGUSR2)
     assert p.wait(timeout=60) in (EXIT_REQUEUE, 0)
@@ -192,8 +221,15 @@ def test_resume_after_real_signal_is_bitwise_identical(tmp_path, tiny_corpus):
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, tiny_corpus):
     cfg_path, cfg = prepared(tmp_path, tiny_corpus)
-    r = run_module("hpcrnn.train", str(cfg_path), "train.max_steps=40", "train.lr=1e38", "train.clip_grad=0",
-                   "train.checkpoint_every=1", "train.optimizer=sgd")
+    r = run_module(
+        "hpcrnn.train",
+        str(cfg_path),
+        "train.max_steps=40",
+        "train.lr=1e38",
+        "train.clip_grad=0",
+        "train.checkpoint_every=1",
+        "train.optimizer=sgd",
+    )
     assert r.returncode == EXIT_DIVERGED, (r.stdout, r.stderr)
     line = r.stderr.strip()
     assert "non-finite loss at step" in line and "\n" not in line
@@ -205,14 +241,19 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, tiny_corpus):
     assert not (cfg.checkpoint_dir / f"step-{c.step + 1:08d}").exists()
 
 
-@pytest.mark.parametrize("env,want", [
-    ({}, (0, 1, 0, "single")),
-    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1, "torchrun")),
-    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"}, (5, 8, 1, "slurm")),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}, (0, 1, 0, "single")),  # the batch script, not a task
-    ({"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_LOCALID": "1"},
-     (1, 2, 1, "submitit-local")),
-])
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ({}, (0, 1, 0, "single")),
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1, "torchrun")),
+        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"}, (5, 8, 1, "slurm")),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}, (0, 1, 0, "single")),  # the batch script, not a task
+        (
+            {"SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_LOCALID": "1"},
+            (1, 2, 1, "submitit-local"),
+        ),
+    ],
+)
 def test_rank_detection(monkeypatch, env, want):
     from hpcrnn.train import distributed
 
@@ -239,10 +280,18 @@ def test_training_done_follows_the_config_target(tmp_path, tiny_corpus):
 def test_exit_process_after_a_multi_rank_run_keeps_the_status_and_the_output():
     """After a multi-rank run the entry point leaves with os._exit (hpcrnn.distributed.exit_process): the
     exit status must still be the entry point's, and buffered output must reach the stream."""
-    code = ("import sys; from hpcrnn.train import distributed as D; print('last words', end=''); "
-            "D._GROUP_USED = True; D.exit_process(76); print('never')")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from hpcrnn.train import distributed as D; print('last words', end=''); "
+        "D._GROUP_USED = True; D.exit_process(76); print('never')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 76 and r.stdout == "last words", (r.returncode, r.stdout, r.stderr)
     from hpcrnn.train import distributed as D
 

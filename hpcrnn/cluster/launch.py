@@ -20,6 +20,7 @@ calls our ``checkpoint()`` — which records the requeue in ``metrics.jsonl`` an
 the state being on disk already — and runs ``scontrol requeue``; the requeued job (same id) resumes from the
 newest complete checkpoint. SIGTERM ("stopped") ends the job without a requeue.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
@@ -46,8 +48,20 @@ CLUSTERS = ("auto", "slurm", "local", "debug")
 JOBS_FILE = "jobs.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Slurm states in which a job still holds, or will hold, the run (squeue's long names).
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 # squeue's PENDING with reason DependencyNeverSatisfied: a job that will never start
@@ -61,6 +75,7 @@ class StageStopped(HpcrnnError):
 
 
 # ------------------------------------------------------------------------------------------ job callables
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -87,8 +102,12 @@ def _prepare_ranks() -> None:
     env = _job_env()
     if env is None or env.num_tasks <= 1:
         return
-    os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
-                      MASTER_ADDR="127.0.0.1")
+    os.environ.update(
+        RANK=str(env.global_rank),
+        WORLD_SIZE=str(env.num_tasks),
+        LOCAL_RANK=str(env.local_rank),
+        MASTER_ADDR="127.0.0.1",
+    )
     digits = "".join(c for c in str(env.job_id) if c.isdigit()) or "0"
     os.environ.setdefault("MASTER_PORT", str(20000 + int(digits) % 20000))
 
@@ -171,21 +190,27 @@ class TrainJob(StageJob, Checkpointable):
         while True:
             result = run_train(self.cfg)
             if result.status == "done":
-                return {"status": "done", "step": result.step,
-                        "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+                return {
+                    "status": "done",
+                    "step": result.step,
+                    "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                }
             if result.status == "stopped":
-                raise StageStopped(f"training of {self.cfg.run.name} stopped by SIGTERM at step {result.step} "
-                                   f"with a complete checkpoint; launch again to continue")
+                raise StageStopped(
+                    f"training of {self.cfg.run.name} stopped by SIGTERM at step {result.step} "
+                    f"with a complete checkpoint; launch again to continue"
+                )
             # "requeue": the checkpoint of this step is complete on every rank
             handler = _submitit_usr_handler(_SUBMITIT_HANDLER)
             if handler is None:
                 # in this process (--cluster debug) there is no scheduler: "requeue" means resume right here.
                 # Each round must make progress (a time budget too small for one step would loop forever).
                 if result.step == last_step:
-                    raise StageStopped(f"training of {self.cfg.run.name} asked to be requeued twice at step "
-                                       f"{result.step} without progress (train.time_limit too small?)")
-                _record_requeue(self.cfg, _trainer_stop_reason(self.cfg), job_id="in-process",
-                                restart_count=restarts)
+                    raise StageStopped(
+                        f"training of {self.cfg.run.name} asked to be requeued twice at step "
+                        f"{result.step} without progress (train.time_limit too small?)"
+                    )
+                _record_requeue(self.cfg, _trainer_stop_reason(self.cfg), job_id="in-process", restart_count=restarts)
                 restarts, last_step = restarts + 1, result.step
                 continue
             if rank != 0:
@@ -217,10 +242,12 @@ class TrainJob(StageJob, Checkpointable):
         if restarts is None:  # the local executor restarts without counting: count our own records
             from hpcrnn.cluster.status import read_metrics
 
-            restarts = sum(1 for r in read_metrics(self.cfg.metrics_path)
-                           if r.get("event") == "requeue" and str(r.get("job_id")) == str(job_id))
-        _record_requeue(self.cfg, reason, job_id=job_id, restart_count=int(restarts or 0),
-                        requeued=countdown >= 0)
+            restarts = sum(
+                1
+                for r in read_metrics(self.cfg.metrics_path)
+                if r.get("event") == "requeue" and str(r.get("job_id")) == str(job_id)
+            )
+        _record_requeue(self.cfg, reason, job_id=job_id, restart_count=int(restarts or 0), requeued=countdown >= 0)
         return DelayedSubmission(self, *args, **kwargs)
 
 
@@ -241,8 +268,14 @@ def _record_requeue(cfg: Config, reason: str, job_id: Any, restart_count: int, r
         step = done[-1].step if done else None
     except Exception:  # the record matters more than its step
         pass
-    rec = {"event": "requeue" if requeued else "requeue-refused", "reason": reason, "step": step,
-           "time": time.time(), "job_id": job_id, "restart_count": restart_count}
+    rec = {
+        "event": "requeue" if requeued else "requeue-refused",
+        "reason": reason,
+        "step": step,
+        "time": time.time(),
+        "job_id": job_id,
+        "restart_count": restart_count,
+    }
     if not requeued:
         rec["why"] = f"timed out more than slurm.max_num_timeout={cfg.slurm.max_num_timeout} times"
     try:
@@ -254,6 +287,7 @@ def _record_requeue(cfg: Config, reason: str, job_id: Any, restart_count: int, r
 
 
 # ------------------------------------------------------------------------------------------ planning
+
 
 @dataclass
 class StagePlan:
@@ -272,7 +306,7 @@ def resolve_cluster(name: str) -> str:
     return name
 
 
-def parse_stages(text: Optional[str]) -> list[str]:
+def parse_stages(text: str | None) -> list[str]:
     if text is None or text.strip() in ("", "all"):
         return list(STAGES)
     items = [s.strip() for s in text.replace(",", " ").split() if s.strip()]
@@ -286,7 +320,7 @@ def parse_stages(text: Optional[str]) -> list[str]:
     return [s for s in STAGES if s in items]  # pipeline order, each once
 
 
-def _optional(module: str, name: str) -> Optional[Callable]:
+def _optional(module: str, name: str) -> Callable | None:
     """A stage module's function, or None where that module (or function) does not exist yet."""
     import importlib
 
@@ -360,14 +394,17 @@ def plan_stages(cfg: Config, stages: list[str]) -> list[StagePlan]:
             if prev == "preprocess":
                 ok, what = stage_complete(cfg, "preprocess")
                 if not ok:
-                    raise ConfigError(f"--stages: {first.stage} needs the preprocessed corpus, but {what}: "
-                                      f"add preprocess to --stages")
+                    raise ConfigError(
+                        f"--stages: {first.stage} needs the preprocessed corpus, but {what}: add preprocess to --stages"
+                    )
             else:
                 from hpcrnn.train.checkpoint import list_complete
 
                 if not list_complete(cfg.checkpoint_dir, warn=False):
-                    raise ConfigError(f"--stages: generate needs a trained checkpoint, but {cfg.checkpoint_dir} "
-                                      f"holds none: add train to --stages")
+                    raise ConfigError(
+                        f"--stages: generate needs a trained checkpoint, but {cfg.checkpoint_dir} "
+                        f"holds none: add train to --stages"
+                    )
     _check_generate_folder(cfg, plans)
     return plans
 
@@ -386,14 +423,27 @@ def _check_generate_folder(cfg: Config, plans: list[StagePlan]) -> None:
     except (OSError, ValueError):
         return
     if pinned is not None and present_recipes(out):
-        raise ConfigError(f"{out}: holds recipes from checkpoint step {pinned}, and training continues past it: "
-                          f"give a new generate.name for the new model (or generate.checkpoint={pinned} to "
-                          f"finish that set)")
+        raise ConfigError(
+            f"{out}: holds recipes from checkpoint step {pinned}, and training continues past it: "
+            f"give a new generate.name for the new model (or generate.checkpoint={pinned} to "
+            f"finish that set)"
+        )
 
 
 # Settings a checkpoint depends on: changing any of them makes the run's checkpoints meaningless.
-_DATA_KEYS = ("corpus", "format", "document_start", "tokenizer", "min_count", "rare", "repair", "window",
-              "stride", "split", "seed")
+_DATA_KEYS = (
+    "corpus",
+    "format",
+    "document_start",
+    "tokenizer",
+    "min_count",
+    "rare",
+    "repair",
+    "window",
+    "stride",
+    "split",
+    "seed",
+)
 
 
 def _norm_corpus(c: Any) -> Any:
@@ -430,12 +480,15 @@ def check_compatible_run(cfg: Config) -> None:
         if a != b:
             diffs.append(f"data.{k}: {old['data'][k]!r} -> {new['data'][k]!r}")
     if diffs:
-        raise ConfigError(f"{cfg.source}: run {cfg.run.name!r} has checkpoints up to step {newest.step} in "
-                          f"{cfg.checkpoint_dir} that this config cannot continue ({'; '.join(diffs)}): "
-                          f"give a new run name (run.name=...) or restore the settings")
+        raise ConfigError(
+            f"{cfg.source}: run {cfg.run.name!r} has checkpoints up to step {newest.step} in "
+            f"{cfg.checkpoint_dir} that this config cannot continue ({'; '.join(diffs)}): "
+            f"give a new run name (run.name=...) or restore the settings"
+        )
 
 
 # ------------------------------------------------------------------------------------------ job records
+
 
 def read_jobs(run_dir: Path) -> dict:
     p = Path(run_dir) / JOBS_FILE
@@ -473,8 +526,12 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     states: dict[str, str] = {}
     if shutil.which("sacct"):
         try:
-            r = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
-                               capture_output=True, text=True, timeout=30)
+            r = subprocess.run(
+                ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if r.returncode == 0:
                 for line in r.stdout.splitlines():
                     jid, _, st = line.partition("|")
@@ -484,8 +541,9 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
             pass
     if shutil.which("squeue"):
         try:
-            r = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(ids)],
-                               capture_output=True, text=True, timeout=30)
+            r = subprocess.run(
+                ["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30
+            )
             if r.returncode == 0:  # squeue is the live truth for jobs it still lists
                 for line in r.stdout.splitlines():
                     jid, st, reason = (line.split("|") + ["", ""])[:3]
@@ -498,12 +556,20 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _job_state(states: dict[str, str], job_id: str) -> Optional[str]:
+def _job_state(states: dict[str, str], job_id: str) -> str | None:
     if job_id in states:
         return states[job_id]
     subs = [s for j, s in states.items() if j.split("_")[0] == job_id]  # an array: the most active task
-    for st in ("RUNNING", "PENDING", "REQUEUED", DEPENDENCY_NEVER_SATISFIED, "FAILED", "CANCELLED", "TIMEOUT",
-               "COMPLETED"):
+    for st in (
+        "RUNNING",
+        "PENDING",
+        "REQUEUED",
+        DEPENDENCY_NEVER_SATISFIED,
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "COMPLETED",
+    ):
         if st in subs:
             return st
     return subs[0] if subs else None
@@ -520,28 +586,35 @@ def check_not_in_flight(cfg: Config) -> None:
     dead = [j for _, j, st in found if st == DEPENDENCY_NEVER_SATISFIED]
     if dead:  # left behind by a failed or cancelled upstream job: this launch replaces them
         subprocess.run(["scancel", *dead], capture_output=True, timeout=60)
-        _log(f"hpcrnn.launch: cancelled job(s) {' '.join(dead)} of the previous launch: their upstream job "
-             f"did not succeed")
+        _log(
+            f"hpcrnn.launch: cancelled job(s) {' '.join(dead)} of the previous launch: their upstream job "
+            f"did not succeed"
+        )
     busy = [(s, j, st) for s, j, st in found if st in ACTIVE_STATES]
     if busy:
         names = ", ".join(f"{s} job {j} ({st})" for s, j, st in busy)
-        raise LockedError(f"run {cfg.run.name!r} ({cfg.run_dir}) still has jobs in Slurm: {names}; wait for them "
-                          f"(python -m hpcrnn.status {cfg.run_dir}) or cancel them with scancel "
-                          f"{' '.join(j for _, j, _ in busy)}")
+        raise LockedError(
+            f"run {cfg.run.name!r} ({cfg.run_dir}) still has jobs in Slurm: {names}; wait for them "
+            f"(python -m hpcrnn.status {cfg.run_dir}) or cancel them with scancel "
+            f"{' '.join(j for _, j, _ in busy)}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ executors
 
+
 def _setup_lines(cpus_per_task: int) -> list[str]:
     # the job imports hpcrnn to unpickle its callable, from any working directory
     root = shlex.quote(str(PROJECT_ROOT))
-    return [f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}",
-            # one BLAS/OpenMP thread per allocated CPU, not one per core of the node; a local job (no
-            # SLURM_CPUS_PER_TASK) gets the stage's cpus_per_task
-            f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-{int(cpus_per_task)}}}}}"]
+    return [
+        f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}",
+        # one BLAS/OpenMP thread per allocated CPU, not one per core of the node; a local job (no
+        # SLURM_CPUS_PER_TASK) gets the stage's cpus_per_task
+        f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-{int(cpus_per_task)}}}}}",
+    ]
 
 
-def make_executor(cfg: Config, stage: str, cluster: str, dependency: Optional[str] = None):
+def make_executor(cfg: Config, stage: str, cluster: str, dependency: str | None = None):
     """A submitit executor for one stage with that stage's resources."""
     from submitit import LocalExecutor, SlurmExecutor
 
@@ -551,9 +624,13 @@ def make_executor(cfg: Config, stage: str, cluster: str, dependency: Optional[st
     if cluster == "slurm":
         ex = SlurmExecutor(folder=folder, max_num_timeout=cfg.slurm.max_num_timeout)
         params: dict[str, Any] = {
-            "job_name": f"{cfg.run.name}-{stage}", "time": int(r.time_min), "nodes": int(r.nodes),
-            "ntasks_per_node": int(r.tasks_per_node), "cpus_per_task": int(r.cpus_per_task),
-            "signal_delay_s": int(r.signal_delay_s), "setup": _setup_lines(r.cpus_per_task),
+            "job_name": f"{cfg.run.name}-{stage}",
+            "time": int(r.time_min),
+            "nodes": int(r.nodes),
+            "ntasks_per_node": int(r.tasks_per_node),
+            "cpus_per_task": int(r.cpus_per_task),
+            "signal_delay_s": int(r.signal_delay_s),
+            "setup": _setup_lines(r.cpus_per_task),
         }
         if r.gpus_per_node:  # 0: ask for no GPU at all (--gpus-per-node=0 fails where no GRES exists)
             params["gpus_per_node"] = int(r.gpus_per_node)
@@ -575,12 +652,18 @@ def make_executor(cfg: Config, stage: str, cluster: str, dependency: Optional[st
             raise ConfigError(f"{cfg.source}: slurm.{stage}: {str(e).splitlines()[0]}") from None
         return ex
     if r.nodes and r.nodes > 1:
-        raise ConfigError(f"{cfg.source}: slurm.{stage}.nodes: {r.nodes} nodes need Slurm; --cluster {cluster} "
-                          f"runs on this machine (set nodes: 1)")
+        raise ConfigError(
+            f"{cfg.source}: slurm.{stage}.nodes: {r.nodes} nodes need Slurm; --cluster {cluster} "
+            f"runs on this machine (set nodes: 1)"
+        )
     ex = LocalExecutor(folder=folder, max_num_timeout=cfg.slurm.max_num_timeout)
-    ex.update_parameters(timeout_min=int(r.time_min), tasks_per_node=int(r.tasks_per_node),
-                         gpus_per_node=int(r.gpus_per_node or 0), signal_delay_s=int(r.signal_delay_s),
-                         setup=_setup_lines(r.cpus_per_task))
+    ex.update_parameters(
+        timeout_min=int(r.time_min),
+        tasks_per_node=int(r.tasks_per_node),
+        gpus_per_node=int(r.gpus_per_node or 0),
+        signal_delay_s=int(r.signal_delay_s),
+        setup=_setup_lines(r.cpus_per_task),
+    )
     return ex
 
 
@@ -603,6 +686,7 @@ def _submit(ex, jobs: list[StageJob]) -> list:
 
 # ------------------------------------------------------------------------------------------ launch
 
+
 @dataclass
 class LaunchResult:
     cluster: str
@@ -613,8 +697,9 @@ class LaunchResult:
     exit_code: int = EXIT_OK
 
 
-def launch(cfg: Config, cluster: str = "auto", stages: Optional[list[str]] = None,
-           out: Callable[[str], None] = print) -> LaunchResult:
+def launch(
+    cfg: Config, cluster: str = "auto", stages: list[str] | None = None, out: Callable[[str], None] = print
+) -> LaunchResult:
     """Check, plan and run (local, debug) or submit (slurm) the pipeline of ``cfg``."""
     cluster = resolve_cluster(cluster)
     stages = list(stages or STAGES)
@@ -625,9 +710,11 @@ def launch(cfg: Config, cluster: str = "auto", stages: Optional[list[str]] = Non
         if cfg.train.stop_signal != want:
             # submitit asks Slurm for its own signal before the time limit and handles it itself: with
             # another stop signal the trainer would be requeued without its checkpoint
-            raise ConfigError(f"{cfg.source}: train.stop_signal: {cfg.train.stop_signal} differs from submitit's "
-                              f"preemption signal {want}; use {want} (or export SUBMITIT_PREEMPT_SIGNAL="
-                              f"{cfg.train.stop_signal[3:]} before launching)")
+            raise ConfigError(
+                f"{cfg.source}: train.stop_signal: {cfg.train.stop_signal} differs from submitit's "
+                f"preemption signal {want}; use {want} (or export SUBMITIT_PREEMPT_SIGNAL="
+                f"{cfg.train.stop_signal[3:]} before launching)"
+            )
     check_compatible_run(cfg)
     if cluster == "slurm":
         check_not_in_flight(cfg)
@@ -641,8 +728,14 @@ def launch(cfg: Config, cluster: str = "auto", stages: Optional[list[str]] = Non
     todo = [p.stage for p in plans if p.run]
     if not todo:
         out("nothing to do: every stage is complete (a new run.name, or more train.max_steps, runs more)")
-        _write_launch(cfg, {"time": time.time(), "cluster": cluster,
-                            "stages": {p.stage: {"action": "skipped", "reason": p.reason} for p in plans}})
+        _write_launch(
+            cfg,
+            {
+                "time": time.time(),
+                "cluster": cluster,
+                "stages": {p.stage: {"action": "skipped", "reason": p.reason} for p in plans},
+            },
+        )
         return res
     if cluster == "slurm":
         _launch_slurm(cfg, plans, res, out)
@@ -673,13 +766,20 @@ def _launch_slurm(cfg: Config, plans: list[StagePlan], res: LaunchResult, out: C
                 lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
                 why = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else repr(e))
                 res.jobs.clear()
-                raise ConfigError(f"{cfg.source}: slurm.{p.stage}: sbatch refused the {p.stage} job ({why})"
-                                  + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued
-                                     else "")) from None
+                raise ConfigError(
+                    f"{cfg.source}: slurm.{p.stage}: sbatch refused the {p.stage} job ({why})"
+                    + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued else "")
+                ) from None
             job_id = jobs[0].job_id.split("_")[0]
-            rec = {"action": "submitted", "job_id": job_id, "dependency": dep, "folder": str(ex.folder),
-                   "stdout": str(jobs[0].paths.stdout), "stderr": str(jobs[0].paths.stderr),
-                   "tasks": len(jobs)}
+            rec = {
+                "action": "submitted",
+                "job_id": job_id,
+                "dependency": dep,
+                "folder": str(ex.folder),
+                "stdout": str(jobs[0].paths.stdout),
+                "stderr": str(jobs[0].paths.stderr),
+                "tasks": len(jobs),
+            }
             if len(jobs) > 1:
                 rec["array"] = [j.job_id for j in jobs]
             records[p.stage] = res.jobs[p.stage] = rec
@@ -793,8 +893,10 @@ def _job_failure(stage: str, job, text: str) -> HpcrnnError:
     if short == "StageStopped":
         return StageStopped(f"{stage}: {msg}")
     if short == "UncompletedJobError" and "timed-out too many times" in msg:
-        e = HpcrnnError(f"{stage}: reached slurm.{stage}.time_min more than slurm.max_num_timeout times; its "
-                        f"checkpoint is complete: launch again to continue, or raise the time limit {log}")
+        e = HpcrnnError(
+            f"{stage}: reached slurm.{stage}.time_min more than slurm.max_num_timeout times; its "
+            f"checkpoint is complete: launch again to continue, or raise the time limit {log}"
+        )
         e.exit_code = errors.EXIT_REQUEUE
         return e
     e = HpcrnnError(f"{stage} failed: {name + ': ' if name else ''}{msg or 'see the log'} {log}")
@@ -804,20 +906,31 @@ def _job_failure(stage: str, job, text: str) -> HpcrnnError:
 
 # ------------------------------------------------------------------------------------------ CLI
 
-def main(argv: Optional[list[str]] = None) -> int:
+
+def main(argv: list[str] | None = None) -> int:
     from hpcrnn.cli import make_parser, run_cli
 
-    parser = make_parser("hpcrnn.launch", "Run the pipeline preprocess -> train -> generate of one config: "
-                         "submitted to Slurm as dependent jobs, or run here stage after stage.")
-    parser.add_argument("--cluster", default="auto", choices=CLUSTERS,
-                        help="slurm: submit and return; local: run the jobs on this machine, one after "
-                             "another; debug: in this process; auto (default): slurm where sbatch exists")
-    parser.add_argument("--stages", default="all", metavar="LIST",
-                        help="comma-separated subset of preprocess,train,generate (default: all)")
+    parser = make_parser(
+        "hpcrnn.launch",
+        "Run the pipeline preprocess -> train -> generate of one config: "
+        "submitted to Slurm as dependent jobs, or run here stage after stage.",
+    )
+    parser.add_argument(
+        "--cluster",
+        default="auto",
+        choices=CLUSTERS,
+        help="slurm: submit and return; local: run the jobs on this machine, one after "
+        "another; debug: in this process; auto (default): slurm where sbatch exists",
+    )
+    parser.add_argument(
+        "--stages",
+        default="all",
+        metavar="LIST",
+        help="comma-separated subset of preprocess,train,generate (default: all)",
+    )
 
     def fn(cfg: Config, args) -> LaunchResult:
         return launch(cfg, args.cluster, parse_stages(args.stages))
 
     # save=False: the launcher writes config.yaml itself, after refusing an incompatible relaunch
     return run_cli(parser, fn, argv, save=False)
-

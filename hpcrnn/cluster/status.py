@@ -6,25 +6,41 @@ its step; the latest validation perplexity; how many recipes were generated; whe
 It reads the run directory (config.yaml, jobs.json, metrics.jsonl, checkpoints/, generated/) and asks
 Slurm (squeue, sacct) about recorded jobs; it writes nothing.
 """
+
 from __future__ import annotations
 
 import json
 import socket
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hpcrnn.config import Config
 from hpcrnn.errors import InputError
 
 STATE_OF_SLURM = {  # Slurm job state -> what a user wants to know
-    "PENDING": "queued", "REQUEUED": "queued", "REQUEUE_FED": "queued", "REQUEUE_HOLD": "queued",
-    "CONFIGURING": "running", "RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running",
-    "STAGE_OUT": "running", "RESIZING": "running", "SUSPENDED": "suspended", "STOPPED": "suspended",
-    "COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed",
-    "OUT_OF_MEMORY": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed",
-    "PREEMPTED": "failed", "REVOKED": "failed",
+    "PENDING": "queued",
+    "REQUEUED": "queued",
+    "REQUEUE_FED": "queued",
+    "REQUEUE_HOLD": "queued",
+    "CONFIGURING": "running",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
+    "RESIZING": "running",
+    "SUSPENDED": "suspended",
+    "STOPPED": "suspended",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CANCELLED": "failed",
+    "TIMEOUT": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "NODE_FAIL": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+    "PREEMPTED": "failed",
+    "REVOKED": "failed",
     "DEPENDENCY_NEVER_SATISFIED": "failed",  # waits forever on an upstream job that did not succeed
 }
 
@@ -46,7 +62,7 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-def _lock_holder(run_dir: Path) -> Optional[dict]:
+def _lock_holder(run_dir: Path) -> dict | None:
     """The live holder of the run lock on this host (a local run in progress), else None."""
     p = run_dir / "lock.json"
     try:
@@ -71,15 +87,19 @@ def _count_recipes(cfg: Config) -> int:
     return sum(1 for _ in d.rglob("recipe-*.txt"))
 
 
-def _newest_checkpoint(cfg: Config) -> Optional[dict]:
+def _newest_checkpoint(cfg: Config) -> dict | None:
     from hpcrnn.train.checkpoint import list_complete
 
     done = list_complete(cfg.checkpoint_dir, warn=False)
     if not done:
         return None
     c = done[-1]
-    return {"step": c.step, "path": str(c.path), "done": bool(c.meta.get("done")),
-            "total_steps": c.meta.get("total_steps")}
+    return {
+        "step": c.step,
+        "path": str(c.path),
+        "done": bool(c.meta.get("done")),
+        "total_steps": c.meta.get("total_steps"),
+    }
 
 
 def collect_status(cfg: Config) -> dict:
@@ -129,21 +149,27 @@ def collect_status(cfg: Config) -> dict:
             info["requeues"] = len(requeues)
             info["requeue_reasons"] = dict(Counter(str(r.get("reason")) for r in requeues))
             if not done and newest and info["state"] in ("failed", "incomplete"):
-                why = "timed out more than slurm.max_num_timeout times; " if refused and \
-                    refused[-1].get("time", 0) >= max([r.get("time", 0) for r in requeues] or [0]) else ""
+                why = (
+                    "timed out more than slurm.max_num_timeout times; "
+                    if refused and refused[-1].get("time", 0) >= max([r.get("time", 0) for r in requeues] or [0])
+                    else ""
+                )
                 info["detail"] = f"{why}resumable from step {newest['step']}: launch again to continue"
         stages[stage] = info
 
     ckpt = newest
     val = [r for r in metrics if r.get("split") == "val" and r.get("ppl") is not None]
     return {
-        "run": cfg.run.name, "run_dir": str(run_dir), "jobs_dir": str(cfg.jobs_dir), "stages": stages,
+        "run": cfg.run.name,
+        "run_dir": str(run_dir),
+        "jobs_dir": str(cfg.jobs_dir),
+        "stages": stages,
         "checkpoint": ckpt,
         "val_ppl": {"ppl": val[-1]["ppl"], "step": val[-1].get("step")} if val else None,
-        "recipes": _count_recipes(cfg), "recipes_wanted": cfg.generate.num_recipes,
+        "recipes": _count_recipes(cfg),
+        "recipes_wanted": cfg.generate.num_recipes,
         "generated_dir": str(run_dir / "generated" / cfg.generate.name),
-        "requeues": [{k: r.get(k) for k in ("reason", "step", "job_id", "restart_count", "time")}
-                     for r in requeues],
+        "requeues": [{k: r.get(k) for k in ("reason", "step", "job_id", "restart_count", "time")} for r in requeues],
     }
 
 
@@ -167,8 +193,11 @@ def format_status(s: dict) -> str:
     else:
         lines.append("  newest checkpoint: none")
     v = s["val_ppl"]
-    lines.append(f"  validation perplexity: {v['ppl']:.2f} at step {v['step']}" if v else
-                 "  validation perplexity: not measured yet")
+    lines.append(
+        f"  validation perplexity: {v['ppl']:.2f} at step {v['step']}"
+        if v
+        else "  validation perplexity: not measured yet"
+    )
     lines.append(f"  recipes generated: {s['recipes']} of {s['recipes_wanted']}  {s['generated_dir']}")
     logs = [(st, i) for st, i in s["stages"].items() if i.get("stdout")]
     if logs:
@@ -181,11 +210,14 @@ def format_status(s: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from hpcrnn.cli import make_parser, run_cli
 
-    parser = make_parser("hpcrnn.status", "Show where a run stands: each stage done, queued, running or "
-                         "failed; newest checkpoint; validation perplexity; recipes; logs.")
+    parser = make_parser(
+        "hpcrnn.status",
+        "Show where a run stands: each stage done, queued, running or "
+        "failed; newest checkpoint; validation perplexity; recipes; logs.",
+    )
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
 
     def fn(cfg: Config, args) -> None:
@@ -193,4 +225,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(s, indent=2) if args.json else format_status(s), flush=True)
 
     return run_cli(parser, fn, argv, save=False)  # status never writes into the run
-

@@ -12,6 +12,7 @@ index per batch: no per-window copies are ever stored. With ``train.num_workers 
 gathering; each worker opens the HDF5 file itself, read-only, after the fork, and ignores the stop signals
 (only the trainer's main process decides when to stop).
 """
+
 from __future__ import annotations
 
 import signal
@@ -52,7 +53,7 @@ class WindowBatches:
         """This rank's window start offsets for global training step ``step``."""
         epoch, pos = self.position(step)
         lo = pos * self.global_batch + self.rank * self.local
-        return self.order(epoch)[lo:lo + self.local]
+        return self.order(epoch)[lo : lo + self.local]
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
@@ -78,8 +79,14 @@ class _StepDataset(torch.utils.data.Dataset):
         return gather_windows(self._tokens, self.batches.rank_starts(step), self.window)
 
 
-def batch_iterator(tokens: np.ndarray, batches: WindowBatches, window: int, start_step: int,
-                   num_workers: int = 0, h5_path: str | None = None):
+def batch_iterator(
+    tokens: np.ndarray,
+    batches: WindowBatches,
+    window: int,
+    start_step: int,
+    num_workers: int = 0,
+    h5_path: str | None = None,
+):
     """Yield (step, batch) from ``start_step`` on, forever; the trainer decides when to stop."""
     if num_workers == 0:
         step = start_step
@@ -89,7 +96,13 @@ def batch_iterator(tokens: np.ndarray, batches: WindowBatches, window: int, star
     else:
         ds = _StepDataset(h5_path, batches, window)
         sampler = iter(range(start_step, 1 << 62))
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler, num_workers=num_workers,
-                                             worker_init_fn=ignore_stop_signals, prefetch_factor=4,
-                                             persistent_workers=False)
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=num_workers,
+            worker_init_fn=ignore_stop_signals,
+            prefetch_factor=4,
+            persistent_workers=False,
+        )
         yield from enumerate(loader, start_step)

@@ -57,6 +57,7 @@ file; ``tokens()`` opens it again, read-only and without HDF5 file locking (NFS/
 once and caches it. No HDF5 handle stays open, so a Corpus survives ``fork`` into DataLoader workers and
 many ranks can read one file at once.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -70,17 +71,27 @@ import signal
 import time
 import unicodedata
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
 from hpcrnn import __version__
 from hpcrnn.errors import InputError
 from hpcrnn.fsutil import fsync_dir
-from hpcrnn.text.tokenize import (DOC_SEP, EOR, EOS, NL, TAB, TEXT_REVISION, UNK, ingredient_block, repair_mojibake,
-                         tokenize_documents_bytes)
+from hpcrnn.text.tokenize import (
+    DOC_SEP,
+    EOR,
+    EOS,
+    NL,
+    TAB,
+    TEXT_REVISION,
+    UNK,
+    ingredient_block,
+    repair_mojibake,
+    tokenize_documents_bytes,
+)
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -103,7 +114,7 @@ def _h5py():
 @dataclass
 class Source:
     path: Path
-    split: Optional[str] = None  # set when data.corpus is a {train, val, test} mapping
+    split: str | None = None  # set when data.corpus is a {train, val, test} mapping
     size: int = 0
     sha256: str = ""
 
@@ -127,11 +138,9 @@ def _expand(path_str: str, key: str) -> list[Path]:
     if not p.exists():
         raise InputError(f"{p}: corpus not found ({key})")
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                       and _is_text_name(f))
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and _is_text_name(f))
         if not files:
-            raise InputError(f"{p}: directory holds no text files (*.txt, *.mmf, *.tokens, or these .xz/.gz) "
-                             f"({key})")
+            raise InputError(f"{p}: directory holds no text files (*.txt, *.mmf, *.tokens, or these .xz/.gz) ({key})")
         return files
     return [p]
 
@@ -202,8 +211,10 @@ def _decode(data: bytes, path: Path, offset: int, stats: ReadStats) -> str:
         n_ctrl = len(_CONTROL_B.findall(data))
         if n_ctrl > max(16, len(data) // 20):
             m = _CONTROL_B.search(data)
-            raise InputError(f"{path}: cannot decode: binary data ({n_ctrl} control bytes in {len(data)}, the "
-                             f"first at offset {offset + m.start()}); expected text in UTF-8, cp1252 or latin-1")
+            raise InputError(
+                f"{path}: cannot decode: binary data ({n_ctrl} control bytes in {len(data)}, the "
+                f"first at offset {offset + m.start()}); expected text in UTF-8, cp1252 or latin-1"
+            )
         stats.control_chars += n_ctrl
         data = _CONTROL_B.sub(b"", data)
     try:
@@ -327,8 +338,13 @@ def _canon_mastercook(text: str) -> str:
         if "\t" in line and _MC_HEADER_ROW.match(line) is None and cuts is None:
             out.append("\t".join(c.strip() for c in line.split("\t")) if line.strip() else "")
             continue
-        if _MC_HEADER_ROW.match(line) and "\t" not in line and i + 1 < len(lines) and \
-                _RULE_ROW.match(lines[i + 1]) and "-" in lines[i + 1]:
+        if (
+            _MC_HEADER_ROW.match(line)
+            and "\t" not in line
+            and i + 1 < len(lines)
+            and _RULE_ROW.match(lines[i + 1])
+            and "-" in lines[i + 1]
+        ):
             rule = lines[i + 1]
             cuts = [m.start() for m in re.finditer(r"-+", rule)]
             out.append("\t".join(line[a:b].strip() for a, b in zip(cuts, cuts[1:] + [None])))
@@ -341,18 +357,17 @@ def _canon_mastercook(text: str) -> str:
                 continue
             row = line.expandtabs(8)
             cells = [row[a:b].strip() for a, b in zip(cuts, cuts[1:] + [None])]
-            cells[-1] = row[cuts[-1]:].strip() if len(row) > cuts[-1] else ""
+            cells[-1] = row[cuts[-1] :].strip() if len(row) > cuts[-1] else ""
             # text left of the first cut (a wide amount) joins the first cell
-            if cuts[0] > 0 and row[:cuts[0]].strip():
-                cells[0] = (row[:cuts[0]].strip() + " " + cells[0]).strip()
+            if cuts[0] > 0 and row[: cuts[0]].strip():
+                cells[0] = (row[: cuts[0]].strip() + " " + cells[0]).strip()
             out.append("\t".join(cells))
             continue
         out.append(line.strip())
     return "\n".join(out)
 
 
-def iter_documents(path: Path, document_start: Optional[str], stats: ReadStats,
-                   fmt: str = "plain") -> Iterator[str]:
+def iter_documents(path: Path, document_start: str | None, stats: ReadStats, fmt: str = "plain") -> Iterator[str]:
     """Documents of one file: split at each match of ``document_start`` (multi-line regex), or the whole
     file. Text before the first match is not a document (counted in ``stats.preamble_chars``).
 
@@ -364,10 +379,14 @@ def iter_documents(path: Path, document_start: Optional[str], stats: ReadStats,
     first = next(chunks, "")
     found = detect_format(first)
     if fmt in ("mealmaster", "mastercook") and found != fmt and first.strip():
-        what = "a 'MMMMM----- Recipe via Meal-Master' line" if fmt == "mealmaster" else \
-            "a '* Exported from MasterCook *' line or an 'Amount<tab>Measure<tab>Ingredient' table"
-        raise InputError(f"{path}: not a {fmt} file: it does not open with {what} "
-                         f"(data.format: {fmt}; use auto or plain)")
+        what = (
+            "a 'MMMMM----- Recipe via Meal-Master' line"
+            if fmt == "mealmaster"
+            else "a '* Exported from MasterCook *' line or an 'Amount<tab>Measure<tab>Ingredient' table"
+        )
+        raise InputError(
+            f"{path}: not a {fmt} file: it does not open with {what} (data.format: {fmt}; use auto or plain)"
+        )
     # auto: a document_start the user gave says how to split; otherwise what the file opens with
     used = (found if not document_start else "plain") if fmt == "auto" else fmt
     stats.formats[str(path)] = used
@@ -397,12 +416,12 @@ def iter_documents(path: Path, document_start: Optional[str], stats: ReadStats,
             if not m:
                 # keep only a bounded tail while looking for the first match
                 if len(buf) > (1 << 16):
-                    stats.preamble_chars += len(buf[:-(1 << 16)].strip())
-                    buf = buf[-(1 << 16):]
+                    stats.preamble_chars += len(buf[: -(1 << 16)].strip())
+                    buf = buf[-(1 << 16) :]
                     saw_text = True
                 continue
-            stats.preamble_chars += len(buf[:m.start()].strip())
-            buf = buf[m.start():]
+            stats.preamble_chars += len(buf[: m.start()].strip())
+            buf = buf[m.start() :]
             started = True
         if later is not None:
             starts = [m.start() + 1 for m in later.finditer(buf)]
@@ -414,8 +433,7 @@ def iter_documents(path: Path, document_start: Optional[str], stats: ReadStats,
         buf = buf[pos:]
     if not started:
         if saw_text or buf.strip():
-            raise InputError(f"{path}: no document starts here: data.document_start {document_start!r} "
-                             f"matches nowhere")
+            raise InputError(f"{path}: no document starts here: data.document_start {document_start!r} matches nowhere")
         return
     if buf.strip():
         yield buf
@@ -477,12 +495,19 @@ def settings_of(cfg) -> dict:
 
 
 def fingerprint_of(settings: dict, sources: list[Source]) -> str:
-    blob = json.dumps({"format_version": FORMAT_VERSION, "text_revision": TEXT_REVISION, "settings": settings,
-                       "sources": [s.describe() for s in sources]}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "text_revision": TEXT_REVISION,
+            "settings": settings,
+            "sources": [s.describe() for s in sources],
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _existing_fingerprint(path: Path) -> Optional[str]:
+def _existing_fingerprint(path: Path) -> str | None:
     if not path.is_file():
         return None
     try:
@@ -514,7 +539,7 @@ def _remove_stale_tmp(out: Path) -> None:
     """Remove temporary files of earlier runs that died (SIGKILL, node failure) before renaming."""
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
         try:
-            pid = int(tmp.name[len(out.name) + 2:-4])
+            pid = int(tmp.name[len(out.name) + 2 : -4])
         except ValueError:
             continue
         alive = True
@@ -541,8 +566,11 @@ class _SigtermAsInterrupt:
         try:
             import threading
 
-            if threading.current_thread() is threading.main_thread() and \
-                    signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+                signal.SIG_DFL,
+                None,
+            ):
+
                 def handler(signum, frame):
                     self.received = True  # also checked before the rename: h5py may swallow the raise
                     raise KeyboardInterrupt("SIGTERM")
@@ -599,11 +627,13 @@ def run_preprocess(cfg) -> PreprocessResult:
                     pass
     secs = time.perf_counter() - t0
     c = counts
-    _log(f"wrote {out}: {c['documents']} documents, {c['tokens']} tokens, vocabulary {c['vocab_size']}, "
-         f"<unk> {100 * c['unk_rate']:.2f}%, windows {c['windows']['train']}/{c['windows']['val']}/"
-         f"{c['windows']['test']}, repaired {c['repaired_documents']} documents "
-         f"({c['repaired_chars']} characters), {c['fallback_lines']} lines decoded by the fallback, "
-         f"in {secs:.1f} s")
+    _log(
+        f"wrote {out}: {c['documents']} documents, {c['tokens']} tokens, vocabulary {c['vocab_size']}, "
+        f"<unk> {100 * c['unk_rate']:.2f}%, windows {c['windows']['train']}/{c['windows']['val']}/"
+        f"{c['windows']['test']}, repaired {c['repaired_documents']} documents "
+        f"({c['repaired_chars']} characters), {c['fallback_lines']} lines decoded by the fallback, "
+        f"in {secs:.1f} s"
+    )
     return PreprocessResult(out, False, counts, secs)
 
 
@@ -616,8 +646,8 @@ def _assign_splits(n: int, fractions: list[float], seed: int) -> np.ndarray:
         n_val = max(0, min(n_val, n - 1 - n_test))
     perm = np.random.default_rng(seed).permutation(n)
     split = np.zeros(n, dtype=np.uint8)
-    split[perm[n - n_val - n_test:n - n_test]] = 1
-    split[perm[n - n_test:]] = 2
+    split[perm[n - n_val - n_test : n - n_test]] = 1
+    split[perm[n - n_test :]] = 2
     return split
 
 
@@ -719,7 +749,7 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
     first_doc = np.concatenate([[0], np.cumsum(chunk_docs)])
     for c in range(len(chunks)):
         a, b = first_doc[c], first_doc[c + 1]
-        np.cumsum(lengths[a:b - 1], out=offset_in_chunk[a + 1:b])
+        np.cumsum(lengths[a : b - 1], out=offset_in_chunk[a + 1 : b])
 
     # ---- split by document: the files of a {train, val, test} mapping, or a seeded shuffle
     if any(s.split for s in sources):
@@ -746,9 +776,11 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
     final_prov = special_ids + rest
     vocab = [itos_prov[i].decode("utf-8") for i in final_prov]
     if len(vocab) <= len(set(specials + [line_token])):  # only the specials and the newline/EOS
-        raise InputError(f"{_train_name(sources)}: the vocabulary is empty: no word occurs at least "
-                         f"data.min_count={d.min_count} times in the train split "
-                         f"({int(train_counts.sum())} tokens)")
+        raise InputError(
+            f"{_train_name(sources)}: the vocabulary is empty: no word occurs at least "
+            f"data.min_count={d.min_count} times in the train split "
+            f"({int(train_counts.sum())} tokens)"
+        )
     unk_id = 0
     drop = d.rare == "drop"
     dtype = _smallest_uint(len(vocab) + (1 if drop else 0))
@@ -779,7 +811,7 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
     pos = 0
     for k, n in zip(order.tolist(), sorted_lengths.tolist()):  # one slice copy per document
         a = int(offset_in_chunk[k])
-        tokens[pos:pos + n] = chunks[chunk_of_doc[k]][a:a + n]
+        tokens[pos : pos + n] = chunks[chunk_of_doc[k]][a : a + n]
         pos += n
     del chunks
     sorted_split = doc_split[order]
@@ -796,14 +828,15 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
     for s, (a, b) in ranges.items():
         windows[s] = np.arange(a, b - window, stride, dtype=np.int64)
     if len(windows["train"]) == 0:
-        raise InputError(f"{_train_name(sources)}: data.window={window} is longer than the train split "
-                         f"({split_tokens[0]} tokens): no training window fits"
-                         + ("" if any(len(w) for w in windows.values()) else " (nor in any split)"))
+        raise InputError(
+            f"{_train_name(sources)}: data.window={window} is longer than the train split "
+            f"({split_tokens[0]} tokens): no training window fits"
+            + ("" if any(len(w) for w in windows.values()) else " (nor in any split)")
+        )
     for s in ("val", "test"):
         frac = settings["split"][SPLITS.index(s)]
         if len(windows[s]) == 0 and (frac > 0 or any(x.split == s for x in sources)):
-            _log(f"warning: the {s} split ({ranges[s][1] - ranges[s][0]} tokens) holds no window of "
-                 f"{window}+1 tokens")
+            _log(f"warning: the {s} split ({ranges[s][1] - ranges[s][0]} tokens) holds no window of {window}+1 tokens")
     by_files = any(x.split for x in sources)
     if by_files:  # a {train, val, test} mapping: a held-out file the vocabulary cannot read is a mistake
         nonword = np.array([unk_id] + [i for i, t in enumerate(vocab) if t in (EOR, EOS, NL)], dtype=tokens.dtype)
@@ -813,9 +846,11 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
             words = seg[~np.isin(seg, nonword[1:])]
             if len(words) and not np.any(words != unk_id):
                 files = ", ".join(str(x.path) for x in sources if x.split == s)
-                raise InputError(f"{files}: every word of the {s} file is unknown to the vocabulary of the "
-                                 f"train file {_train_name(sources)} (another language, or another "
-                                 f"tokenization?)")
+                raise InputError(
+                    f"{files}: every word of the {s} file is unknown to the vocabulary of the "
+                    f"train file {_train_name(sources)} (another language, or another "
+                    f"tokenization?)"
+                )
     doc_counts = [int((sorted_split == k).sum()) for k in range(3)]
     counts = {
         "documents": n_docs,
@@ -837,10 +872,23 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
         "input_chars": stats.chars,
         "formats": dict(stats.formats),
     }
-    _write_h5(tmp, tokens, vocab, vocab_counts, starts, sorted_split, order,
-              np.asarray(doc_src, dtype=np.int32)[order],
-              np.asarray(doc_ingr, dtype=np.int32).reshape(-1, 2)[order], windows, settings, fp, ranges,
-              sources, counts)
+    _write_h5(
+        tmp,
+        tokens,
+        vocab,
+        vocab_counts,
+        starts,
+        sorted_split,
+        order,
+        np.asarray(doc_src, dtype=np.int32)[order],
+        np.asarray(doc_ingr, dtype=np.int32).reshape(-1, 2)[order],
+        windows,
+        settings,
+        fp,
+        ranges,
+        sources,
+        counts,
+    )
     return counts
 
 
@@ -849,15 +897,36 @@ def _train_name(sources: list[Source]) -> str:
     return str((train or sources)[0].path)
 
 
-def _write_h5(tmp, tokens, vocab, vocab_counts, starts, doc_split, doc_index, doc_source, ingredient_lines,
-              windows, settings, fp, ranges, sources, counts) -> None:
+def _write_h5(
+    tmp,
+    tokens,
+    vocab,
+    vocab_counts,
+    starts,
+    doc_split,
+    doc_index,
+    doc_source,
+    ingredient_lines,
+    windows,
+    settings,
+    fp,
+    ranges,
+    sources,
+    counts,
+) -> None:
     h5py = _h5py()
     n_tok = len(tokens)
     with h5py.File(tmp, "w") as f:
         # gzip level 1 with byte shuffle: ~1.3 bytes a token on the recipe corpus, ~2 s for 35 M tokens;
         # higher levels cost several times the time for a few percent.
-        f.create_dataset("tokens", data=tokens, chunks=(max(1, min(_H5_CHUNK, n_tok)),), compression="gzip",
-                         compression_opts=1, shuffle=tokens.dtype.itemsize > 1)
+        f.create_dataset(
+            "tokens",
+            data=tokens,
+            chunks=(max(1, min(_H5_CHUNK, n_tok)),),
+            compression="gzip",
+            compression_opts=1,
+            shuffle=tokens.dtype.itemsize > 1,
+        )
         f.create_dataset("vocab", data=np.array(vocab, dtype=object), dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("vocab_counts", data=vocab_counts)
         f.create_dataset("documents", data=starts)
@@ -868,8 +937,7 @@ def _write_h5(tmp, tokens, vocab, vocab_counts, starts, doc_split, doc_index, do
         g = f.create_group("windows")
         for s, w in windows.items():
             if len(w):
-                g.create_dataset(s, data=w, chunks=(min(len(w), 1 << 18),), compression="gzip",
-                                 compression_opts=1)
+                g.create_dataset(s, data=w, chunks=(min(len(w), 1 << 18),), compression="gzip", compression_opts=1)
             else:
                 g.create_dataset(s, data=w)
         a = f.attrs
@@ -885,8 +953,9 @@ def _write_h5(tmp, tokens, vocab, vocab_counts, starts, doc_split, doc_index, do
         # where each split came from: the files of a {train, val, test} mapping, or a seeded shuffle
         by_files = any(s.split for s in sources)
         a["split_mode"] = "files" if by_files else "shuffle"
-        a["split_files"] = json.dumps({k: [str(s.path) for s in sources if s.split == k] for k in SPLITS}
-                                      if by_files else {})
+        a["split_files"] = json.dumps(
+            {k: [str(s.path) for s in sources if s.split == k] for k in SPLITS} if by_files else {}
+        )
         a["counts"] = json.dumps(counts)
         a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with open(tmp, "rb+") as fh:
@@ -901,17 +970,28 @@ class Corpus:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._tokens: Optional[np.ndarray] = None
+        self._tokens: np.ndarray | None = None
         self._windows: dict[str, np.ndarray] = {}
         try:
             with _open_h5(self.path) as f:
                 self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
                 version = int(self.attrs.get("format_version", -1))
                 if version != FORMAT_VERSION:
-                    raise InputError(f"{self.path}: corpus format version {version}, this hpcrnn reads "
-                                     f"{FORMAT_VERSION}: run preprocess again")
-                for name in ("tokens", "vocab", "vocab_counts", "documents", "document_split",
-                             "ingredient_lines", "windows/train", "windows/val", "windows/test"):
+                    raise InputError(
+                        f"{self.path}: corpus format version {version}, this hpcrnn reads "
+                        f"{FORMAT_VERSION}: run preprocess again"
+                    )
+                for name in (
+                    "tokens",
+                    "vocab",
+                    "vocab_counts",
+                    "documents",
+                    "document_split",
+                    "ingredient_lines",
+                    "windows/train",
+                    "windows/val",
+                    "windows/test",
+                ):
                     if name not in f:
                         raise InputError(f"{self.path}: not a complete corpus file: dataset {name!r} missing")
                 self.vocab: list[str] = list(f["vocab"].asstr()[()])
@@ -925,8 +1005,10 @@ class Corpus:
         except InputError:
             raise
         except (OSError, KeyError, ValueError) as e:
-            raise InputError(f"{self.path}: not a readable corpus file (truncated or corrupt?): "
-                             f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__}") from None
+            raise InputError(
+                f"{self.path}: not a readable corpus file (truncated or corrupt?): "
+                f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__}"
+            ) from None
         for k in ("split", "split_ranges", "sources", "counts", "split_files"):
             if isinstance(self.attrs.get(k), str):
                 self.attrs[k] = json.loads(self.attrs[k])
@@ -945,8 +1027,10 @@ class Corpus:
         self.split_ranges = {s: tuple(v) for s, v in self.attrs["split_ranges"].items()}
 
     def __repr__(self) -> str:
-        return (f"Corpus({str(self.path)!r}, tokenizer={self.tokenizer}, vocab={len(self.vocab)}, "
-                f"tokens={self._n_tokens}, documents={len(self._documents)})")
+        return (
+            f"Corpus({str(self.path)!r}, tokenizer={self.tokenizer}, vocab={len(self.vocab)}, "
+            f"tokens={self._n_tokens}, documents={len(self._documents)})"
+        )
 
     def __len__(self) -> int:
         return self._n_tokens
@@ -962,8 +1046,10 @@ class Corpus:
                 with _open_h5(self.path) as f:
                     t = f["tokens"][()]
             except (OSError, KeyError, ValueError) as e:
-                raise InputError(f"{self.path}: cannot read the token stream (truncated or corrupt?): "
-                                 f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__}") from None
+                raise InputError(
+                    f"{self.path}: cannot read the token stream (truncated or corrupt?): "
+                    f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__}"
+                ) from None
             if len(t) != self._n_tokens:
                 raise InputError(f"{self.path}: token stream has {len(t)} tokens, expected {self._n_tokens}")
             t.setflags(write=False)
@@ -987,7 +1073,7 @@ class Corpus:
     def window_tokens(self, split: str, i: int) -> np.ndarray:
         """Tokens of window ``i`` of ``split``: ``window + 1`` ids (inputs, and targets shifted by one)."""
         s = int(self.windows(split)[i])
-        return self.tokens()[s:s + self.window + 1]
+        return self.tokens()[s : s + self.window + 1]
 
     def documents(self) -> np.ndarray:
         """Start offset of each document in ``tokens()`` (stored order: train, val, test)."""

@@ -6,10 +6,11 @@ through :class:`hpcrnn.generate.stepper.Stepper` (carrying the recurrent state) 
 :mod:`hpcrnn.generate.sampling`. A slot whose recipe ends (stop token or ``max_tokens``) takes the next recipe at
 once (its state zeroed), so the batch stays full until the queue runs dry.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ class Job:
     prompt: list[int]  # fed first (non-empty); its sampled outputs are ignored
     # float32 [max_tokens] or [max_tokens, rounds]: the uniforms of each generated token (one per draw,
     # see hpcrnn.sampling); None for greedy
-    uniforms: Optional[np.ndarray]
+    uniforms: np.ndarray | None
 
 
 def _uniforms(job: Job, max_tokens: int, rounds: int) -> torch.Tensor:
@@ -43,10 +44,21 @@ def _map_state(state, fn):
     return fn(state)
 
 
-def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size: int, max_tokens: int,
-                     stop_id: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                     banned: Sequence[int] = (), device="cpu", precision: str = "fp32",
-                     sync_every: Optional[int] = None) -> Iterator[tuple[int, list[int], bool]]:
+def generate_batched(
+    model: torch.nn.Module,
+    jobs: Iterable[Job],
+    *,
+    batch_size: int,
+    max_tokens: int,
+    stop_id: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    banned: Sequence[int] = (),
+    device="cpu",
+    precision: str = "fp32",
+    sync_every: int | None = None,
+) -> Iterator[tuple[int, list[int], bool]]:
     """Continuous batched generation with a RecurrentLM. Yields ``(key, generated ids without the stop
     token, stopped at the stop token)`` as recipes finish (not in job order).
 
@@ -72,7 +84,7 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
         return
     b = len(first)
     P = max(len(j.prompt) for j in first)
-    keys: list[Optional[int]] = [j.key for j in first]
+    keys: list[int | None] = [j.key for j in first]
     prompt = torch.zeros(b, P, dtype=torch.long)
     plen = torch.zeros(b, dtype=torch.long)
     # uniforms per generated token: as many as the first job brings (one per draw; see hpcrnn.sampling)
@@ -81,7 +93,7 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
     for r, j in enumerate(first):
         if not j.prompt:
             raise ValueError("a job needs a non-empty prompt")
-        prompt[r, :len(j.prompt)] = torch.tensor(j.prompt, dtype=torch.long)
+        prompt[r, : len(j.prompt)] = torch.tensor(j.prompt, dtype=torch.long)
         plen[r] = len(j.prompt)
         if not is_greedy:
             uni[r] = _uniforms(j, max_tokens, rounds)
@@ -130,7 +142,7 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
             host_n = ngen.index_select(0, sel).cpu().tolist()
             dead = []
             for k, r in enumerate(rows):
-                toks = host_gen[k, :host_n[k]].tolist()
+                toks = host_gen[k, : host_n[k]].tolist()
                 stopped = bool(toks) and toks[-1] == stop_id
                 if stopped:
                     toks.pop()
@@ -148,7 +160,7 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
                     prompt = torch.nn.functional.pad(prompt, (0, len(job.prompt) - P))
                     P = len(job.prompt)
                 prompt[r].zero_()
-                prompt[r, :len(job.prompt)] = torch.tensor(job.prompt, dtype=torch.long, device=device)
+                prompt[r, : len(job.prompt)] = torch.tensor(job.prompt, dtype=torch.long, device=device)
                 plen[r] = len(job.prompt)
                 if not is_greedy:
                     uni[r] = _uniforms(job, max_tokens, rounds).to(device)
@@ -160,18 +172,18 @@ def generate_batched(model: torch.nn.Module, jobs: Iterable[Job], *, batch_size:
                 def zero(s, r=r):
                     s[:, r] = 0
                     return s
+
                 state = _map_state(state, zero)
             keep = [r for r in range(len(keys)) if keys[r] is not None]
             if dead and keep:  # no job left for some slots: shrink the batch to the live ones
                 ks = torch.tensor(keep, dtype=torch.long, device=device)
                 keys = [keys[r] for r in keep]
                 prompt, plen, pos, ngen, gen, done, cur = (
-                    t.index_select(0, ks) for t in (prompt, plen, pos, ngen, gen, done, cur))
+                    t.index_select(0, ks) for t in (prompt, plen, pos, ngen, gen, done, cur)
+                )
                 if not is_greedy:
                     uni = uni.index_select(0, ks)
                 state = _map_state(state, lambda s: s.index_select(1, ks).contiguous())
         yield from finished
         if not keep:
             return
-
-

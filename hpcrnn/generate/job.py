@@ -55,6 +55,7 @@ What it does (``run_generate``):
   recipe whose index line and file exist (from any shard layout), so a killed job continues where it
   stopped and never leaves a half file.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,20 +64,20 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from hpcrnn.config import Config
+from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, InputError
+from hpcrnn.fsutil import atomic_write_json, atomic_write_text, fsync_dir
 from hpcrnn.generate.decode import Job, generate_batched
 from hpcrnn.generate.memory import keep_freed_memory
 from hpcrnn.generate.sampling import uniforms_per_token
 from hpcrnn.generate.stepper import resolve_precision
-from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, InputError
-from hpcrnn.fsutil import atomic_write_json, atomic_write_text, fsync_dir
 
 PLAN = "plan.json"
 INDEX = "index.jsonl"
@@ -122,8 +123,16 @@ def shard_recipes(num_recipes: int, shard: int, num_shards: int) -> list[int]:
 def settings_of(cfg: Config) -> dict:
     """The settings that decide the content of the recipes (not batch size, shards or device)."""
     g = cfg.generate
-    return {"seed": g.seed, "temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p,
-            "max_tokens": g.max_tokens, "prompt": g.prompt, "precision": g.precision, "sampler": SAMPLER}
+    return {
+        "seed": g.seed,
+        "temperature": g.temperature,
+        "top_k": g.top_k,
+        "top_p": g.top_p,
+        "max_tokens": g.max_tokens,
+        "prompt": g.prompt,
+        "precision": g.precision,
+        "sampler": SAMPLER,
+    }
 
 
 def _warn(msg: str) -> None:
@@ -136,12 +145,14 @@ def _log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------ sampling
 
+
 def recipe_rng(seed: int, i: int) -> np.random.Generator:
     """The random stream of recipe ``i``: independent of batch size, shards and order."""
-    return np.random.default_rng([seed % 2 ** 64, i])
+    return np.random.default_rng([seed % 2**64, i])
 
 
 # ------------------------------------------------------------------------------------ corpus side
+
 
 @dataclass
 class CorpusView:
@@ -152,7 +163,7 @@ class CorpusView:
     vocab_hash: str
     stoi: dict
     unk_id: int
-    eor_id: Optional[int]  # None for whitespace corpora: their documents end with no special token
+    eor_id: int | None  # None for whitespace corpora: their documents end with no special token
     boundary_id: int  # what precedes a document in the stream: EOR, else EOS (end of the last line)
     tokenizer: str
     window: int
@@ -162,7 +173,7 @@ class CorpusView:
     split: np.ndarray  # 0 train, 1 val, 2 test per document
 
     @classmethod
-    def open(cls, path: Path) -> "CorpusView":
+    def open(cls, path: Path) -> CorpusView:
         from hpcrnn.data.build import open_corpus
 
         path = Path(path)
@@ -180,9 +191,21 @@ class CorpusView:
             closing = tokens[np.maximum(nxt - 1, 0)] == eor
             ends[closing & (nxt > starts)] -= 1
         boundary = eor if eor is not None else (c.eos_id if c.eos_id is not None else c.unk_id)
-        return cls(path, list(c.vocab), str(c.vocab_hash), dict(c.stoi), int(c.unk_id), eor, int(boundary),
-                   str(c.tokenizer), int(c.window), tokens, starts, ends,
-                   np.asarray(c.document_split(), dtype=np.int64))
+        return cls(
+            path,
+            list(c.vocab),
+            str(c.vocab_hash),
+            dict(c.stoi),
+            int(c.unk_id),
+            eor,
+            int(boundary),
+            str(c.tokenizer),
+            int(c.window),
+            tokens,
+            starts,
+            ends,
+            np.asarray(c.document_split(), dtype=np.int64),
+        )
 
     @property
     def stop_id(self) -> int:
@@ -207,14 +230,14 @@ class CorpusView:
             return np.zeros(0, dtype=np.int64)
         lo, hi = self.starts[d], np.append(self.starts[1:], len(self.tokens))[d]
         if np.all(lo[1:] == hi[:-1]):
-            return np.asarray(self.tokens[lo[0]:hi[-1]])
+            return np.asarray(self.tokens[lo[0] : hi[-1]])
         sep = np.array([len(self.vocab)], dtype=np.int64)
         parts = []
         for a, z in zip(lo, hi):
             parts += [self.tokens[a:z].astype(np.int64), sep]
         return np.concatenate(parts)
 
-    def split_region(self, split: int) -> Optional[tuple[int, int]]:
+    def split_region(self, split: int) -> tuple[int, int] | None:
         """(lo, hi) of the tokens of one split when they are contiguous (as the corpus lays them out)."""
         d = self.docs(split)
         if len(d) == 0:
@@ -244,12 +267,13 @@ class CorpusView:
 
 # ------------------------------------------------------------------------------------ prompts
 
+
 @dataclass
 class PromptPlan:
     kind: str  # "start" | "text" | "random"
     fixed: list[int] = field(default_factory=list)  # fed for start/text
     shown_from: int = 0  # fixed[shown_from:] belongs to the recipe text (the leading EOR does not)
-    region: Optional[tuple[int, int]] = None  # random: where windows are drawn
+    region: tuple[int, int] | None = None  # random: where windows are drawn
     window: int = 0
 
 
@@ -263,8 +287,10 @@ def plan_prompt(cfg: Config, cv: CorpusView) -> PromptPlan:
             reg = cv.split_region(split)
             if reg and reg[1] - reg[0] >= w:
                 if split != 2:
-                    _warn(f"generate.prompt: random: the test split of {cv.path} is too small for a "
-                          f"{w}-token window; drawing from the {name} split")
+                    _warn(
+                        f"generate.prompt: random: the test split of {cv.path} is too small for a "
+                        f"{w}-token window; drawing from the {name} split"
+                    )
                 return PromptPlan("random", region=reg, window=w)
         raise InputError(f"{cv.path}: generate.prompt: random needs {w} tokens of text, the corpus has fewer")
     prefix = cv.start_prefix()
@@ -281,7 +307,7 @@ def plan_prompt(cfg: Config, cv: CorpusView) -> PromptPlan:
     unknown = [t for t, i in zip(toks, own) if i == cv.unk_id]
     if unknown:
         _warn(f"generate.prompt: unknown to the vocabulary, fed as <unk>: {', '.join(unknown[:10])}")
-    if one_line and prefix and own[:len(prefix)] != prefix:
+    if one_line and prefix and own[: len(prefix)] != prefix:
         own = cv.ids(tokenize(f"{TITLE_TEXT} {text}", cv.tokenizer))  # a one-line prompt is a title
     return PromptPlan("text", fixed=[cv.boundary_id] + own, shown_from=1)
 
@@ -293,15 +319,19 @@ def make_job(i: int, cfg: Config, cv: CorpusView, pp: PromptPlan) -> tuple[Job, 
     if pp.kind == "random":
         lo, hi = pp.region
         off = int(rng.integers(lo, hi - pp.window + 1))
-        prompt, hidden = cv.tokens[off:off + pp.window].astype(np.int64).tolist(), 0
+        prompt, hidden = cv.tokens[off : off + pp.window].astype(np.int64).tolist(), 0
     else:
         prompt, hidden = list(pp.fixed), pp.shown_from
-    u = None if g.temperature == 0.0 else rng.random((g.max_tokens, uniforms_per_token(g.top_k, g.top_p)),
-                                                     dtype=np.float32)
+    u = (
+        None
+        if g.temperature == 0.0
+        else rng.random((g.max_tokens, uniforms_per_token(g.top_k, g.top_p)), dtype=np.float32)
+    )
     return Job(i, prompt, u), hidden
 
 
 # ------------------------------------------------------------------------------------ quality context
+
 
 @dataclass
 class QualityContext:
@@ -315,15 +345,16 @@ def build_quality_context(cv: CorpusView, seed: int = 0) -> QualityContext:
 
     t0 = time.time()
     train = cv.docs(0)
-    rng = np.random.default_rng([seed % 2 ** 64, 0x1E5])
-    pick = train if len(train) <= INGREDIENT_SAMPLE else np.sort(rng.choice(train, INGREDIENT_SAMPLE,
-                                                                            replace=False))
-    parsed = [Q.parse_recipe(cv.text(cv.tokens[cv.starts[d]:cv.ends[d]].tolist())) for d in pick]
+    rng = np.random.default_rng([seed % 2**64, 0x1E5])
+    pick = train if len(train) <= INGREDIENT_SAMPLE else np.sort(rng.choice(train, INGREDIENT_SAMPLE, replace=False))
+    parsed = [Q.parse_recipe(cv.text(cv.tokens[cv.starts[d] : cv.ends[d]].tolist())) for d in pick]
     words = Q.build_ingredient_words(parsed)
     stream = cv.split_stream(0)
     index = Q.CopyIndex(stream, len(cv.vocab))
-    _log(f"quality: {len(words)} ingredient words from {len(pick)} training recipes, copy index over "
-         f"{len(stream):,} training tokens ({time.time() - t0:.1f} s)")
+    _log(
+        f"quality: {len(words)} ingredient words from {len(pick)} training recipes, copy index over "
+        f"{len(stream):,} training tokens ({time.time() - t0:.1f} s)"
+    )
     return QualityContext(words, index, len(stream))
 
 
@@ -334,17 +365,18 @@ def real_sample_quality(cv: CorpusView, qc: QualityContext, n: int, seed: int) -
     test = cv.docs(2)
     if n <= 0 or len(test) == 0:
         return [], []
-    rng = np.random.default_rng([seed % 2 ** 64, 0x7E57])
+    rng = np.random.default_rng([seed % 2**64, 0x7E57])
     pick = test if len(test) <= n else np.sort(rng.choice(test, n, replace=False))
     out, lengths = [], []
     for d in pick:
-        ids = cv.tokens[cv.starts[d]:cv.ends[d]].tolist()
+        ids = cv.tokens[cv.starts[d] : cv.ends[d]].tolist()
         out.append(Q.recipe_quality(cv.text(ids), ids, qc.ingredient_words, qc.index))
         lengths.append(len(ids))
     return out, lengths
 
 
 # ------------------------------------------------------------------------------------ files
+
 
 def _read_jsonl(path: Path) -> tuple[list[dict], int]:
     """Records of a JSON-lines file and the byte length of its valid prefix (a killed writer may leave a
@@ -428,7 +460,7 @@ def _create_exclusive(path: Path, obj: dict) -> bool:
         os.unlink(tmp)
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -439,10 +471,10 @@ def _read_json(path: Path) -> Optional[dict]:
 
 # The context of the describing step, set before worker processes fork (they inherit it, index included,
 # without a copy) and read by describe_recipe in whichever process runs it.
-_DESCRIBE_CTX: Optional[tuple] = None
+_DESCRIBE_CTX: tuple | None = None
 
 
-def describe_recipe(shown: list[int], toks: list[int]) -> tuple[str, Optional[str], dict]:
+def describe_recipe(shown: list[int], toks: list[int]) -> tuple[str, str | None, dict]:
     """(text, title, quality figures) of one recipe: its shown prompt ids and its generated ids."""
     from hpcrnn.generate import quality as Q
     from hpcrnn.text.tokenize import detokenize
@@ -485,7 +517,7 @@ def quality_workers(device: torch.device, cpus: int) -> int:
 
 
 class _Describer:
-    def __init__(self, cv: "CorpusView", qc: "QualityContext", workers: int):
+    def __init__(self, cv: CorpusView, qc: QualityContext, workers: int):
         global _DESCRIBE_CTX
         _DESCRIBE_CTX = (cv.vocab, cv.tokenizer, qc.ingredient_words, qc.index)
         self.pool = None
@@ -514,7 +546,7 @@ class _Writer(threading.Thread):
         super().__init__(daemon=True, name="hpcrnn-generate-writer")
         self.handle = handle
         self.q: queue.Queue = queue.Queue(maxsize=1024)
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         while True:
@@ -541,6 +573,7 @@ class _Writer(threading.Thread):
 
 
 # ------------------------------------------------------------------------------------ the job
+
 
 def _device(cfg: Config) -> torch.device:
     want = cfg.generate.device
@@ -570,8 +603,12 @@ def _agree_plan(cfg: Config, out: Path, info, cv: CorpusView, precision: str) ->
     task, atomically — or check that this task agrees with the pinned plan. A plan under which no recipe
     exists yet is stale (e.g. a job killed before its first recipe) and is replaced. Returns the
     precision to use: the pinned one, so tasks on different hardware still make one consistent set."""
-    mine = {"checkpoint": {"step": info.step, "path": str(info.path)}, "vocab_hash": cv.vocab_hash,
-            "settings": settings_of(cfg), "precision": precision}
+    mine = {
+        "checkpoint": {"step": info.step, "path": str(info.path)},
+        "vocab_hash": cv.vocab_hash,
+        "settings": settings_of(cfg),
+        "precision": precision,
+    }
     path = out / PLAN
     theirs = _read_json(path)
     if theirs is None:
@@ -589,19 +626,32 @@ def _agree_plan(cfg: Config, out: Path, info, cv: CorpusView, precision: str) ->
         return precision
     step = theirs.get("checkpoint", {}).get("step")
     if step != info.step:
-        which = (f"generate.checkpoint is step {info.step}" if cfg.generate.checkpoint
-                 else f"the newest complete checkpoint is step {info.step}")
-        raise InputError(f"{out}: holds recipes from checkpoint step {step}, but {which}: set "
-                         f"generate.checkpoint={step} to continue them, or choose another generate.name")
+        which = (
+            f"generate.checkpoint is step {info.step}"
+            if cfg.generate.checkpoint
+            else f"the newest complete checkpoint is step {info.step}"
+        )
+        raise InputError(
+            f"{out}: holds recipes from checkpoint step {step}, but {which}: set "
+            f"generate.checkpoint={step} to continue them, or choose another generate.name"
+        )
     if theirs.get("vocab_hash") != cv.vocab_hash:
-        raise InputError(f"{out}: holds recipes made with vocabulary {str(theirs.get('vocab_hash'))[:12]}, the "
-                         f"corpus {cv.path} has {cv.vocab_hash[:12]}: choose another generate.name")
+        raise InputError(
+            f"{out}: holds recipes made with vocabulary {str(theirs.get('vocab_hash'))[:12]}, the "
+            f"corpus {cv.path} has {cv.vocab_hash[:12]}: choose another generate.name"
+        )
     old = theirs.get("settings") or {}
-    diff = [f"generate.{k}={old.get(k)!r} (config: {v!r})" if k != "sampler" else
-            f"sampling rule version {old.get(k)!r} (this hpcrnn: {v!r})"
-            for k, v in mine["settings"].items() if old.get(k) != v]
-    raise InputError(f"{out}: holds recipes made with other settings ({'; '.join(diff)}): choose another "
-                     f"generate.name or remove the folder")
+    diff = [
+        f"generate.{k}={old.get(k)!r} (config: {v!r})"
+        if k != "sampler"
+        else f"sampling rule version {old.get(k)!r} (this hpcrnn: {v!r})"
+        for k, v in mine["settings"].items()
+        if old.get(k) != v
+    ]
+    raise InputError(
+        f"{out}: holds recipes made with other settings ({'; '.join(diff)}): choose another "
+        f"generate.name or remove the folder"
+    )
 
 
 def _remove_own_temporaries(out: Path, mine: set[int]) -> None:
@@ -609,7 +659,7 @@ def _remove_own_temporaries(out: Path, mine: set[int]) -> None:
     only this shard writes those recipes, so no live writer owns them."""
     for p in out.glob(".recipe-*.txt.*.tmp"):
         try:
-            i = int(p.name[len(".recipe-"):].split(".", 1)[0])
+            i = int(p.name[len(".recipe-") :].split(".", 1)[0])
         except ValueError:
             continue
         if i in mine:
@@ -631,11 +681,14 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     # open_latest picks again if it vanished between choosing and reading
     info, loaded, meta = ckpt.open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
     if meta.get("vocab_hash") != cv.vocab_hash:
-        raise InputError(f"{info.path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "
-                         f"the corpus {cv.path} ({cv.vocab_hash[:12]})")
+        raise InputError(
+            f"{info.path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "
+            f"the corpus {cv.path} ({cv.vocab_hash[:12]})"
+        )
     if int(meta.get("vocab_size", -1)) != len(cv.vocab):
-        raise InputError(f"{info.path}: checkpoint vocabulary size {meta.get('vocab_size')} != corpus "
-                         f"{len(cv.vocab)} ({cv.path})")
+        raise InputError(
+            f"{info.path}: checkpoint vocabulary size {meta.get('vocab_size')} != corpus {len(cv.vocab)} ({cv.path})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)
     precision = _agree_plan(cfg, out, info, cv, resolve_precision(g.precision, device))
@@ -647,7 +700,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     skipped = len(mine) - len(todo)
     written = tokens_total = 0
     seconds = 0.0
-    qc: Optional[QualityContext] = None
+    qc: QualityContext | None = None
     if todo:
         qc = build_quality_context(cv, cfg.data.seed)
         cpus = available_cpus()
@@ -677,28 +730,51 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
             path = out / recipe_file_name(i)
             try:
                 atomic_write_text(path, text)
-                appender.append({"recipe": i, "file": path.name, "title": title,
-                                 "tokens": len(toks), "prompt_tokens": n_shown,
-                                 "stopped": "eor" if stopped else "max_tokens", "seed": g.seed,
-                                 "stream": [g.seed, i], "checkpoint_step": info.step, "prompt": g.prompt,
-                                 "sampling": sampling, "precision": precision, "quality": q})
+                appender.append(
+                    {
+                        "recipe": i,
+                        "file": path.name,
+                        "title": title,
+                        "tokens": len(toks),
+                        "prompt_tokens": n_shown,
+                        "stopped": "eor" if stopped else "max_tokens",
+                        "seed": g.seed,
+                        "stream": [g.seed, i],
+                        "checkpoint_step": info.step,
+                        "prompt": g.prompt,
+                        "sampling": sampling,
+                        "precision": precision,
+                        "quality": q,
+                    }
+                )
             except OSError as e:
                 raise HpcrnnError(f"{path}: cannot write: {e.__class__.__name__}: {e}") from None
 
         writer = _Writer(write)
         writer.start()
-        _log(f"shard {shard + 1}/{num_shards}: {len(todo)} recipes to write ({skipped} present) with "
-             f"checkpoint step {info.step} on {device} ({precision} products, {threads} torch threads), "
-             f"{min(g.batch_size, len(todo))} slots, {workers or 'no'} describing worker(s)")
+        _log(
+            f"shard {shard + 1}/{num_shards}: {len(todo)} recipes to write ({skipped} present) with "
+            f"checkpoint step {info.step} on {device} ({precision} products, {threads} torch threads), "
+            f"{min(g.batch_size, len(todo))} slots, {workers or 'no'} describing worker(s)"
+        )
         t0 = time.perf_counter()
         try:
             for i, toks, stopped in generate_batched(
-                    model, jobs(), batch_size=g.batch_size, max_tokens=g.max_tokens, stop_id=cv.stop_id,
-                    temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, banned=[cv.unk_id],
-                    device=device, precision=precision):
+                model,
+                jobs(),
+                batch_size=g.batch_size,
+                max_tokens=g.max_tokens,
+                stop_id=cv.stop_id,
+                temperature=g.temperature,
+                top_k=g.top_k,
+                top_p=g.top_p,
+                banned=[cv.unk_id],
+                device=device,
+                precision=precision,
+            ):
                 tokens_total += len(toks) + int(stopped)
                 written += 1
-                shown = prompts.pop(i)[hidden_of.pop(i):]
+                shown = prompts.pop(i)[hidden_of.pop(i) :]
                 writer.put((i, len(shown), toks, stopped, describer.submit(shown, toks)))
             seconds = time.perf_counter() - t0
         finally:
@@ -708,15 +784,28 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
                 appender.close()
                 describer.close()
                 torch.set_num_threads(previous_threads)
-        _log(f"shard {shard + 1}/{num_shards}: wrote {written} recipes, {tokens_total:,} tokens in "
-             f"{seconds:.1f} s ({tokens_total / max(seconds, 1e-9):,.0f} tokens/s)")
+        _log(
+            f"shard {shard + 1}/{num_shards}: wrote {written} recipes, {tokens_total:,} tokens in "
+            f"{seconds:.1f} s ({tokens_total / max(seconds, 1e-9):,.0f} tokens/s)"
+        )
 
     complete = merge(cfg, out, info, cv, qc)
-    return GenerateResult(out, shard, num_shards, len(mine), written, skipped, tokens_total, seconds,
-                          tokens_total / seconds if seconds > 0 else 0.0, complete, info.step)
+    return GenerateResult(
+        out,
+        shard,
+        num_shards,
+        len(mine),
+        written,
+        skipped,
+        tokens_total,
+        seconds,
+        tokens_total / seconds if seconds > 0 else 0.0,
+        complete,
+        info.step,
+    )
 
 
-def merge(cfg: Config, out: Path, info, cv: CorpusView, qc: Optional[QualityContext] = None) -> bool:
+def merge(cfg: Config, out: Path, info, cv: CorpusView, qc: QualityContext | None = None) -> bool:
     """Write index.jsonl and summary.json once every recipe 1..N is present. Deterministic content, so
     two tasks that both see the set complete write the same bytes (each atomically)."""
     from hpcrnn.generate import quality as Q
@@ -732,20 +821,25 @@ def merge(cfg: Config, out: Path, info, cv: CorpusView, qc: Optional[QualityCont
     gen_summary = Q.summarize([r["quality"] for r in recs], [r["tokens"] for r in recs])
     gen_summary["stopped_at_end_of_recipe"] = round(sum(r["stopped"] == "eor" for r in recs) / len(recs), 4)
     summary = {
-        "name": g.name, "run": cfg.run.name, "num_recipes": g.num_recipes,
-        "checkpoint": {"step": info.step, "path": str(info.path)}, "vocab_hash": cv.vocab_hash,
-        "settings": settings_of(cfg), "precision": recs[0].get("precision"),
+        "name": g.name,
+        "run": cfg.run.name,
+        "num_recipes": g.num_recipes,
+        "checkpoint": {"step": info.step, "path": str(info.path)},
+        "vocab_hash": cv.vocab_hash,
+        "settings": settings_of(cfg),
+        "precision": recs[0].get("precision"),
         "generated": gen_summary,
         "real_test_sample": Q.summarize(real, real_len),
-        "ingredient_words": len(qc.ingredient_words), "train_tokens": qc.train_tokens,
+        "ingredient_words": len(qc.ingredient_words),
+        "train_tokens": qc.train_tokens,
         "definitions": {
             "structure": "has a title, at least one ingredient line and instructions (>= 5 words)",
             "coherence": "share of the distinct ingredient words named in the instructions that appear in "
-                         "the recipe's own ingredient lines (ingredient words: names in training ingredient "
-                         "lines, see hpcrnn/quality.py)",
+            "the recipe's own ingredient lines (ingredient words: names in training ingredient "
+            "lines, see hpcrnn/quality.py)",
             "repeated_4grams": "1 - distinct token 4-grams / token 4-grams (generated tokens only)",
             "longest_copy": "longest run of tokens copied verbatim from the training split's token stream "
-                            "(generated tokens only; whole recipe for real ones)",
+            "(generated tokens only; whole recipe for real ones)",
         },
     }
     atomic_write_text(out / INDEX, "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
@@ -774,6 +868,7 @@ def generation_done(cfg: Config) -> bool:
 
 # ------------------------------------------------------------------------------------ shell
 
+
 def _cli(cfg: Config, args) -> GenerateResult:
     shard = args.shard
     if shard is None:
@@ -786,7 +881,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = make_parser("hpcrnn.generate", "Generate recipes from the newest complete checkpoint of a run.")
     p.add_argument("--shard", type=int, default=None, help="this task's shard, 0-based (default 0)")
-    p.add_argument("--num-shards", type=int, default=1,
-                   help="how many tasks share the recipes (default 1: this process writes them all)")
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        help="how many tasks share the recipes (default 1: this process writes them all)",
+    )
     return run_cli(p, _cli, argv)
-

@@ -8,6 +8,7 @@ a step 2-3x slower (8 ms instead of 2.5-3 ms). ``keep_freed_memory`` tells mallo
 process-wide setting: the generation job and the benchmark call it at their start; a library import does
 not. A no-op where there is no glibc (``mallopt`` missing).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -15,8 +16,8 @@ import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_MAX = 32 * 2 ** 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
-TRIM_THRESHOLD = 2 ** 30
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+TRIM_THRESHOLD = 2**30
 
 
 def keep_freed_memory() -> bool:

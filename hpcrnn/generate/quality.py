@@ -30,11 +30,12 @@ Every figure is computed the same way for a generated recipe and for a held-out 
 
 Aggregates over many recipes come from :func:`summarize`.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -47,15 +48,18 @@ _AMOUNT = re.compile(r"^[\s\d/.,½¼¾⅓⅔⅛-]*")
 _NAME_END = re.compile(r"\s--|--|[,;(]")
 
 # MealMaster/MasterCook measure abbreviations and spelled-out units.
-UNITS = frozenset("""x ea t ts tsp tb tbs tbsp c cup cups pt qt ga gal oz fl lb lbs g kg mg ml l dl cl pk pkg
+UNITS = frozenset(
+    """x ea t ts tsp tb tbs tbsp c cup cups pt qt ga gal oz fl lb lbs g kg mg ml l dl cl pk pkg
 cn can cans sm md lg ds pn dr sl bn ct cb pinch dash pound pounds ounce ounces teaspoon teaspoons tablespoon
 tablespoons quart quarts pint pints gallon gallons liter liters litre litres gram grams package packages
 packet packets envelope envelopes jar jars bottle bottles box boxes bunch bunches stick sticks slice slices
 piece pieces clove cloves head heads sprig sprigs stalk stalks whole each inch inches large medium small
-container containers carton cartons bag bags""".split())
+container containers carton cartons bag bags""".split()
+)
 
 # Words of ingredient names that describe the ingredient rather than name it, and function words.
-NOT_INGREDIENTS = frozenset("""and or of the for to with without in on into at from about plus more less
+NOT_INGREDIENTS = frozenset(
+    """and or of the for to with without in on into at from about plus more less
 taste optional divided note see below above recipe recipes if as needed desired some any other extra
 fresh freshly frozen dried dry canned cooked uncooked raw ripe hot cold warm lukewarm room temperature
 chopped minced diced sliced grated shredded crushed ground peeled seeded cored halved quartered cubed
@@ -67,7 +71,8 @@ prepared homemade bought style type brand good best inch inches piece pieces par
 package pkg size sized total approx approximately each per few several such use used using made make
 into strips cubes chunks rings wedges halves pint quart pound ounce tablespoon teaspoon container jar
 mixed assorted favorite favourite fully partially room-temperature then cool cooled chilled hard soft
-tender""".split())
+tender""".split()
+)
 
 
 def normalize_word(w: str) -> str:
@@ -89,9 +94,10 @@ def words(text: str) -> list[str]:
 
 # ---------------------------------------------------------------- parsing
 
+
 @dataclass
 class ParsedRecipe:
-    title: Optional[str]
+    title: str | None
     ingredient_lines: list[str]
     instructions: str
 
@@ -138,7 +144,7 @@ def parse_recipe(text: str) -> ParsedRecipe:
         if title is None and k is not None:
             first = lines[k].strip()
             if len(first) <= 80 and not first.endswith((".", "!", "?")) and not _HEADERISH.match(first):
-                title, body = first, lines[k + 1:]
+                title, body = first, lines[k + 1 :]
         instructions = "\n".join(ln for ln in body if not _HEADERISH.match(ln))
     return ParsedRecipe(title, ingredients, instructions)
 
@@ -151,7 +157,7 @@ def ingredient_name(line: str) -> str:
         s = parts[1]
     s = s.lstrip("- ")  # a MealMaster continuation line: "-Beaten"
     m = _NAME_END.search(s)
-    return s[:m.start()] if m else s
+    return s[: m.start()] if m else s
 
 
 def name_words(line: str) -> set[str]:
@@ -159,8 +165,9 @@ def name_words(line: str) -> set[str]:
     return {w for w in words(ingredient_name(line)) if w not in NOT_INGREDIENTS and w not in UNITS}
 
 
-def build_ingredient_words(parsed: Iterable[ParsedRecipe], min_recipes: int = 3,
-                           min_ingredient_share: float = 0.5) -> frozenset[str]:
+def build_ingredient_words(
+    parsed: Iterable[ParsedRecipe], min_recipes: int = 3, min_ingredient_share: float = 0.5
+) -> frozenset[str]:
     """The ingredient vocabulary of a corpus (see the module docstring for the definition)."""
     in_names: dict[str, int] = {}
     in_instr: dict[str, int] = {}
@@ -188,7 +195,7 @@ def build_ingredient_words(parsed: Iterable[ParsedRecipe], min_recipes: int = 3,
     return frozenset(out)
 
 
-def coherence(p: ParsedRecipe, ingredient_words: frozenset[str]) -> tuple[Optional[float], int]:
+def coherence(p: ParsedRecipe, ingredient_words: frozenset[str]) -> tuple[float | None, int]:
     """(share of the ingredient words named in the instructions that the ingredient lines hold, how many
     distinct ingredient words the instructions name)."""
     mentioned = {w for w in words(p.instructions) if w in ingredient_words}
@@ -202,16 +209,18 @@ def coherence(p: ParsedRecipe, ingredient_words: frozenset[str]) -> tuple[Option
 
 # ---------------------------------------------------------------- repetition
 
+
 def repeated_ngram_share(tokens: Sequence[int], n: int = 4) -> float:
     """1 - distinct n-grams / n-grams (0.0 below n tokens)."""
     t = len(tokens)
     if t < n:
         return 0.0
-    grams = [tuple(tokens[i:i + n]) for i in range(t - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(t - n + 1)]
     return 1.0 - len(set(grams)) / len(grams)
 
 
 # ---------------------------------------------------------------- novelty
+
 
 class CopyIndex:
     """Exact longest verbatim copy of a token sequence from one (large) token stream.
@@ -239,7 +248,7 @@ class CopyIndex:
         self.k1 = self._keys(0)
         self.k2 = self._keys(self.per)
         order = np.lexsort((self.k2, self.k1))
-        self.sa = order.astype(np.int32 if n < 2 ** 31 else np.int64)
+        self.sa = order.astype(np.int32 if n < 2**31 else np.int64)
         self.k1 = self.k1[order]
         self.k2 = self.k2[order]
         self.pad = self.pad.astype(np.int32 if self.bits < 32 else np.int64)
@@ -249,7 +258,7 @@ class CopyIndex:
         key = np.zeros(n, dtype=np.uint64)
         for i in range(self.per):
             key <<= np.uint64(self.bits)
-            key |= self.pad[offset + i: offset + i + n].astype(np.uint64)
+            key |= self.pad[offset + i : offset + i + n].astype(np.uint64)
         return key
 
     def _pack(self, seq: np.ndarray) -> tuple[int, int]:
@@ -263,16 +272,17 @@ class CopyIndex:
 
     def _range(self, seq: np.ndarray) -> tuple[int, int]:
         """Half-open range of self.sa whose positions start with seq (1 <= len(seq) <= K)."""
-        a = seq[:self.per]
+        a = seq[: self.per]
         lo1, hi1 = self._pack(a)
         lo = int(np.searchsorted(self.k1, np.uint64(lo1), "left"))
         hi = int(np.searchsorted(self.k1, np.uint64(hi1), "right"))
         if len(seq) <= self.per or lo == hi:
             return lo, hi
-        lo2, hi2 = self._pack(seq[self.per:])
+        lo2, hi2 = self._pack(seq[self.per :])
         sub = self.k2[lo:hi]
-        return lo + int(np.searchsorted(sub, np.uint64(lo2), "left")), \
-            lo + int(np.searchsorted(sub, np.uint64(hi2), "right"))
+        return lo + int(np.searchsorted(sub, np.uint64(lo2), "left")), lo + int(
+            np.searchsorted(sub, np.uint64(hi2), "right")
+        )
 
     def occurs(self, seq: np.ndarray) -> bool:
         """Whether seq (a non-empty int array) occurs in the stream."""
@@ -280,10 +290,10 @@ class CopyIndex:
         if m <= self.K:
             lo, hi = self._range(seq)
             return hi > lo
-        lo_a, hi_a = self._range(seq[:self.K])
+        lo_a, hi_a = self._range(seq[: self.K])
         if hi_a == lo_a:
             return False
-        lo_b, hi_b = self._range(seq[m - self.K:])
+        lo_b, hi_b = self._range(seq[m - self.K :])
         if hi_b == lo_b:
             return False
         if hi_a - lo_a <= hi_b - lo_b:
@@ -312,15 +322,17 @@ class CopyIndex:
         for j in range(n):
             if j + best >= n:
                 break
-            while j + best < n and self.occurs(s[j:j + best + 1]):
+            while j + best < n and self.occurs(s[j : j + best + 1]):
                 best += 1
         return best
 
 
 # ---------------------------------------------------------------- one recipe, many recipes
 
-def recipe_quality(text: str, tokens: Sequence[int], ingredient_words: frozenset[str],
-                   index: Optional[CopyIndex]) -> dict:
+
+def recipe_quality(
+    text: str, tokens: Sequence[int], ingredient_words: frozenset[str], index: CopyIndex | None
+) -> dict:
     """The figures of one recipe: ``text`` as written, ``tokens`` the ids the figures count on."""
     p = parse_recipe(text)
     coh, n_mentioned = coherence(p, ingredient_words)
@@ -337,11 +349,11 @@ def recipe_quality(text: str, tokens: Sequence[int], ingredient_words: frozenset
     }
 
 
-def _mean(xs: list) -> Optional[float]:
+def _mean(xs: list) -> float | None:
     return round(float(np.mean(xs)), 4) if xs else None
 
 
-def summarize(qualities: list[dict], lengths: Optional[list[int]] = None) -> dict:
+def summarize(qualities: list[dict], lengths: list[int] | None = None) -> dict:
     """Aggregate figures over recipes (shares, means, the distribution of the longest copy)."""
     n = len(qualities)
     out: dict = {"recipes": n}

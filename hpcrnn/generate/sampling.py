@@ -26,9 +26,8 @@ scalar loops on a CPU, are avoided (``topk`` remains only for top_k and top_p co
 sorting is fast and every rejection round would cost a host synchronisation, the kept set comes from a
 sort and the first uniform draws from it (so a GPU's recipes differ from a CPU's for the same seed).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ def uniforms_per_token(top_k: int, top_p: float) -> int:
     return ROUNDS if (top_k > 0 or top_p < 1.0) else 1
 
 
-def greedy(logits: torch.Tensor, work: Optional[torch.Tensor] = None) -> torch.Tensor:
+def greedy(logits: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
     """The first index of each row's maximum. ``work``: an optional float32 buffer of the logits' shape."""
     if logits.device.type != "cpu":
         return logits.argmax(-1)
@@ -52,8 +51,14 @@ def greedy(logits: torch.Tensor, work: Optional[torch.Tensor] = None) -> torch.T
     return torch.from_numpy(np.argmax(logits.numpy(), axis=-1).astype(np.int64))
 
 
-def sample_next(logits: torch.Tensor, u: Optional[torch.Tensor], temperature: float, top_k: int = 0,
-                top_p: float = 1.0, work: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    u: torch.Tensor | None,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    work: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Next token per row from raw logits [b, V] (banned tokens already -inf). ``u``: uniforms in [0, 1),
     [b] or [b, rounds] (one per draw; see the module doc). ``work``: an optional float32 buffer."""
     if temperature == 0.0:
@@ -62,8 +67,9 @@ def sample_next(logits: torch.Tensor, u: Optional[torch.Tensor], temperature: fl
     return sample_scaled(x, u, top_k, top_p, work=x)
 
 
-def sample_scaled(x: torch.Tensor, u: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
-                  work: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sample_scaled(
+    x: torch.Tensor, u: torch.Tensor, top_k: int = 0, top_p: float = 1.0, work: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sample from logits already divided by the temperature (see :class:`hpcrnn.generate.stepper.Stepper`).
     ``work``: an optional float32 buffer of the logits' shape (may be ``x`` itself), overwritten; without
     one, a copy is made (``x`` is never modified otherwise)."""
@@ -141,7 +147,7 @@ def _leftover(w: torch.Tensor, j: torch.Tensor, u: torch.Tensor) -> torch.Tensor
     wj = w.gather(1, j[:, None])[:, 0].double()
     lo = cdf.gather(1, j[:, None])[:, 0] - wj
     x = (u.double() * (1.0 - 1e-6) * cdf[:, -1] - lo) / wj
-    return x.clamp(0.0, 1.0 - 2 ** -24).float()
+    return x.clamp(0.0, 1.0 - 2**-24).float()
 
 
 def _sorted_fallback(w: torch.Tensor, u: torch.Tensor, k: int, p: float) -> torch.Tensor:
@@ -150,7 +156,7 @@ def _sorted_fallback(w: torch.Tensor, u: torch.Tensor, k: int, p: float) -> torc
     vals, _ = w.sort(dim=-1, descending=True)
     keep_from = torch.full((w.shape[0], 1), float("inf"), device=w.device)
     if k:
-        keep_from = vals[:, k - 1:k]
+        keep_from = vals[:, k - 1 : k]
     if p:
         cum = vals.double().cumsum(-1)
         m = torch.searchsorted(cum, (p * cum[:, -1:]), right=False).clamp(max=w.shape[1] - 1)
@@ -159,7 +165,7 @@ def _sorted_fallback(w: torch.Tensor, u: torch.Tensor, k: int, p: float) -> torc
     return inverse_cdf(torch.where(w >= keep_from, w, 0.0), u)[0]
 
 
-def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per row, the first index whose running sum of the non-negative weights ``w`` [b, n] exceeds
     ``u`` times the row's total; returns (indices [b], totals [b], the sums of blocks of 64 weights
     [b, ceil(n / 64)] or None for the flat search). ``w`` is not modified.

@@ -25,13 +25,14 @@ The logits are returned in a buffer that the next call (with the same batch size
 
 The state layout is ``nn.LSTM``'s: ``(h, c)`` of shape ``[layers, B, H]`` (``h`` alone for GRU/RNN).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
-TABLE_LIMIT_BYTES = 512 * 2 ** 20  # larger input tables (huge vocabularies) multiply per step instead
+TABLE_LIMIT_BYTES = 512 * 2**20  # larger input tables (huge vocabularies) multiply per step instead
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -54,8 +55,15 @@ class Stepper:
     ``temperature`` > 0 divides the logits by it (0: greedy, logits unscaled); ``banned`` tokens get
     ``-inf``. The model itself is left untouched; the stepper keeps its own (derived) weights."""
 
-    def __init__(self, model: torch.nn.Module, *, precision: str = "fp32", temperature: float = 0.0,
-                 banned: Sequence[int] = (), device="cpu"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        precision: str = "fp32",
+        temperature: float = 0.0,
+        banned: Sequence[int] = (),
+        device="cpu",
+    ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         device = torch.device(device)
@@ -78,8 +86,8 @@ class Stepper:
                 b_ih = zeros if b_ih is None else b_ih.detach().to(**f32)
                 b_hh = zeros if b_hh is None else b_hh.detach().to(**f32)
                 if self.cell == "gru":  # the n gate's hidden bias sits inside r * (W_hn h + b_hn)
-                    self.bias.append(b_ih + torch.cat([b_hh[:2 * H], zeros[:H]]))
-                    self.b_hn.append(torch.cat([zeros[:2 * H], b_hh[2 * H:]]))
+                    self.bias.append(b_ih + torch.cat([b_hh[: 2 * H], zeros[:H]]))
+                    self.b_hn.append(torch.cat([zeros[: 2 * H], b_hh[2 * H :]]))
                 else:
                     self.bias.append(b_ih + b_hh)
                     self.b_hn.append(None)
@@ -90,7 +98,7 @@ class Stepper:
             emb = model.embed.weight.detach().to(**f32)
             self.vocab_size = V = emb.shape[0]
             self.embed = emb
-            self.table: Optional[torch.Tensor] = None
+            self.table: torch.Tensor | None = None
             if V * G * 4 <= TABLE_LIMIT_BYTES:  # computed once, in fp32 whatever the precision
                 self.table = torch.addmm(self.bias[0], emb, w_ih0_t)
             w = model.head.weight.detach().to(**f32)
@@ -128,7 +136,7 @@ class Stepper:
         z = torch.zeros(self.layers, batch, self.hidden, device=self.device)
         return (z, z.clone()) if self.cell == "lstm" else z
 
-    def _mm(self, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, out: Optional[torch.Tensor] = None):
+    def _mm(self, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor | None = None):
         """``bias + x @ w_t`` in fp32; the product in the stepper's precision."""
         if self.mm_dtype == torch.float32:
             return torch.addmm(bias, x, w_t) if out is None else out.addmm_(x, w_t)
@@ -152,17 +160,17 @@ class Stepper:
             if self.cell == "lstm":
                 c = state[1][layer]
                 self._mm(None, h, self.w_hh_t[layer], out=gates)
-                gates[:, :2 * H].sigmoid_()  # input and forget gates
-                gates[:, 2 * H:3 * H].tanh_()  # candidate
-                gates[:, 3 * H:].sigmoid_()  # output gate
+                gates[:, : 2 * H].sigmoid_()  # input and forget gates
+                gates[:, 2 * H : 3 * H].tanh_()  # candidate
+                gates[:, 3 * H :].sigmoid_()  # output gate
                 i, f, g, o = gates.split(H, 1)
                 c.mul_(f).addcmul_(i, g)
                 torch.tanh(c, out=h).mul_(o)
             elif self.cell == "gru":
                 gh = self._mm(self.b_hn[layer], h, self.w_hh_t[layer])
-                rz = gates[:, :2 * H].add_(gh[:, :2 * H]).sigmoid_()
+                rz = gates[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_()
                 r, z = rz.split(H, 1)
-                n = gates[:, 2 * H:].addcmul_(r, gh[:, 2 * H:]).tanh_()
+                n = gates[:, 2 * H :].addcmul_(r, gh[:, 2 * H :]).tanh_()
                 h.sub_(n).mul_(z).add_(n)  # (1 - z) n + z h
             else:
                 self._mm(None, h, self.w_hh_t[layer], out=gates)
@@ -179,5 +187,5 @@ class Stepper:
         if self.mm_dtype == torch.float32:
             return torch.addmm(self.head_b, x, self.head_w_t, out=out)
         xa = self._buffer("head_in", (B, self.head_w_t.shape[0]), self.mm_dtype)
-        xa[:, :self.hidden].copy_(x)
+        xa[:, : self.hidden].copy_(x)
         return torch.mm(xa, self.head_w_t, out=out)

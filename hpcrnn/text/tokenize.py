@@ -26,6 +26,7 @@ clear. ftfy was tried and leaves this corpus untouched (its heuristics look for 
 not for cp437 read as latin-1), so the repair uses Python's own codecs: the candidate reading is
 ``text.encode("latin-1").decode("cp437")``.
 """
+
 from __future__ import annotations
 
 import re
@@ -82,10 +83,10 @@ DOC_SEP = b"\x02"
 _ASCII_REPEAT_ALT = "|".join(re.escape(c) + "+" for c in _REPEATABLE if c.isascii())
 _ASCII_REPEATABLE = re.escape("".join(c for c in _REPEATABLE if c.isascii())).encode()
 # single punctuation before the runs: most punctuation then matches without trying a dozen run branches
-_RECIPE_RE_BYTES = re.compile(rb"[a-z0-9]+|[^a-z0-9\s" + _ASCII_REPEATABLE + rb"]|\n|"
-                              + _ASCII_REPEAT_ALT.encode())
-_RECIPE_TAB_RE_BYTES = re.compile(rb"[a-z0-9]+|[^a-z0-9\s" + _ASCII_REPEATABLE + rb"]|\n|\t|"
-                                  + _ASCII_REPEAT_ALT.encode())
+_RECIPE_RE_BYTES = re.compile(rb"[a-z0-9]+|[^a-z0-9\s" + _ASCII_REPEATABLE + rb"]|\n|" + _ASCII_REPEAT_ALT.encode())
+_RECIPE_TAB_RE_BYTES = re.compile(
+    rb"[a-z0-9]+|[^a-z0-9\s" + _ASCII_REPEATABLE + rb"]|\n|\t|" + _ASCII_REPEAT_ALT.encode()
+)
 
 
 def tokenize_documents_bytes(texts: list[str], tokenizer: str = "recipe", keep_tabs: bool = False) -> list[bytes]:
@@ -133,9 +134,53 @@ _DOMAINS = {"com", "org", "net", "edu", "gov", "uk", "co", "de", "ca", "au", "us
 
 # MealMaster/MasterCook measure abbreviations: on an ingredient line, the word after amount and unit is
 # the ingredient name, which the corpus capitalizes.
-_UNITS = {"x", "ea", "t", "ts", "tsp", "tb", "tbs", "tbsp", "c", "cup", "cups", "pt", "qt", "ga", "gal",
-          "oz", "fl", "lb", "lbs", "g", "kg", "mg", "ml", "l", "dl", "cl", "pk", "pkg", "cn", "can", "sm",
-          "md", "lg", "ds", "pn", "dr", "sl", "bn", "ct", "cb", "ts.", "tb.", "c.", "tsp.", "tbsp."}
+_UNITS = {
+    "x",
+    "ea",
+    "t",
+    "ts",
+    "tsp",
+    "tb",
+    "tbs",
+    "tbsp",
+    "c",
+    "cup",
+    "cups",
+    "pt",
+    "qt",
+    "ga",
+    "gal",
+    "oz",
+    "fl",
+    "lb",
+    "lbs",
+    "g",
+    "kg",
+    "mg",
+    "ml",
+    "l",
+    "dl",
+    "cl",
+    "pk",
+    "pkg",
+    "cn",
+    "can",
+    "sm",
+    "md",
+    "lg",
+    "ds",
+    "pn",
+    "dr",
+    "sl",
+    "bn",
+    "ct",
+    "cb",
+    "ts.",
+    "tb.",
+    "c.",
+    "tsp.",
+    "tbsp.",
+}
 
 
 def _is_word(t: str) -> bool:
@@ -170,9 +215,9 @@ def _join_cell(toks: list[str], state: dict) -> str:
         nxt = toks[i + 1] if i + 1 < n else None
         space = not glue
         glue = False
-        if (t in (".", ":") and prev is not None and prev[-1].isdigit() and nxt is not None
-                and nxt[0].isdigit()) or (t == "," and prev is not None and _is_num(prev)
-                                          and nxt is not None and len(nxt) == 3 and _is_num(nxt)):
+        if (t in (".", ":") and prev is not None and prev[-1].isdigit() and nxt is not None and nxt[0].isdigit()) or (
+            t == "," and prev is not None and _is_num(prev) and nxt is not None and len(nxt) == 3 and _is_num(nxt)
+        ):
             space, glue = False, True  # 1.80, 0:45, 1,000 (but "12, 1995")
         elif t == "." and prev is not None and _is_word(prev) and nxt in _DOMAINS:
             space, glue = False, True  # aol.com
@@ -256,12 +301,15 @@ def _cap_first(s: str) -> str:
     m = re.search(r"[^\W\d_]", s)
     if not m:
         return s
-    return s[:m.start()] + s[m.start()].upper() + s[m.start() + 1:]
+    return s[: m.start()] + s[m.start()].upper() + s[m.start() + 1 :]
 
 
-_AMOUNT_UNIT = re.compile(r"^([\d/ .½¼¾-]*\s*)((?:" + "|".join(sorted((re.escape(u) for u in _UNITS),
-                                                                          key=len, reverse=True))
-                          + r")\s+)?(?=[^\W\d_])", re.I)
+_AMOUNT_UNIT = re.compile(
+    r"^([\d/ .½¼¾-]*\s*)((?:"
+    + "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))
+    + r")\s+)?(?=[^\W\d_])",
+    re.I,
+)
 
 
 _MM_BANNER_RE = re.compile(r"\s*(?:mmmmm|-----)-*\s*recipe via meal\s*-\s*master", re.I)
@@ -396,7 +444,7 @@ def _capitalize_document(lines: list[str]) -> list[str]:
         m = _AMOUNT_UNIT.match(out[j])
         if m:
             k = m.end()
-            out[j] = out[j][:k] + out[j][k].upper() + out[j][k + 1:]
+            out[j] = out[j][:k] + out[j][k].upper() + out[j][k + 1 :]
         else:
             out[j] = _cap_first(out[j])
     cap_next = True
@@ -413,8 +461,9 @@ def _capitalize_document(lines: list[str]) -> list[str]:
 _HEAD_BLOCK = re.compile(r"(?:[ \t]*(?:title|categories|yield|servings)[ \t]*:[^\n]*\n)+", re.I)
 _BLANKS = re.compile(r"(?:[ \t]*\n)*")
 # Lines of stripped length 1..40, or MealMaster section headings ("MMMMM-----FILLING-----").
-_SHORT_LINES = re.compile(r"(?:[ \t]*\S(?:[^\n]{0,38}\S)?[ \t]*\n|[ \t]*(?:mmmmm)?[ \t]*-{3,}[^\n]*?[^\W\d_][^\n]*?-{3,}[ \t]*\n)*",
-                          re.I)
+_SHORT_LINES = re.compile(
+    r"(?:[ \t]*\S(?:[^\n]{0,38}\S)?[ \t]*\n|[ \t]*(?:mmmmm)?[ \t]*-{3,}[^\n]*?[^\W\d_][^\n]*?-{3,}[ \t]*\n)*", re.I
+)
 _SECTION = re.compile(r"(?:mmmmm)?\s*-{3,}.*[^\W\d_].*-{3,}\Z", re.I)
 _SENTENCE_LINE = re.compile(r"^[ \t]*[^\d\s][^\n]*?\S[ \t]+\S[^\n]*?[ \t]\S[^\n]*\.[ \t]*$", re.M)
 
@@ -576,8 +625,10 @@ def _is_latin_letter(c: str) -> bool:
 
 
 # Evidence that a document is cp437 read as latin-1. Each pattern names the characters to re-read.
-_UNIT = (r"(?:\d|c\b|cups?|ts\b|tsp|tb\b|tbsp|teasp|tables|t\b|lbs?\b|oz\b|pounds?|inch|in\b|\"|hours?|"
-         r"min|qt\b|pt\b|gal|x\b|ea\b)")
+_UNIT = (
+    r"(?:\d|c\b|cups?|ts\b|tsp|tb\b|tbsp|teasp|tables|t\b|lbs?\b|oz\b|pounds?|inch|in\b|\"|hours?|"
+    r"min|qt\b|pt\b|gal|x\b|ea\b)"
+)
 # Every alternative starts with the suspicious character and looks around it afterwards, so the scan
 # skips ASCII text at the speed of a character-class test (lookbehinds first made it 10x slower).
 _EVIDENCE = re.compile(
@@ -589,11 +640,15 @@ _EVIDENCE = re.compile(
     r"|þ(?<!\Sþ)(?=\s|$)"  # þ as a bullet: cp437 0xFE is ■
     r"|ÿ+(?=\s|$)|ÿ(?<!\Sÿ)"  # ÿ is cp437's no-break space
     r"|ß(?<![^\n]ß)(?=\s)",  # ß as a bullet at the start of a line: cp437 0xDF is ▀
-    re.I)
+    re.I,
+)
 
 # Evidence that the latin-1 reading is right (a cp437 re-read would break it).
-_LATIN1_OK = re.compile(r"[°½¼¾](?:(?<=\d[°½¼¾])|(?<=\d\s[°½¼¾]))|[½¼¾](?=[ -]?" + _UNIT + r")"
-                        r"|[®©](?<=[A-Za-z][®©])", re.I)
+_LATIN1_OK = re.compile(
+    r"[°½¼¾](?:(?<=\d[°½¼¾])|(?<=\d\s[°½¼¾]))|[½¼¾](?=[ -]?" + _UNIT + r")"
+    r"|[®©](?<=[A-Za-z][®©])",
+    re.I,
+)
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _C1 = re.compile(r"[\x80-\x9f]")
@@ -678,8 +733,9 @@ def repair_mojibake(text: str) -> tuple[str, int]:
             if marked[i]:
                 continue
             if _is_latin_letter(c) and not _is_latin_letter(_CP437[c]):
-                near = (i > 0 and lat[i - 1].isascii() and lat[i - 1].isalpha()) or \
-                       (i + 1 < n and lat[i + 1].isascii() and lat[i + 1].isalpha())
+                near = (i > 0 and lat[i - 1].isascii() and lat[i - 1].isalpha()) or (
+                    i + 1 < n and lat[i + 1].isascii() and lat[i + 1].isalpha()
+                )
                 if near:
                     counter = True  # Béarnaise: a real accented word
                     break
@@ -696,7 +752,7 @@ def repair_mojibake(text: str) -> tuple[str, int]:
         for i in c1:
             # each byte by its own most plausible reading; the document's reading breaks ties
             chars[i] = _c1_codec(lat, [i], prefer=doc_codec)
-            chars[i] = raw[i:i + 1].decode(chars[i], errors="replace")
+            chars[i] = raw[i : i + 1].decode(chars[i], errors="replace")
     out = "".join(chars)
     changed = sum(map(str.__ne__, text, out))
     return out, changed

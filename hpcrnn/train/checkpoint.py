@@ -15,6 +15,7 @@ so a reader never sees a partial one (even while a trainer writes beside it), an
 file is reported in one line and skipped in favour of the previous checkpoint — never loaded, never
 deleted silently.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -247,4 +248,3 @@ def clean_temporaries(ckpt_dir: Path) -> None:
     if ckpt_dir.is_dir():
         for p in ckpt_dir.glob(".tmp-step-*"):
             shutil.rmtree(p, ignore_errors=True)
-

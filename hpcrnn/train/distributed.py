@@ -9,6 +9,7 @@ One code path for 1 process, N processes on one machine and N x M across nodes:
 - otherwise a single process, and no process group at all (collectives become no-ops).
 NCCL on CUDA, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -41,8 +42,9 @@ class DistInfo:
 
 def _first_host(nodelist: str) -> str:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=30, check=True).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()
         if out:
             return out[0]
     except (OSError, subprocess.SubprocessError):
@@ -61,8 +63,12 @@ def detect() -> tuple[int, int, int, str]:
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun"
     if "SUBMITIT_LOCAL_GLOBALID" in env:
-        return (int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env.get("SUBMITIT_LOCAL_NTASKS", 1)),
-                int(env.get("SUBMITIT_LOCAL_LOCALID", 0)), "submitit-local")
+        return (
+            int(env["SUBMITIT_LOCAL_GLOBALID"]),
+            int(env.get("SUBMITIT_LOCAL_NTASKS", 1)),
+            int(env.get("SUBMITIT_LOCAL_LOCALID", 0)),
+            "submitit-local",
+        )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
         # SLURM_STEP_ID: we are a task of a job step (srun / submitit), not the batch script itself
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), "slurm"
@@ -88,8 +94,13 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
             digits = "".join(ch for ch in job if ch.isdigit()) or "0"
             os.environ["MASTER_PORT"] = str(20000 + int(digits) % 20000)
         info.backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(info.backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            info.backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
         global _GROUP_USED
         _GROUP_USED = True
     return info

@@ -9,6 +9,7 @@ Exit statuses (hpcrnn/errors.py): 0 done; 75 checkpointed on the stop signal or 
 me; 76 checkpointed on SIGTERM, stopped (a cancelled job must not come back); 3 non-finite loss;
 4 an output could not be written (disk full): the previous checkpoint is intact.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,18 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpcrnn.train import checkpoint as ckpt
-from hpcrnn.train import distributed as D
 from hpcrnn.config import Config
 from hpcrnn.data.batches import WindowBatches, batch_iterator
 from hpcrnn.data.build import open_corpus
-from hpcrnn.errors import (EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError,
-                            StorageError)
+from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError, StorageError
 from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
+from hpcrnn.train import checkpoint as ckpt
+from hpcrnn.train import distributed as D
 from hpcrnn.train.model import build_model, count_parameters
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
-
 
 
 @dataclass
@@ -78,9 +77,9 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
 
 def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, total: int):
     if cfg.train.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.train.plateau_factor,
-                                                          patience=cfg.train.plateau_patience,
-                                                          min_lr=cfg.train.min_lr)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=cfg.train.plateau_factor, patience=cfg.train.plateau_patience, min_lr=cfg.train.min_lr
+        )
     return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, total))
 
 
@@ -118,8 +117,9 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, tokens: np.ndarray, starts: np.ndarray, cfg: Config, info: D.DistInfo,
-             max_batches: int = 0) -> dict:
+def evaluate(
+    model, tokens: np.ndarray, starts: np.ndarray, cfg: Config, info: D.DistInfo, max_batches: int = 0
+) -> dict:
     """Loss, perplexity, top-1 and top-5 next-word accuracy over a split, sharded over the ranks."""
     from hpcrnn.data.batches import gather_windows
 
@@ -131,7 +131,7 @@ def evaluate(model, tokens: np.ndarray, starts: np.ndarray, cfg: Config, info: D
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct1, correct5, n
     for b in range(n_batches):
-        chunk = starts[b * gb:(b + 1) * gb]
+        chunk = starts[b * gb : (b + 1) * gb]
         mine = np.array_split(chunk, info.world_size)[info.rank]
         if len(mine) == 0:
             continue
@@ -140,14 +140,21 @@ def evaluate(model, tokens: np.ndarray, starts: np.ndarray, cfg: Config, info: D
             loss, logits, y = lm_loss(model, batch, cfg.train.loss)
         top5 = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
         n = y.numel()
-        sums += torch.tensor([loss.item() * n, (top5[:, 0] == y).sum().item(),
-                              (top5 == y[:, None]).any(-1).sum().item(), n], dtype=torch.float64)
+        sums += torch.tensor(
+            [loss.item() * n, (top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(-1).sum().item(), n],
+            dtype=torch.float64,
+        )
     D.all_reduce(sums)
     model.train(was_training)
     n = max(sums[3].item(), 1.0)
     loss = sums[0].item() / n
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": sums[1].item() / n,
-            "top5": sums[2].item() / n, "tokens": int(sums[3].item())}
+    return {
+        "loss": loss,
+        "ppl": math.exp(min(loss, 50.0)),
+        "acc": sums[1].item() / n,
+        "top5": sums[2].item() / n,
+        "tokens": int(sums[3].item()),
+    }
 
 
 def autocast(cfg: Config, info: D.DistInfo):
@@ -158,14 +165,20 @@ def autocast(cfg: Config, info: D.DistInfo):
 def check_compatible(meta: dict, cfg: Config, vocab_hash: str, path: Path) -> None:
     """Refuse a checkpoint that does not fit the data and config, saying which."""
     if meta.get("vocab_hash") != vocab_hash:
-        raise InputError(f"{path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "
-                         f"the corpus {cfg.h5_path} ({vocab_hash[:12]}): use a new run.name or the same data")
+        raise InputError(
+            f"{path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "
+            f"the corpus {cfg.h5_path} ({vocab_hash[:12]}): use a new run.name or the same data"
+        )
     old = meta.get("config", {}).get("model", {})
-    diff = [f"model.{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.to_dict()["model"].items()
-            if k != "dropout" and old.get(k) != v]
+    diff = [
+        f"model.{k}: {old.get(k)!r} -> {v!r}"
+        for k, v in cfg.to_dict()["model"].items()
+        if k != "dropout" and old.get(k) != v
+    ]
     if diff:
-        raise InputError(f"{path}: checkpoint model shape does not fit the config ({'; '.join(diff)}): "
-                         f"use a new run.name")
+        raise InputError(
+            f"{path}: checkpoint model shape does not fit the config ({'; '.join(diff)}): use a new run.name"
+        )
 
 
 def training_done(cfg: Config) -> bool:
@@ -194,12 +207,16 @@ class Progress:
         eta_s = time.strftime("%H:%M:%S", time.gmtime(max(eta, 0)))
         if self.bar:
             done = int(30 * step / self.total)
-            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} loss {loss:.3f} "
-                             f"{tps:,.0f} tok/s eta {eta_s} ")
+            sys.stderr.write(
+                f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} loss {loss:.3f} {tps:,.0f} tok/s eta {eta_s} "
+            )
             sys.stderr.flush()
         elif force_line:
-            print(f"step {step}/{self.total} loss {loss:.4f} ppl {math.exp(min(loss, 50)):.1f} "
-                  f"lr {lr:.3g} {tps:,.0f} tok/s eta {eta_s}", flush=True)
+            print(
+                f"step {step}/{self.total} loss {loss:.4f} ppl {math.exp(min(loss, 50)):.1f} "
+                f"lr {lr:.3g} {tps:,.0f} tok/s eta {eta_s}",
+                flush=True,
+            )
 
     def line(self, text: str) -> None:
         if self.enabled:
@@ -245,20 +262,25 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: Ru
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if t.batch_size % info.world_size:
-        raise InputError(f"{cfg.source}: train.batch_size: {t.batch_size} is not divisible by the "
-                         f"{info.world_size} ranks")
+        raise InputError(
+            f"{cfg.source}: train.batch_size: {t.batch_size} is not divisible by the {info.world_size} ranks"
+        )
 
     # ---- data: the token stream in memory (~2 bytes a token), windows as start offsets
     corpus = open_corpus(cfg.h5_path)
     if corpus.window != cfg.data.window:
-        raise InputError(f"{cfg.h5_path}: built with window {corpus.window}, config says data.window "
-                         f"{cfg.data.window}: preprocess again")
+        raise InputError(
+            f"{cfg.h5_path}: built with window {corpus.window}, config says data.window "
+            f"{cfg.data.window}: preprocess again"
+        )
     tokens = corpus.tokens()
     train_starts, val_starts = corpus.windows("train"), corpus.windows("val")
     batches = WindowBatches(train_starts, t.batch_size, info.rank, info.world_size, t.seed)
     if batches.batches_per_epoch == 0:
-        raise InputError(f"{cfg.h5_path}: {len(train_starts)} training windows are fewer than one global "
-                         f"batch of {t.batch_size}: lower train.batch_size")
+        raise InputError(
+            f"{cfg.h5_path}: {len(train_starts)} training windows are fewer than one global "
+            f"batch of {t.batch_size}: lower train.batch_size"
+        )
     total = total_steps(cfg, batches.batches_per_epoch)
 
     # ---- model and optimizer, seeded identically on every rank (DDP also broadcasts rank 0's weights)
@@ -295,28 +317,49 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: Ru
     ddp = model
     if info.distributed:
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
 
     progress = Progress(cfg, total, info.is_main)
     if info.is_main:
-        progress.line(f"hpcrnn.train: {cfg.run.name}: {cfg.model.cell.upper()} {cfg.model.layers}x"
-                      f"{cfg.model.hidden}, {count_parameters(model):,} parameters, vocab {len(corpus.vocab):,}, "
-                      f"{len(train_starts):,} train windows, {total} steps from step {step}, "
-                      f"{info.world_size} rank(s) on {info.device} ({info.launcher})"
-                      + (f", resumed from {last.path.name}" if last else ""))
+        progress.line(
+            f"hpcrnn.train: {cfg.run.name}: {cfg.model.cell.upper()} {cfg.model.layers}x"
+            f"{cfg.model.hidden}, {count_parameters(model):,} parameters, vocab {len(corpus.vocab):,}, "
+            f"{len(train_starts):,} train windows, {total} steps from step {step}, "
+            f"{info.world_size} rank(s) on {info.device} ({info.launcher})"
+            + (f", resumed from {last.path.name}" if last else "")
+        )
 
     def save(step: int, done: bool = False, val: dict | None = None, final: dict | None = None) -> Path:
         rngs = D.all_gather_object(rng_state())
         path, failed = None, None
         if info.is_main:
             epoch, pos = batches.position(step)
-            train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "position": pos,
-                           "rng": rngs, "best_val": best_val}
-            meta = {"run": cfg.run.name, "epoch": epoch, "position": pos, "done": done, "total_steps": total,
-                    "time": time.time(), "world_size": info.world_size, "vocab_hash": corpus.vocab_hash,
-                    "vocab_size": len(corpus.vocab), "val_loss": val["loss"] if val else None,
-                    "config": cfg.to_dict(), "final": final or {}, "hpcrnn_version": _version()}
+            train_state = {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "position": pos,
+                "rng": rngs,
+                "best_val": best_val,
+            }
+            meta = {
+                "run": cfg.run.name,
+                "epoch": epoch,
+                "position": pos,
+                "done": done,
+                "total_steps": total,
+                "time": time.time(),
+                "world_size": info.world_size,
+                "vocab_hash": corpus.vocab_hash,
+                "vocab_size": len(corpus.vocab),
+                "val_loss": val["loss"] if val else None,
+                "config": cfg.to_dict(),
+                "final": final or {},
+                "hpcrnn_version": _version(),
+            }
             try:
                 path = ckpt.save_checkpoint(cfg.checkpoint_dir, step, model.state_dict(), train_state, meta)
                 ckpt.retain(cfg.checkpoint_dir, t.keep_last)
@@ -328,8 +371,10 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: Ru
         if ok.item() < 1:
             prev = ckpt.latest(cfg.checkpoint_dir)
             why = f"{failed.strerror or failed}" if info.is_main else "rank 0 could not write it"
-            raise StorageError(f"{cfg.checkpoint_dir}: cannot write checkpoint {ckpt.step_dir_name(step)}: {why}; "
-                               f"the previous checkpoint {prev.path if prev else '(none)'} is intact")
+            raise StorageError(
+                f"{cfg.checkpoint_dir}: cannot write checkpoint {ckpt.step_dir_name(step)}: {why}; "
+                f"the previous checkpoint {prev.path if prev else '(none)'} is intact"
+            )
         return path
 
     def record(**rec) -> None:
@@ -364,17 +409,21 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: Ru
             D.all_reduce(stop_vec, op=torch.distributed.ReduceOp.MAX)
         if stop_vec[1] > 0:
             good = ckpt.latest(cfg.checkpoint_dir)
-            raise DivergedError(f"non-finite loss at step {step} (lr {opt.param_groups[0]['lr']:.3g}); the last "
-                                f"good checkpoint is {good.path if good else 'none'}: lower train.lr or "
-                                f"set train.clip_grad")
+            raise DivergedError(
+                f"non-finite loss at step {step} (lr {opt.param_groups[0]['lr']:.3g}); the last "
+                f"good checkpoint is {good.path if good else 'none'}: lower train.lr or "
+                f"set train.clip_grad"
+            )
         code = int(stop_vec[0])
         if code:
             path = save(step) if last_saved != step else ckpt.latest(cfg.checkpoint_dir).path
             status = "stopped" if code == STOP_STOPPED else "requeue"
             record(event="stop", step=step, reason=flag.reason or "stop_at_step", status=status)
             if info.is_main:
-                progress.line(f"hpcrnn.train: stopped at step {step} ({flag.reason or 'requested'}), "
-                              f"checkpoint {path}: {'requeue me' if status == 'requeue' else 'stopped'}")
+                progress.line(
+                    f"hpcrnn.train: stopped at step {step} ({flag.reason or 'requested'}), "
+                    f"checkpoint {path}: {'requeue me' if status == 'requeue' else 'stopped'}"
+                )
             return TrainResult(status, step, EXIT_STOPPED if status == "stopped" else EXIT_REQUEUE, path)
         if step >= total:
             break
@@ -405,8 +454,17 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: Ru
                 acc = (top5[:, 0] == y).float().mean().item()
                 acc5 = (top5 == y[:, None]).any(-1).float().mean().item()
             lr = opt.param_groups[0]["lr"]
-            record(step=step, epoch=batches.position(step)[0], split="train", loss=lv,
-                   ppl=math.exp(min(lv, 50)), acc=acc, top5=acc5, tokens_per_s=tps, lr=lr)
+            record(
+                step=step,
+                epoch=batches.position(step)[0],
+                split="train",
+                loss=lv,
+                ppl=math.exp(min(lv, 50)),
+                acc=acc,
+                top5=acc5,
+                tokens_per_s=tps,
+                lr=lr,
+            )
             progress.update(step, lv, tps, (total - step) * step_time, lr, force_line=True)
             last_loss, interval_t, interval_n = lv, now, 0
         elif progress.bar:
@@ -418,11 +476,19 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: Ru
             if t.schedule == "plateau":
                 sched.step(val["loss"])
             best_val = val["loss"] if best_val is None else min(best_val, val["loss"])
-            record(step=step, epoch=batches.position(step)[0], split="val", lr=opt.param_groups[0]["lr"],
-                   tokens_per_s=None, **{k: v for k, v in val.items() if k != "tokens"})
+            record(
+                step=step,
+                epoch=batches.position(step)[0],
+                split="val",
+                lr=opt.param_groups[0]["lr"],
+                tokens_per_s=None,
+                **{k: v for k, v in val.items() if k != "tokens"},
+            )
             if info.is_main:
-                progress.line(f"step {step} val loss {val['loss']:.4f} ppl {val['ppl']:.1f} "
-                              f"acc {val['acc']:.3f} top5 {val['top5']:.3f}")
+                progress.line(
+                    f"step {step} val loss {val['loss']:.4f} ppl {val['ppl']:.1f} "
+                    f"acc {val['acc']:.3f} top5 {val['top5']:.3f}"
+                )
         if step % t.checkpoint_every == 0 and step < total and torch.isfinite(loss):
             tc = time.time()
             save(step, val=val)
@@ -435,8 +501,15 @@ def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: Ru
         if len(starts):
             r = evaluate(model, tokens, starts, cfg, info, 0)
             final[split] = r
-            record(step=step, epoch=batches.position(step)[0], split=split, lr=opt.param_groups[0]["lr"],
-                   tokens_per_s=None, final=True, **{k: v for k, v in r.items() if k != "tokens"})
+            record(
+                step=step,
+                epoch=batches.position(step)[0],
+                split=split,
+                lr=opt.param_groups[0]["lr"],
+                tokens_per_s=None,
+                final=True,
+                **{k: v for k, v in r.items() if k != "tokens"},
+            )
     path = save(step, done=True, val=final.get("val"), final=final)
     if info.is_main:
         msg = ", ".join(f"{k} ppl {v['ppl']:.2f} acc {v['acc']:.3f}" for k, v in final.items())
@@ -453,7 +526,10 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     from hpcrnn.cli import main_for
 
-    code = main_for("hpcrnn.train", "Train (or resume) a recurrent language model on the run's HDF5 windows.",
-                    lambda cfg, args: run_train(cfg), argv)
+    code = main_for(
+        "hpcrnn.train",
+        "Train (or resume) a recurrent language model on the run's HDF5 windows.",
+        lambda cfg, args: run_train(cfg),
+        argv,
+    )
     return D.exit_process(code)  # after a multi-rank run: os._exit (see there)
-

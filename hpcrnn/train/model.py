@@ -4,6 +4,7 @@ The lecture feeds one-hot vectors into the LSTM; an embedding lookup is the same
 vector times a weight matrix selects one row) at a fraction of the cost. ``step`` runs one token for a
 whole batch and carries the recurrent state, which is what makes batched generation cheap.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,13 @@ class RecurrentLM(nn.Module):
         # no dropout module at all when p = 0: even a no-op dropout costs a pass over the activations
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         # dropout between stacked layers only (PyTorch warns on it for a single layer)
-        self.rnn = _CELLS[cfg.cell](cfg.embedding, cfg.hidden, num_layers=cfg.layers, batch_first=True,
-                                    dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.rnn = _CELLS[cfg.cell](
+            cfg.embedding,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
         self.head = nn.Linear(cfg.hidden, vocab_size)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight  # same shape when embedding == hidden (validated)

@@ -5,6 +5,7 @@ SIGUSR2/SIGTERM that arrives during start-up still ends in a complete checkpoint
 default action (which would kill the process with nothing saved). The trainer reads the flag at each step
 boundary, where all ranks agree on it.
 """
+
 from __future__ import annotations
 
 import signal
@@ -23,7 +24,7 @@ class StopFlag:
         if code >= self.code:
             self.code, self.reason = code, signal.Signals(signum).name
 
-    def install(self, stop_signal: str = "SIGUSR2") -> "StopFlag":
+    def install(self, stop_signal: str = "SIGUSR2") -> StopFlag:
         """Handle ``stop_signal`` as "checkpoint and requeue me" and SIGTERM as "checkpoint and stop"."""
         for sig, code in ((getattr(signal, stop_signal), STOP_REQUEUE), (signal.SIGTERM, STOP_STOPPED)):
             self._sigs[sig] = code
