@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from hpcrnn.config import load_config, save_resolved
 from hpcrnn.errors import EXIT_ERROR, EXIT_OK, HpcrnnError
 
 EPILOG = """exit statuses: 0 done; 1 internal error; 2 usage/config/input error;
@@ -37,10 +38,9 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None, save: bool = True) -> int:
     """Parse, load, call ``fn(cfg, args)``; return the exit status (never raises for user errors)."""
-    args = parser.parse_args(argv)
+    # options may stand anywhere among the overrides: `launch CONFIG --cluster local train.lr=0.1`
+    args = parser.parse_intermixed_args(argv)
     try:
-        from hpcrnn.config import load_config, save_resolved
-
         cfg = load_config(args.config, args.overrides)
         if save:
             save_resolved(cfg)

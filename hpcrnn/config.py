@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import os
 import re
+import signal
 import types
 import typing
 from dataclasses import dataclass, field
@@ -232,6 +233,33 @@ def expand_env(value: str, key: str, src: str) -> str:
     return _ENV.sub(sub, value)
 
 
+# Config strings reach sbatch scripts, shell lines and file names: no control characters there. Only the
+# prompt is text to feed the model, where newlines and tabs are its layout.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TEXT_KEYS = {"generate.prompt"}
+_ADDITIONAL_KEY = re.compile(r"[a-z0-9][a-z0-9_-]*")  # sbatch option names (_ is written as -)
+_UNCATCHABLE = {"SIGKILL", "SIGSTOP"}
+
+
+def _check_text(value: str, key: str, src: str) -> str:
+    bad = (_PROMPT_CONTROL if key in _TEXT_KEYS else _CONTROL).search(value)
+    if bad:
+        raise ConfigError(f"{src}: {key}: control character {bad.group()!r} not allowed in {value!r}")
+    return value
+
+
+def _check_additional(extra: dict | None, key: str, src: str) -> None:
+    """sbatch parameters: option names and plain values only (a newline would add #SBATCH lines)."""
+    for k, v in (extra or {}).items():
+        if not _ADDITIONAL_KEY.fullmatch(k):
+            raise ConfigError(f"{src}: {key}.{k}: an sbatch option name holds only a-z, 0-9, - and _")
+        if isinstance(v, str):
+            _check_text(expand_env(v, f"{key}.{k}", src), f"{key}.{k}", src)
+        elif not isinstance(v, (int, float, bool)):
+            raise ConfigError(f"{src}: {key}.{k}: expected a string or number, got {type(v).__name__} {v!r}")
+
+
 def _type_name(tp) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + "|".join(map(str, typing.get_args(tp)))
@@ -292,7 +320,7 @@ def _check_value(value: Any, tp: Any, key: str, src: str) -> Any:
             value = str(value)  # e.g. run.name: 2024 or generate.checkpoint: 1200
         if not isinstance(value, str):
             raise ConfigError(f"{src}: {key}: expected a string, got {type(value).__name__} {value!r}")
-        return expand_env(value, key, src)
+        return _check_text(expand_env(value, key, src), key, src)
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
 
 
@@ -341,11 +369,11 @@ def _build(cls, raw: Any, prefix: str, src: str, base: Any = None):
 def _check_corpus(corpus: Any, src: str) -> Any:
     key = "data.corpus"
     if isinstance(corpus, str):
-        return expand_env(corpus, key, src)
+        return _check_text(expand_env(corpus, key, src), key, src)
     if isinstance(corpus, list):
         if not corpus or not all(isinstance(c, str) for c in corpus):
             raise ConfigError(f"{src}: {key}: a list of corpus paths must be non-empty strings")
-        return [expand_env(c, f"{key}[{i}]", src) for i, c in enumerate(corpus)]
+        return [_check_text(expand_env(c, f"{key}[{i}]", src), f"{key}[{i}]", src) for i, c in enumerate(corpus)]
     if isinstance(corpus, dict):
         want = {"train", "val", "test"}
         if set(corpus) != want:
@@ -357,9 +385,17 @@ def _check_corpus(corpus: Any, src: str) -> Any:
         for k in ("train", "val", "test"):
             if not isinstance(corpus[k], str):
                 raise ConfigError(f"{src}: {key}.{k}: expected a path, got {corpus[k]!r}")
-            out[k] = expand_env(corpus[k], f"{key}.{k}", src)
+            out[k] = _check_text(expand_env(corpus[k], f"{key}.{k}", src), f"{key}.{k}", src)
         return out
     raise ConfigError(f"{src}: {key}: expected a path, a list of paths or {{train, val, test}}, got {corpus!r}")
+
+
+def _check_name(name: str, key: str, src: str) -> None:
+    """A run or folder name is one path component inside its parent: never '.', '..' or a separator."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise ConfigError(f"{src}: {key}: {name!r} may hold only letters, digits and _ . + -")
+    if set(name) == {"."}:
+        raise ConfigError(f"{src}: {key}: {name!r} would name a folder outside the run's own")
 
 
 def _abs(p: str) -> str:
@@ -386,17 +422,23 @@ def validate(cfg: Config, src: str) -> Config:
         raise ConfigError(
             f"{src}: model.tie_weights: needs model.embedding == model.hidden ({m.embedding} != {m.hidden})"
         )
-    import signal as _signal
-
-    if not hasattr(_signal, t.stop_signal) or not t.stop_signal.startswith("SIG"):
+    if t.stop_signal not in signal.Signals.__members__:
         raise ConfigError(f"{src}: train.stop_signal: {t.stop_signal!r} is not a signal name like SIGUSR2")
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", cfg.run.name or "x"):
-        raise ConfigError(f"{src}: run.name: {cfg.run.name!r} may hold only letters, digits and _ . + -")
-    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", g.name):
-        raise ConfigError(f"{src}: generate.name: {g.name!r} may hold only letters, digits and _ . + -")
+    if t.stop_signal in _UNCATCHABLE:
+        raise ConfigError(
+            f"{src}: train.stop_signal: {t.stop_signal} cannot be caught, so it cannot stop training "
+            f"with a checkpoint: use SIGUSR2 (or another catchable signal)"
+        )
+    _check_name(cfg.run.name or "x", "run.name", src)
+    _check_name(g.name, "generate.name", src)
+    for stage in ("defaults", "preprocess", "train", "generate"):
+        _check_additional(getattr(cfg.slurm, stage).additional, f"slurm.{stage}.additional", src)
     # resolve paths once, so the saved config is cwd-independent
     cfg.paths.scratch = _abs(cfg.paths.scratch)
     cfg.paths.jobs = _abs(cfg.paths.jobs)
+    for key, path in (("paths.scratch", cfg.paths.scratch), ("paths.jobs", cfg.paths.jobs)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"{src}: {key}: {path} exists and is not a directory")
     if isinstance(d.corpus, str):
         d.corpus = _abs(d.corpus)
     elif isinstance(d.corpus, list):
