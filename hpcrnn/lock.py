@@ -15,16 +15,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
+from hpcrnn.cluster.slurm import job_on_node
 from hpcrnn.errors import LockedError
 
 LOCK_NAME = "lock.json"
 
 
-def _proc_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The start time (clock ticks since boot) of a live, non-zombie process, else None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -36,24 +36,16 @@ def _proc_start(pid: int) -> str | None:
     return fields[19]
 
 
-def _slurm_job_running(job_id: str) -> bool | None:
-    try:
-        r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if r.returncode != 0:
-        return False if "Invalid job id" in r.stderr else None
-    return r.stdout.strip() in ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED")
-
-
 class RunLock:
+    """The run lock of one run directory for one stage; ``with RunLock(...)`` or acquire()/release()."""
+
     def __init__(self, run_dir: str | os.PathLike, stage: str, stale_after: float = 3600.0):
         self.path = Path(run_dir) / LOCK_NAME
         self.stage, self.stale_after = stage, stale_after
         self.me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "start": _proc_start(os.getpid()),
+            "start": process_start(os.getpid()),
             "job_id": os.environ.get("SLURM_JOB_ID"),
             "stage": stage,
             "since": time.time(),
@@ -62,7 +54,7 @@ class RunLock:
 
     def _stale_reason(self, holder: dict) -> str | None:
         if holder.get("host") == self.me["host"]:
-            start = _proc_start(int(holder.get("pid", -1)))
+            start = process_start(int(holder.get("pid", -1)))
             if start is None or start != holder.get("start"):
                 return "its process is gone"
             return None
@@ -70,8 +62,7 @@ class RunLock:
         if job and job == self.me["job_id"]:
             return "it is this job's previous run (requeued)"
         if job:
-            running = _slurm_job_running(job)
-            if running is False:
+            if job_on_node(job) is False:
                 return f"Slurm job {job} is no longer running"
         try:
             age = time.time() - self.path.stat().st_mtime
@@ -87,31 +78,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError):
-                    holder = {}
-                if not holder:  # being written this instant, or garbage: give it a moment
-                    time.sleep(0.2)
-                    try:
-                        holder = json.loads(self.path.read_text() or "{}")
-                    except (OSError, ValueError):
-                        holder = {"host": "?", "pid": -1}
-                why = self._stale_reason(holder)
-                if why is None:
-                    who = f"{holder.get('stage', '?')} pid {holder.get('pid')} on {holder.get('host')}" + (
-                        f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""
-                    )
-                    raise LockedError(
-                        f"{self.path.parent}: run is in use by {who} (lock {self.path}); "
-                        f"wait for it, or remove the lock if that process is really gone"
-                    )
-                # take over a stale lock: rename it away (atomic) so two takers cannot both win
-                try:
-                    os.rename(self.path, self.path.with_name(f".{LOCK_NAME}.stale-{os.getpid()}"))
-                    os.unlink(self.path.with_name(f".{LOCK_NAME}.stale-{os.getpid()}"))
-                except FileNotFoundError:
-                    pass
+                fd = None
+            if fd is None:
+                self._take_over_if_stale()
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(self.me, f)
@@ -120,6 +89,39 @@ class RunLock:
             self.held = True
             return self
         raise LockedError(f"{self.path}: could not take the run lock (contended)")
+
+    def _holder(self) -> dict:
+        """Who the lock file names; an empty or unreadable file is read once more after a moment."""
+        try:
+            holder = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if not holder:  # being written this instant, or garbage: give it a moment
+            time.sleep(0.2)
+            try:
+                holder = json.loads(self.path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {"host": "?", "pid": -1}
+        return holder
+
+    def _take_over_if_stale(self) -> None:
+        """Remove the existing lock if its holder is recognisably dead; else refuse, naming the holder."""
+        holder = self._holder()
+        if self._stale_reason(holder) is None:
+            who = f"{holder.get('stage', '?')} pid {holder.get('pid')} on {holder.get('host')}" + (
+                f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""
+            )
+            raise LockedError(
+                f"{self.path.parent}: run is in use by {who} (lock {self.path}); "
+                f"wait for it, or remove the lock if that process is really gone"
+            )
+        # rename it away (atomic) so two takers cannot both win
+        aside = self.path.with_name(f".{LOCK_NAME}.stale-{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+            os.unlink(aside)
+        except FileNotFoundError:
+            pass
 
     def heartbeat(self) -> None:
         if self.held:

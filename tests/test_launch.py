@@ -15,9 +15,14 @@ import pytest
 import torch
 
 from hpcrnn.cluster import launch as L
-from hpcrnn.cluster.status import collect_status, format_status, read_metrics
+from hpcrnn.cluster import submitit_internals
+from hpcrnn.cluster.plan import STAGES, parse_stages, plan_stages
+from hpcrnn.cluster.records import read_jobs
+from hpcrnn.cluster.slurm import PROJECT_ROOT
+from hpcrnn.cluster.status import collect_status, format_status
 from hpcrnn.config import load_config
 from hpcrnn.errors import ConfigError
+from hpcrnn.fsutil import read_jsonl
 from tests.conftest import run_module, tiny_config
 
 torch.set_num_threads(1)
@@ -42,12 +47,12 @@ def recipes(cfg) -> list[Path]:
 
 
 def test_parse_stages_orders_and_rejects_unknown():
-    assert L.parse_stages(None) == ["preprocess", "train", "generate"]
-    assert L.parse_stages("all") == ["preprocess", "train", "generate"]
-    assert L.parse_stages("generate,train") == ["train", "generate"]
-    assert L.parse_stages("train train") == ["train"]
+    assert parse_stages(None) == ["preprocess", "train", "generate"]
+    assert parse_stages("all") == ["preprocess", "train", "generate"]
+    assert parse_stages("generate,train") == ["train", "generate"]
+    assert parse_stages("train train") == ["train"]
     with pytest.raises(ConfigError, match=r"--stages: unknown stage 'trian' \(did you mean 'train'\?\)"):
-        L.parse_stages("preprocess,trian")
+        parse_stages("preprocess,trian")
 
 
 def test_cluster_auto_follows_sbatch_on_path(tmp_path, monkeypatch):
@@ -100,7 +105,7 @@ def test_sbatch_script_has_the_stage_resources_and_dependency(tmp_path, tiny_cor
         "#SBATCH --cpus-per-task=2",
     ]:
         assert line in text, line
-    assert f"export PYTHONPATH={L.PROJECT_ROOT}" in text
+    assert f"export PYTHONPATH={PROJECT_ROOT}" in text
     assert str(cfg.jobs_dir / "train") in text  # logs under <paths.jobs>/<run>/<stage>/
     pre = L.make_executor(cfg, "preprocess", "slurm")._make_submission_file_text("CMD", "u")
     assert "#SBATCH --partition=batch" in pre and "#SBATCH --time=30" in pre
@@ -119,6 +124,52 @@ def test_stop_signal_must_be_submitits(tmp_path, tiny_corpus):
     with pytest.raises(ConfigError, match="train.stop_signal: SIGUSR1 differs from submitit's"):
         L.launch(cfg, "local", out=lambda s: None)
     assert not cfg.run_dir.exists()  # refused before anything was written
+
+
+def test_submitit_internals_we_rely_on(tmp_path, monkeypatch):
+    """hpcrnn/cluster/submitit_internals.py against the installed submitit: a real SignalHandler installed
+    for the preemption signal is found, classifies a stop as submitit does, and on hand-over calls the job's
+    checkpoint() and then requeues (exits) or refuses (raises). Fails when submitit changes these."""
+    from submitit.core.job_environment import SignalHandler
+    from submitit.core.utils import DelayedSubmission, JobPaths, UncompletedJobError
+    from submitit.local.local import LocalJobEnvironment
+
+    sig = submitit_internals.preemption_signal()  # SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise
+    assert sig == getattr(signal, submitit_internals.preemption_signal_name())
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
+    monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "0")
+    calls = []
+
+    class Job:
+        def __call__(self):
+            return None
+
+        def checkpoint(self):
+            calls.append("checkpoint")
+            return DelayedSubmission(self)
+
+    delayed = DelayedSubmission(Job())
+    delayed.set_timeout(60, 1)
+    sh = SignalHandler(LocalJobEnvironment(), JobPaths(tmp_path, job_id="4242"), delayed)
+    old = signal.signal(sig, sh.checkpoint_and_try_requeue)
+    try:
+        handler = submitit_internals.requeue_handler()
+        assert handler == sh.checkpoint_and_try_requeue
+        v = submitit_internals.classify_stop(handler)
+        assert (v.reason, v.timeouts_left) == ("preempted", 1)
+        sh._start_time -= 60 * 60  # past the guaranteed share of the 60-minute limit
+        v = submitit_internals.classify_stop(handler)
+        assert (v.reason, v.timeouts_left) == ("timed-out", 0)
+        with pytest.raises(SystemExit):  # requeued: the local environment exits with its requeue status
+            submitit_internals.hand_over(handler)
+        assert calls == ["checkpoint"]
+    finally:
+        signal.signal(sig, old)
+    assert submitit_internals.requeue_handler() is None
+    assert submitit_internals.requeue_handler(fallback=sh.checkpoint_and_try_requeue) is not None
+    delayed.set_timeout(60, 0)  # no timeouts left: submitit refuses to requeue, by raising
+    with pytest.raises(UncompletedJobError, match="timed-out too many times"):
+        submitit_internals.hand_over(sh.checkpoint_and_try_requeue)
 
 
 def test_missing_corpus_fails_the_launch_not_a_job(tmp_path):
@@ -182,7 +233,7 @@ def test_debug_pipeline_runs_then_skips_then_continues(tmp_path, tiny_corpus):
     res = L.launch(cfg2, "debug", out=lines.append)
     assert [p.stage for p in res.plans if p.run] == ["train", "generate"]
     assert res.results["train"]["step"] == 30
-    assert L.read_jobs(cfg.run_dir)["launches"][-1]["stages"]["preprocess"]["action"] == "skipped"
+    assert read_jobs(cfg.run_dir)["launches"][-1]["stages"]["preprocess"]["action"] == "skipped"
 
 
 def test_incompatible_relaunch_is_refused_and_new_name_is_not(tmp_path, tiny_corpus):
@@ -198,7 +249,7 @@ def test_incompatible_relaunch_is_refused_and_new_name_is_not(tmp_path, tiny_cor
     assert r.returncode == 2 and "data.window: 12 -> 10" in r.stderr
     # a new run name is a new run: planned from scratch
     other = load_config(tiny_config(tmp_path, tiny_corpus), ["model.hidden=32", "run.name=wider"])
-    plans = L.plan_stages(other, list(L.STAGES))
+    plans = plan_stages(other, list(STAGES))
     assert all(p.run for p in plans)
 
 
@@ -224,7 +275,7 @@ def test_debug_requeue_resumes_bitwise(tmp_path, tiny_corpus):
     res = L.launch(cfg, "debug", ["train"], out=lambda s: None)
     assert sent.is_set()
     assert res.results["train"]["status"] == "done" and res.results["train"]["step"] == 80
-    events = [r for r in read_metrics(cfg.metrics_path) if r.get("event") == "requeue"]
+    events = [r for r in read_jsonl(cfg.metrics_path) if r.get("event") == "requeue"]
     assert len(events) == 1 and events[0]["reason"] == "preempted" and 0 < events[0]["step"] < 80
     assert collect_status(cfg)["stages"]["train"]["requeues"] == 1
     a = sorted(ref.checkpoint_dir.glob("step-*"))[-1] / "model.pt"
@@ -244,9 +295,9 @@ def test_local_cluster_runs_the_job_callables_with_logs(tmp_path, tiny_corpus):
     assert "== generate done" in r.stdout
     cfg = load_config(cfg_path)
     assert len(recipes(cfg)) == 4
-    rec = L.read_jobs(cfg.run_dir)["launches"][-1]
-    assert rec["cluster"] == "local" and set(rec["stages"]) == set(L.STAGES)
-    for stage in L.STAGES:  # job folders under <paths.jobs>/<run name>/<stage>/
+    rec = read_jobs(cfg.run_dir)["launches"][-1]
+    assert rec["cluster"] == "local" and set(rec["stages"]) == set(STAGES)
+    for stage in STAGES:  # job folders under <paths.jobs>/<run name>/<stage>/
         log = Path(rec["stages"][stage]["stdout"])
         assert log.is_file() and log.parent == cfg.jobs_dir / stage
     s = run_module("hpcrnn.status", str(cfg.run_dir))
@@ -287,7 +338,7 @@ def test_local_time_limit_out_of_timeouts_then_relaunch_continues(tmp_path, tiny
     assert r.returncode == 75, r.stderr[-2000:]
     assert "more than slurm.max_num_timeout times" in r.stderr.strip().splitlines()[-1]
     cfg = load_config(cfg_path)
-    ev = [e for e in read_metrics(cfg.metrics_path) if e.get("event", "").startswith("requeue")]
+    ev = [e for e in read_jsonl(cfg.metrics_path) if e.get("event", "").startswith("requeue")]
     assert [e["event"] for e in ev] == ["requeue-refused"] and ev[0]["reason"] == "timed-out"
     step = ev[0]["step"]
     assert step and step > 0

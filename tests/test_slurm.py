@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcrnn.cluster.launch import read_jobs
-from hpcrnn.cluster.status import read_metrics
+from hpcrnn.cluster.records import read_jobs
 from hpcrnn.config import load_config
+from hpcrnn.fsutil import read_jsonl
 from tests.conftest import RECIPES_5K, ROOT, make_recipes, run_module, tiny_config
 
 pytestmark = pytest.mark.slurm
@@ -105,7 +105,7 @@ def logs(run_dir: Path) -> str:
     """The tails of the run's job logs, for assertion messages."""
     out = []
     for launch_rec in read_jobs(run_dir)["launches"]:
-        for stage, rec in launch_rec["stages"].items():
+        for rec in launch_rec["stages"].values():
             for k in ("stdout", "stderr"):
                 p = Path(rec.get(k) or "/nonexistent")
                 if p.is_file():
@@ -259,7 +259,7 @@ def test_preempted_train_job_requeues_resumes_and_matches_uninterrupted(slurm, t
     runs = sacct(jid)
     assert [x["State"] for x in runs] == ["REQUEUED", "COMPLETED"], f"{runs}\n{logs(cut.run_dir)}"
     completed(job_ids(ref.run_dir)["train"], ref.run_dir)
-    events = [e for e in read_metrics(cut.metrics_path) if e.get("event") == "requeue"]
+    events = [e for e in read_jsonl(cut.metrics_path) if e.get("event") == "requeue"]
     assert len(events) == 1, events
     assert events[0]["reason"] == "preempted" and events[0]["job_id"] == jid and 0 < events[0]["step"] < 1500
     out = (cut.jobs_dir / "train" / f"{jid}_0_log.out").read_text()
@@ -294,7 +294,7 @@ def test_time_limit_requeues_and_finishes(slurm, tmp_path, tiny_corpus):
     )
     run_preprocess(probe)
     run_train(probe)
-    tps = [r["tokens_per_s"] for r in read_metrics(probe.metrics_path) if r.get("split") == "train"]
+    tps = [r["tokens_per_s"] for r in read_jsonl(probe.metrics_path) if r.get("split") == "train"]
     steps_per_s = statistics.median(tps) / (probe.train.batch_size * probe.data.window)
     steps = int(steps_per_s * 200)
 
@@ -314,7 +314,7 @@ def test_time_limit_requeues_and_finishes(slurm, tmp_path, tiny_corpus):
     assert runs[-1]["State"] == "COMPLETED" and "REQUEUED" in [x["State"] for x in runs[:-1]], (
         f"{runs}\n{logs(cfg.run_dir)}"
     )
-    events = [e for e in read_metrics(cfg.metrics_path) if e.get("event") == "requeue"]
+    events = [e for e in read_jsonl(cfg.metrics_path) if e.get("event") == "requeue"]
     assert events and all(e["reason"] == "timed-out" and e["job_id"] == jid for e in events), events
     assert [e["restart_count"] for e in events] == list(range(len(events)))
     final = sorted(cfg.checkpoint_dir.glob("step-*"))[-1]
@@ -382,7 +382,7 @@ def test_scancel_stops_training_with_a_checkpoint_and_relaunch_continues(slurm, 
     subprocess.run(["scancel", ids["train"]], check=True)
     wait_gone([ids["train"]], cfg.run_dir, timeout=120)
     assert [x["State"] for x in sacct(ids["train"])] == ["CANCELLED"]
-    stops = [e for e in read_metrics(cfg.metrics_path) if e.get("event") in ("stop", "requeue")]
+    stops = [e for e in read_jsonl(cfg.metrics_path) if e.get("event") in ("stop", "requeue")]
     assert [(e["event"], e.get("reason"), e.get("status")) for e in stops] == [("stop", "SIGTERM", "stopped")]
     stopped_at = stops[0]["step"]
     assert (cfg.checkpoint_dir / f"step-{stopped_at:08d}" / "COMPLETE").is_file()
@@ -439,6 +439,6 @@ def test_real_preemption_by_a_higher_priority_job(slurm, tmp_path, tiny_corpus):
     wait_gone([jid, urgent], cfg.run_dir, timeout=300)
     assert sacct(urgent)[-1]["State"] == "COMPLETED"
     assert [x["State"] for x in sacct(jid)] == ["REQUEUED", "COMPLETED"], logs(cfg.run_dir)
-    events = [e for e in read_metrics(cfg.metrics_path) if e.get("event") in ("stop", "requeue")]
+    events = [e for e in read_jsonl(cfg.metrics_path) if e.get("event") in ("stop", "requeue")]
     assert [(e["event"], e["reason"]) for e in events] == [("stop", "SIGUSR2"), ("requeue", "preempted")]
     assert json.loads((model_pt(cfg).parent / "meta.json").read_text())["step"] == 3000
