@@ -7,7 +7,8 @@ Same model, same machine, same process. The model is the newest complete checkpo
 default, a random-weight model of the lecture's size (LSTM 256, embedding 256, ``--vocab`` words; random
 weights cost exactly what trained ones cost). Figures, in generated tokens per second:
 
-- lecture: one recipe at a time; for every new word the whole 50-word window goes through the network
+- lecture (the course's Keras script this project reproduces: one-hot 50-word windows into an
+  LSTM(256)): one recipe at a time; for every new word the whole 50-word window goes through the network
   again from a zero state, the last output picks the word greedily, the window slides by one (the
   baseline of the speed-ups);
 - lecture, one-hot: the same loop with the lecture's own formulation of the network (one-hot input into
@@ -15,10 +16,10 @@ weights cost exactly what trained ones cost). Figures, in generated tokens per s
   50 x vocabulary x 4 x hidden multiply-adds per word;
 - plain batched loop: ``model.step`` (embedding, ``nn.LSTM``, linear) + argmax for a batch, carrying
   the state — what a straightforward batched loop gets, with no per-recipe bookkeeping;
-- hpcrnn: ``hpcrnn.generate.decode.generate_batched`` as the generation job runs it (``hpcrnn.generate.stepper`` step,
-  per-recipe random streams, stop handling, refilled slots): greedy; the shipped configs' sampling
-  (temperature 1.0, top_p 0.9); temperature 0.8 alone and with top_k 40 — in fp32 and with bf16
-  matrix products (``generate.precision``).
+- hpcrnn: ``hpcrnn.generate.decode.generate_batched`` as the generation job runs it
+  (``hpcrnn.generate.stepper`` step, per-recipe random streams, stop handling, refilled slots): greedy;
+  the shipped configs' sampling (temperature 1.0, top_p 0.9); temperature 0.8 alone and with top_k 40 —
+  in fp32 and with bf16 matrix products (``generate.precision``).
 
 Generation never stops early here (no stop token), so every run produces exactly batch x tokens tokens.
 The measurements run round-robin ``--repeats`` times and each line reports its best round (the machine
@@ -29,6 +30,7 @@ prints figures with the machine and the date.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -39,10 +41,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header, peak_rss_mb  # noqa: E402
-from hpcrnn.config import ModelConfig  # noqa: E402
+from hpcrnn.config import ModelConfig, load_config  # noqa: E402
 from hpcrnn.generate.decode import Job, generate_batched  # noqa: E402
 from hpcrnn.generate.memory import keep_freed_memory  # noqa: E402
 from hpcrnn.generate.sampling import uniforms_per_token  # noqa: E402
+from hpcrnn.train import checkpoint as ckpt  # noqa: E402
 from hpcrnn.train.model import build_model  # noqa: E402
 
 
@@ -134,13 +137,49 @@ def hpcrnn_loop(
 
 
 def load_run(arg: str, device):
-    from hpcrnn.config import load_config
-    from hpcrnn.train import checkpoint as ckpt
-
     cfg = load_config(arg)
     info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint)
     model, meta = ckpt.load_model(info, device)
     return model, int(meta["vocab_size"]), cfg.data.window, f"{info.path} ({cfg.model.cell} {cfg.model.hidden})"
+
+
+def make_runs(args, model, vocab: int, window: int, hidden: int, device) -> dict:
+    """The measured loops by name: each returns tokens/s."""
+    runs = {
+        "lecture sliding-window greedy, 1 recipe": lambda: lecture_loop(
+            model, vocab, window, args.lecture_tokens, device
+        ),
+        "lecture, one-hot formulation (reference)": lambda: lecture_onehot_loop(
+            vocab, hidden, window, max(5, args.lecture_tokens // 6), device
+        ),
+    }
+    for b in args.batch:
+        runs[f"plain batched loop, batch {b}, greedy"] = functools.partial(
+            bare_loop, model, vocab, b, args.tokens, device
+        )
+        for precision in args.precision:
+            for temp, k, p, name in (
+                (0.0, 0, 1.0, "greedy"),
+                (1.0, 0, 0.9, "T 1 top_p .9"),
+                (0.8, 0, 1.0, "T .8"),
+                (0.8, 40, 1.0, "T .8 top_k 40"),
+            ):
+                runs[f"hpcrnn, batch {b}, {name}, {precision}"] = functools.partial(
+                    hpcrnn_loop, model, vocab, b, args.tokens, device, temp, k, p, precision
+                )
+    return runs
+
+
+def sort_ms(batch: int, vocab: int, repeats: int, device) -> float:
+    """Best time of sorting a batch of probability rows, in ms."""
+    probs = torch.softmax(torch.randn(batch, vocab, generator=torch.Generator().manual_seed(0)) * 3, -1).to(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        probs.sort(dim=-1, descending=True)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 
 
 def main() -> None:
@@ -164,7 +203,7 @@ def main() -> None:
         help="output-layer precisions to time",
     )
     args = ap.parse_args()
-    keep_freed_memory()  # as the generation job does (hpcrnn/memory.py)
+    keep_freed_memory()  # as the generation job does (hpcrnn/generate/memory.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -179,26 +218,7 @@ def main() -> None:
     print(header("bench_generate"))
     print(f"# model: {what}; window {window}; device {device}; best (median) of {args.repeats} rounds")
     hidden = getattr(getattr(model, "rnn", None), "hidden_size", args.hidden)
-    runs: dict[str, callable] = {
-        "lecture sliding-window greedy, 1 recipe": lambda: lecture_loop(
-            model, vocab, window, args.lecture_tokens, device
-        ),
-        "lecture, one-hot formulation (reference)": lambda: lecture_onehot_loop(
-            vocab, hidden, window, max(5, args.lecture_tokens // 6), device
-        ),
-    }
-    for b in args.batch:
-        runs[f"plain batched loop, batch {b}, greedy"] = lambda b=b: bare_loop(model, vocab, b, args.tokens, device)
-        for precision in args.precision:
-            for temp, k, p, name in (
-                (0.0, 0, 1.0, "greedy"),
-                (1.0, 0, 0.9, "T 1 top_p .9"),
-                (0.8, 0, 1.0, "T .8"),
-                (0.8, 40, 1.0, "T .8 top_k 40"),
-            ):
-                runs[f"hpcrnn, batch {b}, {name}, {precision}"] = lambda b=b, temp=temp, k=k, p=p, precision=precision: (
-                    hpcrnn_loop(model, vocab, b, args.tokens, device, temp, k, p, precision)
-                )
+    runs = make_runs(args, model, vocab, window, hidden, device)
     got: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # round-robin: a burst of load elsewhere hits every line alike
         for name, fn in runs.items():
@@ -209,14 +229,8 @@ def main() -> None:
         print(f"{name:<50} {best:>10,.0f} ({med:>8,.0f}) tokens/s {best / base:>7,.1f}x")
     print("# ratios: best round over the lecture loop's best round (fp32)")
     for b in args.batch:  # what top_k/top_p by sorting would add to every step (hpcrnn draws by rejection)
-        probs = torch.softmax(torch.randn(b, vocab, generator=torch.Generator().manual_seed(0)) * 3, -1).to(device)
-        best = float("inf")
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            probs.sort(dim=-1, descending=True)
-            sync(device)
-            best = min(best, time.perf_counter() - t0)
-        print(f"# reference: sorting {b} x {vocab:,} probabilities (top_p by sorting, per step): {best * 1e3:.1f} ms")
+        ms = sort_ms(b, vocab, args.repeats, device)
+        print(f"# reference: sorting {b} x {vocab:,} probabilities (top_p by sorting, per step): {ms:.1f} ms")
     print(f"# peak RSS {peak_rss_mb():.0f} MB")
 
 

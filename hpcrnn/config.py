@@ -126,7 +126,7 @@ class GenerateConfig:
     top_p: float = _f(1.0, gt=0.0, max=1.0)
     max_tokens: int = _f(600, min=1)
     seed: int = 0
-    prompt: str = ""  # "": the start of a recipe; "random": the lecture's random seed window
+    prompt: str = ""  # "": the start of a recipe; "random": a random data.window-token window of test text
     shards: int = _f(1, min=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison

@@ -20,9 +20,13 @@ from conftest import ROOT, run_module
 from hpcrnn.config import ModelConfig, load_config
 from hpcrnn.errors import ConfigError, InputError
 from hpcrnn.generate import decode as D
+from hpcrnn.generate import describe as DS
+from hpcrnn.generate import folder as F
 from hpcrnn.generate import job as G
+from hpcrnn.generate import prompts as P
 from hpcrnn.generate import sampling as S
 from hpcrnn.generate import stepper as ST
+from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.model import RecurrentLM, build_model
 from tests.conftest import make_recipes
@@ -279,22 +283,22 @@ def test_worker_processes_describe_like_the_writer_thread(tmp_path, monkeypatch)
     same index."""
     cfg_path, cfg = prepared(tmp_path)
     monkeypatch.setenv("HPCRNN_QUALITY_WORKERS", "0")
-    assert G.quality_workers(torch.device("cpu"), 8) == 0
+    assert DS.quality_workers(torch.device("cpu"), 8) == 0
     before = torch.get_num_threads()
     G.run_generate(with_(cfg_path, "generate.name=thread", "train.threads=1"))
     assert torch.get_num_threads() == before  # the caller's thread count is given back
     monkeypatch.setenv("HPCRNN_QUALITY_WORKERS", "2")
-    assert G.quality_workers(torch.device("cpu"), 8) == 2
+    assert DS.quality_workers(torch.device("cpu"), 8) == 2
     G.run_generate(with_(cfg_path, "generate.name=procs"))
     gen = tmp_path / "scratch" / "tiny" / "generated"
     assert files_of(gen / "procs") == files_of(gen / "thread")
     assert (gen / "procs" / "index.jsonl").read_bytes() == (gen / "thread" / "index.jsonl").read_bytes()
     monkeypatch.delenv("HPCRNN_QUALITY_WORKERS")
     # the defaults: a quarter of a CPU node's CPUs (at least one given two), spare CPUs beside a GPU
-    assert [G.quality_workers(torch.device("cpu"), n) for n in (1, 2, 4, 16, 64)] == [0, 1, 1, 4, 8]
-    assert [G.quality_workers(torch.device("cuda"), n) for n in (1, 4, 64)] == [0, 3, 8]
+    assert [DS.quality_workers(torch.device("cpu"), n) for n in (1, 2, 4, 16, 64)] == [0, 1, 1, 4, 8]
+    assert [DS.quality_workers(torch.device("cuda"), n) for n in (1, 4, 64)] == [0, 3, 8]
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
-    assert G.available_cpus() == 6
+    assert DS.available_cpus() == 6
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "whitespace"])
@@ -458,7 +462,7 @@ def test_killed_job_leaves_no_half_file_and_rerun_completes_identically(tmp_path
     G.run_generate(with_(cfg_path, "generate.name=ref"))
     gen = tmp_path / "scratch" / "tiny" / "generated"
 
-    real_write = G.atomic_write_text
+    real_write = F.atomic_write_text
     calls = {"n": 0}
 
     def dying_write(path, text):
@@ -468,10 +472,10 @@ def test_killed_job_leaves_no_half_file_and_rerun_completes_identically(tmp_path
             raise KeyboardInterrupt
         return real_write(path, text)
 
-    monkeypatch.setattr(G, "atomic_write_text", dying_write)
+    monkeypatch.setattr(F, "atomic_write_text", dying_write)
     with pytest.raises(KeyboardInterrupt):
         G.run_generate(with_(cfg_path, "generate.name=kill"))
-    monkeypatch.setattr(G, "atomic_write_text", real_write)
+    monkeypatch.setattr(F, "atomic_write_text", real_write)
     out = gen / "kill"
     assert len(files_of(out)) == 3  # the three written before the kill, whole
     assert not (out / "index.jsonl").exists() and not (out / "summary.json").exists()
@@ -569,10 +573,10 @@ def test_prompts(tmp_path):
 
     c = open_corpus(cfg.h5_path)
     lo, hi = c.split_ranges["test"]
-    test_text = G.CorpusView.open(cfg.h5_path)
+    test_text = CorpusView.open(cfg.h5_path)
     for rec in map(json.loads, (gen / "random" / "index.jsonl").read_text().splitlines()):
         assert rec["prompt_tokens"] == 12  # data.window
-        job, hidden = G.make_job(rec["recipe"], cfg_r, test_text, G.plan_prompt(cfg_r, test_text))
+        job, hidden = P.make_job(rec["recipe"], cfg_r, test_text, P.plan_prompt(cfg_r, test_text))
         assert hidden == 0
         assert any((c.tokens()[lo + k : lo + k + 12] == job.prompt).all() for k in range(hi - lo - 11))
 

@@ -1,16 +1,17 @@
 """Continuous batched decoding: many recipes through one batch of slots (``generate_batched``).
 
-The lecture generated one recipe at a time and re-ran its whole 50-word window through the network for
-every new word. Here a fixed number of *slots* each hold one recipe; every step feeds one token per slot
-through :class:`hpcrnn.generate.stepper.Stepper` (carrying the recurrent state) and picks the next tokens with
-:mod:`hpcrnn.generate.sampling`. A slot whose recipe ends (stop token or ``max_tokens``) takes the next recipe at
-once (its state zeroed), so the batch stays full until the queue runs dry.
+A fixed number of *slots* each hold one recipe; every step feeds one token per slot through
+:class:`hpcrnn.generate.stepper.Stepper` (carrying the recurrent state, rather than re-running a window of
+past words per new word) and picks the next tokens with :mod:`hpcrnn.generate.sampling`. A slot whose
+recipe ends (stop token or ``max_tokens``) takes the next recipe at once (its state zeroed), so the batch
+stays full until the queue runs dry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,52 @@ class Job:
     key: int
     prompt: list[int]  # fed first (non-empty); its sampled outputs are ignored
     # float32 [max_tokens] or [max_tokens, rounds]: the uniforms of each generated token (one per draw,
-    # see hpcrnn.sampling); None for greedy
+    # see hpcrnn.generate.sampling); None for greedy
     uniforms: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How every slot decodes."""
+
+    max_tokens: int
+    stop_id: int
+    top_k: int
+    top_p: float
+    greedy: bool
+    rounds: int  # uniforms per generated token
+
+
+@dataclass
+class _Batch:
+    """The slots, one row each, on the device. A slot feeds its prompt, then what it sampled; it is done
+    at the stop token or ``max_tokens``, and its row is refilled or dropped when the host looks."""
+
+    keys: list[int | None]  # the job of each slot; None: done, and no job was left for it
+    prompt: torch.Tensor  # [b, P] long, zero-padded
+    plen: torch.Tensor  # [b] prompt lengths
+    uni: torch.Tensor  # [b, max_tokens, rounds] float32; [1, ...] and unused when greedy
+    pos: torch.Tensor  # [b] steps taken by the slot's job
+    ngen: torch.Tensor  # [b] tokens generated
+    gen: torch.Tensor  # [b, max_tokens] the generated tokens
+    done: torch.Tensor  # [b] bool
+    cur: torch.Tensor  # [b] the tokens fed at the next step
+    state: Any = None  # the recurrent state (nn.LSTM's layout)
+    work: torch.Tensor | None = None  # the sampler's float32 buffer, reused while the batch keeps its shape
+
+
+class _Queue:
+    """The jobs not started yet; once empty, never asked again."""
+
+    def __init__(self, jobs: Iterable[Job]):
+        self.it, self.empty = iter(jobs), False
+
+    def next(self) -> Job | None:
+        job = None if self.empty else next(self.it, None)
+        self.empty = job is None
+        if job is not None and not job.prompt:
+            raise ValueError("a job needs a non-empty prompt")
+        return job
 
 
 def _uniforms(job: Job, max_tokens: int, rounds: int) -> torch.Tensor:
@@ -71,119 +116,143 @@ def generate_batched(
     device = torch.device(device)
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else 8
-    jobs_it = iter(jobs)
-    is_greedy = temperature == 0.0
     step_fn = Stepper(model, precision=precision, temperature=temperature, banned=banned, device=device)
-
-    first = []
-    for job in jobs_it:
+    queue = _Queue(jobs)
+    first: list[Job] = []
+    while len(first) < batch_size and (job := queue.next()) is not None:
         first.append(job)
-        if len(first) == batch_size:
-            break
     if not first:
         return
-    b = len(first)
-    P = max(len(j.prompt) for j in first)
-    keys: list[int | None] = [j.key for j in first]
-    prompt = torch.zeros(b, P, dtype=torch.long)
-    plen = torch.zeros(b, dtype=torch.long)
-    # uniforms per generated token: as many as the first job brings (one per draw; see hpcrnn.sampling)
+    is_greedy = temperature == 0.0
+    # uniforms per generated token: as many as the first job brings (one per draw; see hpcrnn.generate.sampling)
     rounds = 1 if is_greedy else int(np.asarray(first[0].uniforms).reshape(len(first[0].uniforms), -1).shape[1])
-    uni = torch.zeros(b if not is_greedy else 1, max_tokens, rounds, dtype=torch.float32)
-    for r, j in enumerate(first):
-        if not j.prompt:
-            raise ValueError("a job needs a non-empty prompt")
-        prompt[r, : len(j.prompt)] = torch.tensor(j.prompt, dtype=torch.long)
-        plen[r] = len(j.prompt)
-        if not is_greedy:
-            uni[r] = _uniforms(j, max_tokens, rounds)
-    prompt, plen, uni = prompt.to(device), plen.to(device), uni.to(device)
-    pos = torch.zeros(b, dtype=torch.long, device=device)
-    ngen = torch.zeros(b, dtype=torch.long, device=device)
-    gen = torch.zeros(b, max_tokens, dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    cur = prompt[:, 0].clone()
-    state = None
-    work = None  # the sampler's float32 buffer, reused while the batch keeps its shape
-    exhausted = False
+    rule = _Rule(max_tokens, stop_id, top_k, top_p, is_greedy, rounds)
+    batch = _start(first, rule, device)
     step = 0
-
     while True:
-        finished = []
         # inference mode per step, not around the loop: a generator suspended inside the block would leave
         # the consumer running in inference mode
         with torch.inference_mode():
-            logits, state = step_fn(cur, state)  # already divided by the temperature, banned -inf
-            gidx = ngen.clamp(max=max_tokens - 1)
-            if work is None or work.shape != logits.shape:
-                work = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-            if is_greedy:
-                nxt = greedy(logits, work)
-            else:
-                u = uni[torch.arange(len(gidx), device=device), gidx]  # [b, rounds]
-                nxt = sample_scaled(logits, u, top_k, top_p, work=work)
-            forcing = (pos + 1) < plen
-            live = ~forcing & ~done
-            old = gen.gather(1, gidx[:, None])[:, 0]
-            gen.scatter_(1, gidx[:, None], torch.where(live, nxt, old)[:, None])
-            ngen += live.long()
-            done |= live & ((nxt == stop_id) | (ngen >= max_tokens))
-            pnext = prompt.gather(1, (pos + 1).clamp(max=P - 1)[:, None])[:, 0]
-            cur = torch.where(forcing, pnext, nxt)
-            pos += 1
+            _step(batch, step_fn, rule)
             step += 1
             if step % sync_every:
                 continue
-            rows = [r for r in done.nonzero()[:, 0].tolist() if keys[r] is not None]
-            if not rows:
+            finished = _turn_over(batch, queue, rule)
+            if not finished:
                 continue
-            sel = torch.tensor(rows, dtype=torch.long, device=device)
-            host_gen = gen.index_select(0, sel).cpu().numpy()
-            host_n = ngen.index_select(0, sel).cpu().tolist()
-            dead = []
-            for k, r in enumerate(rows):
-                toks = host_gen[k, : host_n[k]].tolist()
-                stopped = bool(toks) and toks[-1] == stop_id
-                if stopped:
-                    toks.pop()
-                finished.append((keys[r], toks, stopped))
-                job = None if exhausted else next(jobs_it, None)
-                if job is None:
-                    exhausted = True
-                    keys[r] = None
-                    dead.append(r)
-                    continue
-                if not job.prompt:
-                    raise ValueError("a job needs a non-empty prompt")
-                keys[r] = job.key
-                if len(job.prompt) > P:  # widen the prompt buffer for a longer prompt
-                    prompt = torch.nn.functional.pad(prompt, (0, len(job.prompt) - P))
-                    P = len(job.prompt)
-                prompt[r].zero_()
-                prompt[r, : len(job.prompt)] = torch.tensor(job.prompt, dtype=torch.long, device=device)
-                plen[r] = len(job.prompt)
-                if not is_greedy:
-                    uni[r] = _uniforms(job, max_tokens, rounds).to(device)
-                pos[r] = 0
-                ngen[r] = 0
-                done[r] = False
-                cur[r] = prompt[r, 0]
-
-                def zero(s, r=r):
-                    s[:, r] = 0
-                    return s
-
-                state = _map_state(state, zero)
-            keep = [r for r in range(len(keys)) if keys[r] is not None]
-            if dead and keep:  # no job left for some slots: shrink the batch to the live ones
-                ks = torch.tensor(keep, dtype=torch.long, device=device)
-                keys = [keys[r] for r in keep]
-                prompt, plen, pos, ngen, gen, done, cur = (
-                    t.index_select(0, ks) for t in (prompt, plen, pos, ngen, gen, done, cur)
-                )
-                if not is_greedy:
-                    uni = uni.index_select(0, ks)
-                state = _map_state(state, lambda s: s.index_select(1, ks).contiguous())
         yield from finished
-        if not keep:
+        if all(k is None for k in batch.keys):
             return
+
+
+def _start(first: list[Job], rule: _Rule, device: torch.device) -> _Batch:
+    """The batch of the first jobs, one slot each."""
+    b, P = len(first), max(len(j.prompt) for j in first)
+    prompt = torch.zeros(b, P, dtype=torch.long)
+    plen = torch.zeros(b, dtype=torch.long)
+    uni = torch.zeros(1 if rule.greedy else b, rule.max_tokens, rule.rounds, dtype=torch.float32)
+    for r, j in enumerate(first):
+        prompt[r, : len(j.prompt)] = torch.tensor(j.prompt, dtype=torch.long)
+        plen[r] = len(j.prompt)
+        if not rule.greedy:
+            uni[r] = _uniforms(j, rule.max_tokens, rule.rounds)
+    prompt, plen, uni = prompt.to(device), plen.to(device), uni.to(device)
+    zeros = torch.zeros(b, dtype=torch.long, device=device)
+    return _Batch(
+        keys=[j.key for j in first],
+        prompt=prompt,
+        plen=plen,
+        uni=uni,
+        pos=zeros,
+        ngen=zeros.clone(),
+        gen=torch.zeros(b, rule.max_tokens, dtype=torch.long, device=device),
+        done=torch.zeros(b, dtype=torch.bool, device=device),
+        cur=prompt[:, 0].clone(),
+    )
+
+
+def _step(batch: _Batch, step_fn: Stepper, rule: _Rule) -> None:
+    """One token through every slot: sample, record what the live slots generate, choose the next inputs."""
+    t = batch
+    logits, t.state = step_fn(t.cur, t.state)  # already divided by the temperature, banned -inf
+    gidx = t.ngen.clamp(max=rule.max_tokens - 1)
+    if t.work is None or t.work.shape != logits.shape:
+        t.work = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    if rule.greedy:
+        nxt = greedy(logits, t.work)
+    else:
+        u = t.uni[torch.arange(len(gidx), device=gidx.device), gidx]  # [b, rounds]
+        nxt = sample_scaled(logits, u, rule.top_k, rule.top_p, work=t.work)
+    forcing = (t.pos + 1) < t.plen
+    live = ~forcing & ~t.done
+    old = t.gen.gather(1, gidx[:, None])[:, 0]
+    t.gen.scatter_(1, gidx[:, None], torch.where(live, nxt, old)[:, None])
+    t.ngen += live.long()
+    t.done |= live & ((nxt == rule.stop_id) | (t.ngen >= rule.max_tokens))
+    pnext = t.prompt.gather(1, (t.pos + 1).clamp(max=t.prompt.shape[1] - 1)[:, None])[:, 0]
+    t.cur = torch.where(forcing, pnext, nxt)
+    t.pos += 1
+
+
+def _turn_over(batch: _Batch, queue: _Queue, rule: _Rule) -> list[tuple[int, list[int], bool]]:
+    """The host's look at the slots: collect the finished recipes, give their slots the next jobs, and
+    shrink the batch to the live slots when no job is left for some."""
+    rows = [r for r in batch.done.nonzero()[:, 0].tolist() if batch.keys[r] is not None]
+    if not rows:
+        return []
+    sel = torch.tensor(rows, dtype=torch.long, device=batch.gen.device)
+    host_gen = batch.gen.index_select(0, sel).cpu().numpy()
+    host_n = batch.ngen.index_select(0, sel).cpu().tolist()
+    finished, dead = [], False
+    for k, r in enumerate(rows):
+        toks = host_gen[k, : host_n[k]].tolist()
+        stopped = bool(toks) and toks[-1] == rule.stop_id
+        if stopped:
+            toks.pop()
+        finished.append((batch.keys[r], toks, stopped))
+        job = queue.next()
+        if job is None:
+            batch.keys[r] = None
+            dead = True
+        else:
+            _refill(batch, r, job, rule)
+    keep = [r for r, key in enumerate(batch.keys) if key is not None]
+    if dead and keep:
+        _shrink(batch, keep, rule)
+    return finished
+
+
+def _refill(batch: _Batch, r: int, job: Job, rule: _Rule) -> None:
+    """Slot ``r`` starts ``job`` from a zero state."""
+    t, device = batch, batch.prompt.device
+    t.keys[r] = job.key
+    if len(job.prompt) > t.prompt.shape[1]:  # widen the prompt buffer for a longer prompt
+        t.prompt = torch.nn.functional.pad(t.prompt, (0, len(job.prompt) - t.prompt.shape[1]))
+    t.prompt[r].zero_()
+    t.prompt[r, : len(job.prompt)] = torch.tensor(job.prompt, dtype=torch.long, device=device)
+    t.plen[r] = len(job.prompt)
+    if not rule.greedy:
+        t.uni[r] = _uniforms(job, rule.max_tokens, rule.rounds).to(device)
+    t.pos[r] = 0
+    t.ngen[r] = 0
+    t.done[r] = False
+    t.cur[r] = t.prompt[r, 0]
+
+    def zero(s):
+        s[:, r] = 0
+        return s
+
+    t.state = _map_state(t.state, zero)
+
+
+def _shrink(batch: _Batch, keep: list[int], rule: _Rule) -> None:
+    """Keep only the slots ``keep`` (no job is left for the others)."""
+    t = batch
+    ks = torch.tensor(keep, dtype=torch.long, device=t.prompt.device)
+    t.keys = [t.keys[r] for r in keep]
+    t.prompt, t.plen, t.pos, t.ngen, t.gen, t.done, t.cur = (
+        x.index_select(0, ks) for x in (t.prompt, t.plen, t.pos, t.ngen, t.gen, t.done, t.cur)
+    )
+    if not rule.greedy:
+        t.uni = t.uni.index_select(0, ks)
+    t.state = _map_state(t.state, lambda s: s.index_select(1, ks).contiguous())

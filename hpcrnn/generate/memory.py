@@ -2,11 +2,11 @@
 
 A generation step makes and drops several tensors of megabytes (logits and probabilities: 10 MB each for
 512 slots x 5,288 words). glibc's malloc hands such blocks back to the OS when they are freed and maps
-fresh pages for the next one, so every step pays page faults on all of them: on the 2-core VM that made
-a step 2-3x slower (8 ms instead of 2.5-3 ms). ``keep_freed_memory`` tells malloc to serve blocks up to
-32 MB from its heap and to keep freed heap memory, so the same pages are reused step after step. It is a
-process-wide setting: the generation job and the benchmark call it at their start; a library import does
-not. A no-op where there is no glibc (``mallopt`` missing).
+fresh pages for the next one, so every step pays page faults on all of them (comparable to the step's
+arithmetic). ``keep_freed_memory`` tells malloc to serve blocks up to 32 MB from its heap and to keep
+freed heap memory, so the same pages are reused step after step. It is a process-wide setting: the
+generation job and the benchmark call it at their start; a library import does not. A no-op where there
+is no glibc (``mallopt`` missing).
 """
 
 from __future__ import annotations

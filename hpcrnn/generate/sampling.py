@@ -44,8 +44,8 @@ def greedy(logits: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tens
     """The first index of each row's maximum. ``work``: an optional float32 buffer of the logits' shape."""
     if logits.device.type != "cpu":
         return logits.argmax(-1)
-    # torch's CPU argmax is a scalar loop (7 ms for 512 x 8000 floats on a Sapphire Rapids core, 17 ms in
-    # bf16); numpy's is vectorised (0.6 ms). Same answer: the first index of the maximum.
+    # torch's CPU argmax is a scalar loop (slower still in bf16); numpy's is vectorised. Same answer: the
+    # first index of the maximum.
     if logits.dtype != torch.float32:
         logits = work.copy_(logits) if work is not None and work.shape == logits.shape else logits.float()
     return torch.from_numpy(np.argmax(logits.numpy(), axis=-1).astype(np.int64))
@@ -93,6 +93,12 @@ def sample_scaled(
         k = 0
     if w.device.type != "cpu":  # a GPU sorts fast, and rejection's per-round checks would cost syncs
         return _sorted_fallback(w, u[:, 0], k, p)
+    return _reject(w, u, k, p)
+
+
+def _reject(w: torch.Tensor, u: torch.Tensor, k: int, p: float) -> torch.Tensor:
+    """Truncated sampling by rejection on a CPU (see the module doc): ``w`` the softmax weights [b, V],
+    unnormalised; ``u`` [b, rounds]; ``k``/``p`` the truncation (0: none)."""
     choice, total, bsums = inverse_cdf(w, u[:, 0])
     out = choice.clone()
     # The rows still to settle, their weights ``ws`` and scales: a row's true weights are ``ws * scale``
@@ -102,19 +108,7 @@ def sample_scaled(
     ws, scale = w, torch.ones(w.shape[0], device=w.device)
     for r in range(1, u.shape[1] + 1):  # r: draws made so far
         wj = ws.gather(1, choice[:, None])[:, 0]
-        # cheap acceptance first: a token likelier than (1 - top_p) of the total (or than 1/k of it) is in
-        # the set whatever the other tokens are, so only rows with a less likely token need a pass
-        sure = torch.ones_like(wj, dtype=torch.bool)
-        if p:
-            sure &= wj * scale > (1.0 - p) * total[rows]
-        if k:
-            sure &= wj * scale * k >= total[rows]
-        if p and bsums is not None:
-            # a block whose sum is not above the draw holds no likelier token, so the other blocks' sums
-            # bound the mass above it (free: the draw computed the block sums)
-            bound = torch.where(bsums > wj[:, None], bsums, 0.0).sum(-1)
-            sure |= bound * scale < p * total[rows]
-        check = (~sure).nonzero()[:, 0]
+        check = (~_surely_kept(wj, scale, total[rows], bsums, k, p)).nonzero()[:, 0]
         if len(check) == 0:
             break
         wc = ws.index_select(0, check)  # a copy: becomes the next round's weights
@@ -138,6 +132,25 @@ def sample_scaled(
         choice, _, bsums = inverse_cdf(ws, u[rows, r])
         out[rows] = choice
     return out
+
+
+def _surely_kept(
+    wj: torch.Tensor, scale: torch.Tensor, total: torch.Tensor, bsums: torch.Tensor | None, k: int, p: float
+) -> torch.Tensor:
+    """Cheap acceptance: whether each drawn token (weight ``wj * scale``) is in the kept set whatever the
+    other tokens are — likelier than (1 - top_p) of the total, or than 1/k of it — so only the other rows
+    need a pass over their weights."""
+    sure = torch.ones_like(wj, dtype=torch.bool)
+    if p:
+        sure &= wj * scale > (1.0 - p) * total
+    if k:
+        sure &= wj * scale * k >= total
+    if p and bsums is not None:
+        # a block whose sum is not above the draw holds no likelier token, so the other blocks' sums
+        # bound the mass above it (free: the draw computed the block sums)
+        bound = torch.where(bsums > wj[:, None], bsums, 0.0).sum(-1)
+        sure |= bound * scale < p * total
+    return sure
 
 
 def _leftover(w: torch.Tensor, j: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -170,10 +183,9 @@ def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.T
     ``u`` times the row's total; returns (indices [b], totals [b], the sums of blocks of 64 weights
     [b, ceil(n / 64)] or None for the flat search). ``w`` is not modified.
 
-    A cumulative sum is a sequential pass, the slowest of the sampler's passes on a CPU (3 ms for 512 x
-    8000 floats on one core). For a long row on a CPU the search goes in two levels instead: the sums of
-    blocks of 64 weights (a vectorised reduction), the block where the running total crosses, then the
-    running sum inside that one block."""
+    A cumulative sum is a sequential pass, the slowest of the sampler's passes on a CPU. For a long row on
+    a CPU the search goes in two levels instead: the sums of blocks of 64 weights (a vectorised
+    reduction), the block where the running total crosses, then the running sum inside that one block."""
     b, n = w.shape
     # r strictly below the total (the 1e-6 keeps float rounding from landing past the last kept token)
     if w.device.type != "cpu" or n < 16 * _BLOCK:

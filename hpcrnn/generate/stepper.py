@@ -7,8 +7,8 @@ rearrangements that change no result beyond float rounding:
 
 * **input table** — the first layer's input projection of a token only depends on the token, so
   ``embedding @ W_ih^T + biases`` is computed once for the whole vocabulary (``V x 4H`` floats, e.g.
-  21 MB for the lecture's model) and a step gathers rows from it instead of multiplying (skipped when the
-  table would be larger than ``TABLE_LIMIT_BYTES``);
+  21 MB for 5,288 words and ``H`` 256) and a step gathers rows from it instead of multiplying (skipped
+  when the table would be larger than ``TABLE_LIMIT_BYTES``);
 * **in-place cell** — the gate nonlinearities and the state update run in place on one ``[B, 4H]`` buffer
   and on the state tensors, with no per-step allocations (the state passed in is updated in place);
 * **folded sampling constants** — ``1 / temperature`` is folded into the output layer's weights and bias
@@ -66,63 +66,74 @@ class Stepper:
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
-        device = torch.device(device)
+        self.device = device = torch.device(device)
         rnn = model.rnn
         self.cell = model.cell
         self.act = torch.relu_ if getattr(rnn, "nonlinearity", "tanh") == "relu" else torch.tanh_
-        self.hidden = H = rnn.hidden_size
-        self.layers = L = rnn.num_layers
-        G = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * H
-        f32 = dict(device=device, dtype=torch.float32)
-        self.mm_dtype = mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.hidden = rnn.hidden_size
+        self.layers = rnn.num_layers
+        self.mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         with torch.no_grad():
-            self.w_ih_t, self.w_hh_t, self.bias, self.b_hn = [], [], [], []
-            for layer in range(L):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}").detach().to(**f32)
-                w_hh = getattr(rnn, f"weight_hh_l{layer}").detach().to(**f32)
-                zeros = torch.zeros(G, **f32)
-                b_ih = getattr(rnn, f"bias_ih_l{layer}", None)
-                b_hh = getattr(rnn, f"bias_hh_l{layer}", None)
-                b_ih = zeros if b_ih is None else b_ih.detach().to(**f32)
-                b_hh = zeros if b_hh is None else b_hh.detach().to(**f32)
-                if self.cell == "gru":  # the n gate's hidden bias sits inside r * (W_hn h + b_hn)
-                    self.bias.append(b_ih + torch.cat([b_hh[: 2 * H], zeros[:H]]))
-                    self.b_hn.append(torch.cat([zeros[: 2 * H], b_hh[2 * H :]]))
-                else:
-                    self.bias.append(b_ih + b_hh)
-                    self.b_hn.append(None)
-                if layer == 0:
-                    w_ih0_t = w_ih.t().contiguous()  # fp32, for the input table
-                self.w_ih_t.append(w_ih.t().contiguous().to(mm_dtype))
-                self.w_hh_t.append(w_hh.t().contiguous().to(mm_dtype))
-            emb = model.embed.weight.detach().to(**f32)
+            w_ih0_t = self._recurrent_weights(rnn, device)
+            emb = model.embed.weight.detach().to(device=device, dtype=torch.float32)
             self.vocab_size = V = emb.shape[0]
             self.embed = emb
             self.table: torch.Tensor | None = None
-            if V * G * 4 <= TABLE_LIMIT_BYTES:  # computed once, in fp32 whatever the precision
+            if V * w_ih0_t.shape[1] * 4 <= TABLE_LIMIT_BYTES:  # computed once, in fp32 whatever the precision
                 self.table = torch.addmm(self.bias[0], emb, w_ih0_t)
-            w = model.head.weight.detach().to(**f32)
-            b = torch.zeros(V, **f32) if model.head.bias is None else model.head.bias.detach().to(**f32)
-            if temperature > 0:
-                w, b = w / temperature, b / temperature
-            ban = sorted(set(int(t) for t in banned))
-            if ban:
-                b = b.clone()
-                b[ban] = float("-inf")
-            self.head_b = b
-            if mm_dtype == torch.float32:
-                self.head_w_t = w.t().contiguous()  # [H, V]
-            else:
-                # The bias rides inside the bf16 product as one more input row (its input column is 1):
-                # adding an fp32 bias to a bf16 product afterwards is a mixed-type pass over [B, V] that
-                # costs more than the product. K is padded to a multiple of 32 (whole AMX tiles).
-                k = -(-(H + 1) // 32) * 32
-                wa = torch.zeros(k, V, **f32)
-                wa[:H] = w.t()
-                wa[H] = b
-                self.head_w_t = wa.to(mm_dtype)
-        self.device = device
+            self._head_weights(model.head, temperature, banned, device)
         self._out: dict = {}  # per batch size: reused output buffers (see __call__)
+
+    def _recurrent_weights(self, rnn: torch.nn.Module, device: torch.device) -> torch.Tensor:
+        """Per layer: transposed weights in the product precision and the summed biases (GRU: the n gate's
+        hidden bias apart). Returns the first layer's input weights, transposed, in fp32 (for the table)."""
+        H = self.hidden
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * H
+        f32 = dict(device=device, dtype=torch.float32)
+        self.w_ih_t, self.w_hh_t, self.bias, self.b_hn = [], [], [], []
+        for layer in range(self.layers):
+            w_ih = getattr(rnn, f"weight_ih_l{layer}").detach().to(**f32)
+            w_hh = getattr(rnn, f"weight_hh_l{layer}").detach().to(**f32)
+            zeros = torch.zeros(G, **f32)
+            b_ih = getattr(rnn, f"bias_ih_l{layer}", None)
+            b_hh = getattr(rnn, f"bias_hh_l{layer}", None)
+            b_ih = zeros if b_ih is None else b_ih.detach().to(**f32)
+            b_hh = zeros if b_hh is None else b_hh.detach().to(**f32)
+            if self.cell == "gru":  # the n gate's hidden bias sits inside r * (W_hn h + b_hn)
+                self.bias.append(b_ih + torch.cat([b_hh[: 2 * H], zeros[:H]]))
+                self.b_hn.append(torch.cat([zeros[: 2 * H], b_hh[2 * H :]]))
+            else:
+                self.bias.append(b_ih + b_hh)
+                self.b_hn.append(None)
+            if layer == 0:
+                w_ih0_t = w_ih.t().contiguous()
+            self.w_ih_t.append(w_ih.t().contiguous().to(self.mm_dtype))
+            self.w_hh_t.append(w_hh.t().contiguous().to(self.mm_dtype))
+        return w_ih0_t
+
+    def _head_weights(self, head: torch.nn.Linear, temperature: float, banned: Sequence[int], device) -> None:
+        """The output layer with the sampling constants folded in: ``1 / temperature`` and ``-inf`` biases."""
+        f32 = dict(device=device, dtype=torch.float32)
+        w = head.weight.detach().to(**f32)
+        b = torch.zeros(self.vocab_size, **f32) if head.bias is None else head.bias.detach().to(**f32)
+        if temperature > 0:
+            w, b = w / temperature, b / temperature
+        ban = sorted(set(int(t) for t in banned))
+        if ban:
+            b = b.clone()
+            b[ban] = float("-inf")
+        self.head_b = b
+        if self.mm_dtype == torch.float32:
+            self.head_w_t = w.t().contiguous()  # [H, V]
+            return
+        # The bias rides inside the bf16 product as one more input row (its input column is 1): adding an
+        # fp32 bias to a bf16 product afterwards is a mixed-type pass over [B, V] that costs more than the
+        # product. K is padded to a multiple of 32 (whole AMX tiles).
+        k = -(-(self.hidden + 1) // 32) * 32
+        wa = torch.zeros(k, self.vocab_size, **f32)
+        wa[: self.hidden] = w.t()
+        wa[self.hidden] = b
+        self.head_w_t = wa.to(self.mm_dtype)
 
     def _buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         buf = self._out.get(name)
