@@ -15,7 +15,6 @@ Never asserted as a test: it prints figures with the machine and the date.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from bench.common import header  # noqa: E402
 from hpcrnn.config import from_dict  # noqa: E402
 from hpcrnn.data.batches import WindowBatches, gather_windows  # noqa: E402
 from hpcrnn.data.build import open_corpus, run_preprocess  # noqa: E402
+from hpcrnn.fsutil import read_jsonl  # noqa: E402
 from hpcrnn.train import checkpoint as ckpt  # noqa: E402
 from hpcrnn.train.loop import run_train  # noqa: E402
 from hpcrnn.train.model import build_model  # noqa: E402
@@ -125,7 +125,7 @@ def main() -> None:
     # the hand-written loop runs before and after ours, so drift in the machine's speed cancels out
     hand_before = hand_loop(tokens, starts, V, args.steps, args.device)
     run_train(cfg)
-    recs = [json.loads(l) for l in cfg.metrics_path.read_text().splitlines()]
+    recs = read_jsonl(cfg.metrics_path)
     tps = [r["tokens_per_s"] for r in recs if r.get("split") == "train"][1:]  # skip the warm-up interval
     ours = statistics.median(tps)
     hand = (hand_before + hand_loop(tokens, starts, V, args.steps, args.device)) / 2

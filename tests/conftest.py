@@ -144,3 +144,14 @@ def prepared(tmp_path: Path, corpus: Path, **sections):
     cfg = load_config(cfg_path)
     run_preprocess(cfg)
     return cfg_path, cfg
+
+
+def stop_at(step: int):
+    """A ``run_train`` step-boundary hook: "checkpoint and requeue me" once the run reaches ``step``."""
+    from hpcrnn.train.stopflag import STOP_REQUEUE
+
+    def hook(at: int, flag) -> None:
+        if at >= step:
+            flag.request(STOP_REQUEUE, "stop_at_step")
+
+    return hook

@@ -18,15 +18,18 @@ import torch
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_REQUEUE, EXIT_STOPPED, EXIT_STORAGE, EXIT_USAGE
 from hpcrnn.train import checkpoint as ckpt
-from tests.conftest import ROOT, prepared, run_module, tiny_config
+from tests.conftest import ROOT, prepared, run_module, stop_at, tiny_config
 
 torch.set_num_threads(1)
 
 
-def start_train(cfg_path, *overrides, env=None):
+def start_train(cfg_path, *overrides, env=None, slow_checkpoint=0.0):
+    """``python -m hpcrnn.train``; with ``slow_checkpoint``, a pause of that many seconds after each checkpoint
+    file is written (tests/slow_checkpoint_train.py)."""
     e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
+    slow = [str(ROOT / "tests" / "slow_checkpoint_train.py"), str(slow_checkpoint)]
     return subprocess.Popen(
-        [sys.executable, "-m", "hpcrnn.train", str(cfg_path), *overrides],
+        [sys.executable, *(slow if slow_checkpoint else ["-m", "hpcrnn.train"]), str(cfg_path), *overrides],
         env=e,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -38,9 +41,9 @@ def start_train(cfg_path, *overrides, env=None):
 def last_step(metrics: Path) -> int:
     """The newest step in metrics.jsonl, read while the trainer appends to it: a line still being written
     can show up half-written, and is skipped (as hpcrnn.status does)."""
-    from hpcrnn.cluster.status import read_metrics
+    from hpcrnn.fsutil import read_jsonl
 
-    return max((r.get("step", 0) for r in read_metrics(metrics)), default=0)
+    return max((r.get("step", 0) for r in read_jsonl(metrics)), default=0)
 
 
 def model_bytes(cfg) -> bytes:
@@ -67,11 +70,10 @@ def test_kill9_at_random_moments_resumes_bitwise(tmp_path, tiny_corpus):
     rng = random.Random(20261126)
     kinds = {"startup": 0, "mid-step": 0, "mid-checkpoint": 0}
     kills = 0
-    slow = {"HPCRNN_FAULT_SLOW_CHECKPOINT": "0.3"}
     while kills < 20:
         before = ckpt.latest(cfg.checkpoint_dir)
         kind = rng.choice(["startup", "mid-step", "mid-step", "mid-checkpoint"])
-        p = start_train(cfg_path, env=slow if kind == "mid-checkpoint" else None)
+        p = start_train(cfg_path, slow_checkpoint=0.3 if kind == "mid-checkpoint" else 0.0)
         t0 = time.time()
         if kind == "startup":
             time.sleep(rng.uniform(0.05, 1.0))
@@ -115,7 +117,7 @@ def test_damaged_newest_checkpoint_is_skipped_not_deleted(tmp_path, tiny_corpus,
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"keep_last": 3, "max_steps": 15})
     from hpcrnn.train.loop import run_train
 
-    run_train(cfg, stop_at_step=10)
+    run_train(cfg, stop_at(10))
     newest = cfg.checkpoint_dir / "step-00000010"
     if damage == "missing-marker":
         (newest / ckpt.MARKER).unlink()
@@ -238,8 +240,8 @@ def test_reader_never_sees_a_partial_checkpoint(tmp_path, tiny_corpus):
 # ---------------------------------------------------------------- signals at awkward moments
 
 
-def _signal_run(cfg_path, cfg, sig, when, extra_env=None, *overrides):
-    p = start_train(cfg_path, *overrides, env=extra_env)
+def _signal_run(cfg_path, cfg, sig, when, slow_checkpoint=0.0, *overrides):
+    p = start_train(cfg_path, *overrides, slow_checkpoint=slow_checkpoint)
     t0 = time.time()
     if when == "startup":
         time.sleep(0.3)  # inside the torch import: the early handler must already be there
@@ -268,8 +270,7 @@ def test_signal_moments_end_in_checkpoint_and_resume_exactly(tmp_path, tiny_corp
     r = run_module("hpcrnn.train", str(tiny_config(tmp_path / "ref", tiny_corpus, **over)))
     assert r.returncode == 0, r.stderr
     cfg_path, cfg = prepared(tmp_path / "sig", tiny_corpus, **over)
-    env = {"HPCRNN_FAULT_SLOW_CHECKPOINT": "0.3"} if when == "checkpoint" else None
-    rc, out, err = _signal_run(cfg_path, cfg, sig, when, env)
+    rc, out, err = _signal_run(cfg_path, cfg, sig, when, 0.3 if when == "checkpoint" else 0.0)
     if rc == 0:  # the run finished before the signal landed: nothing to check for this moment
         pytest.skip(f"training finished before the {when} signal")
     assert rc == code, (rc, out, err)
@@ -313,7 +314,7 @@ def test_vocabulary_mismatch_with_checkpoint(tmp_path, tiny_corpus):
     from hpcrnn.train.loop import run_train
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus)
-    run_train(cfg, stop_at_step=5)
+    run_train(cfg, stop_at(5))
     changed = load_config(cfg_path, ["data.min_count=3"])  # a smaller vocabulary, same file name
     run_preprocess(changed)
     r = run_module("hpcrnn.train", str(cfg_path), "data.min_count=3")

@@ -15,7 +15,7 @@ import torch
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_STOPPED, InputError
 from hpcrnn.train import checkpoint as ckpt
-from tests.conftest import ROOT, prepared, run_module, tiny_config
+from tests.conftest import ROOT, prepared, run_module, stop_at, tiny_config
 
 torch.set_num_threads(1)
 
@@ -36,7 +36,7 @@ def test_exact_resume_bitwise_at_several_steps(tmp_path, tiny_corpus):
     bpe = None
     for k in (1, 7, 13):
         _, cfg = prepared(tmp_path / f"k{k}", tiny_corpus, **extra)
-        r = run_train(cfg, stop_at_step=k)
+        r = run_train(cfg, stop_at(k))
         assert (r.status, r.step, r.exit_code) == ("requeue", k, EXIT_REQUEUE)
         assert ckpt.latest(cfg.checkpoint_dir).step == k
         assert run_train(cfg).status == "done"
@@ -84,7 +84,7 @@ def test_incompatible_checkpoint_is_refused(tmp_path, tiny_corpus):
     from hpcrnn.train.loop import run_train
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus)
-    run_train(cfg, stop_at_step=5)
+    run_train(cfg, stop_at(5))
     bigger = load_config(cfg_path, ["model.hidden=32"])
     with pytest.raises(InputError, match=r"model.hidden: 16 -> 32"):
         run_train(bigger)
@@ -94,7 +94,7 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, tiny_corpus, capfd):
     from hpcrnn.train.loop import run_train
 
     _, cfg = prepared(tmp_path, tiny_corpus, train={"keep_last": 3})
-    run_train(cfg, stop_at_step=10)
+    run_train(cfg, stop_at(10))
     newest = cfg.checkpoint_dir / "step-00000010" / "model.pt"
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -266,7 +266,8 @@ def test_rank_detection(monkeypatch, env, want):
 
 
 def test_training_done_follows_the_config_target(tmp_path, tiny_corpus):
-    from hpcrnn.train.loop import run_train, training_done
+    from hpcrnn.train.checkpoint import training_done
+    from hpcrnn.train.loop import run_train
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 6})
     assert not training_done(cfg)
@@ -275,6 +276,18 @@ def test_training_done_follows_the_config_target(tmp_path, tiny_corpus):
     longer = load_config(cfg_path, ["train.max_steps=9"])
     assert not training_done(longer)
     assert run_train(longer).step == 9 and training_done(longer)
+
+
+def test_training_done_by_epochs_raised_continues_lowered_is_done(tmp_path, tiny_corpus):
+    from hpcrnn.train.checkpoint import training_done
+    from hpcrnn.train.loop import run_train
+
+    cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 0, "epochs": 1})
+    run_train(cfg)
+    assert training_done(cfg)
+    assert training_done(load_config(cfg_path, ["train.epochs=0.5"]))
+    assert not training_done(load_config(cfg_path, ["train.epochs=2"]))
+    assert not training_done(load_config(cfg_path, ["train.batch_size=4"]))  # another plan: the trainer decides
 
 
 def test_exit_process_after_a_multi_rank_run_keeps_the_status_and_the_output():

@@ -20,6 +20,8 @@ import signal
 import numpy as np
 import torch
 
+from hpcrnn.data.build import open_corpus
+
 
 def gather_windows(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch.Tensor:
     """[b, window + 1] int64 token ids: inputs are [:, :-1], targets [:, 1:]."""
@@ -73,8 +75,6 @@ class _StepDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> torch.Tensor:
         if self._tokens is None:
-            from hpcrnn.data.build import open_corpus
-
             self._tokens = open_corpus(self.h5_path).tokens()
         return gather_windows(self._tokens, self.batches.rank_starts(step), self.window)
 

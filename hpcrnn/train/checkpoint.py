@@ -1,10 +1,11 @@
-"""The checkpoint format: save, list, verify, load, retain.
+"""The checkpoint format: save, list, verify, load, retain; and what a checkpoint says about its run.
 
 ``<run dir>/checkpoints/step-00000500/`` holds
 
     model.pt         the model's state_dict (unwrapped from DDP), loadable with plain torch.load
-    train_state.pt   optimizer, scheduler and grad-scaler states, step, epoch, position in the epoch,
-                     the RNG states of every rank (python, numpy, torch, cuda), best val loss
+    train_state.pt   optimizer and scheduler states, step, epoch, position in the epoch, the RNG states
+                     of every rank (python, numpy, torch, cuda), best val loss (files written before the
+                     grad-scaler was dropped also hold a "scaler" entry, which readers ignore)
     meta.json        human-readable: step, epoch, time, metrics, resolved config, vocab hash and size,
                      world size, "done" (training reached its target), sha256 and size of each file
     COMPLETE         the completion marker: the sha256 of meta.json, written last
@@ -14,6 +15,9 @@ and only then marked complete. Readers list marked checkpoints only and verify t
 so a reader never sees a partial one (even while a trainer writes beside it), and a truncated or flipped
 file is reported in one line and skipped in favour of the previous checkpoint — never loaded, never
 deleted silently.
+
+``training_done`` and ``check_compatible`` are the one rule for "has this run reached its target" and
+"does this checkpoint fit this corpus and config", shared by the trainer, the launcher and generation.
 """
 
 from __future__ import annotations
@@ -25,18 +29,22 @@ import os
 import re
 import shutil
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hpcrnn.config import Config, ModelConfig
 from hpcrnn.errors import InputError
-from hpcrnn.fsutil import atomic_write_text, fsync_dir
+from hpcrnn.fsutil import atomic_write_text, fsync_dir, sha256_file
+from hpcrnn.train.model import build_model
 
 MARKER = "COMPLETE"
-_SLOW = float(os.environ.get("HPCRNN_FAULT_SLOW_CHECKPOINT", "0") or 0)
+# Called after each file of a checkpoint is written, before the next one. None in production; the fault
+# tests set it (tests/slow_checkpoint_train.py) to widen the window in which a kill lands mid-write.
+after_file_written: Callable[[Path], None] | None = None
 _NAME = re.compile(r"^step-(\d{8,})$")
 
 
@@ -49,14 +57,6 @@ class CheckpointInfo:
     step: int
     path: Path
     meta: dict = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: dict, meta: dict) -> Path:
@@ -84,8 +84,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: d
                 f.flush()
                 os.fsync(f.fileno())
             meta["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-            if _SLOW:  # fault-injection point: widen the window in which a kill lands mid-write (tests)
-                time.sleep(_SLOW)
+            if after_file_written is not None:
+                after_file_written(tmp / name)
         with open(tmp / "meta.json", "w") as f:
             f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             f.flush()
@@ -95,7 +95,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: d
             shutil.rmtree(final)
         os.rename(tmp, final)
         fsync_dir(ckpt_dir)
-        atomic_write_text(final / MARKER, _sha256(final / "meta.json") + "\n")
+        atomic_write_text(final / MARKER, sha256_file(final / "meta.json") + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -111,7 +111,7 @@ def verify(path: Path) -> str | None:
         return "meta.json is missing"
     try:
         want = (path / MARKER).read_text().strip()
-        if _sha256(path / "meta.json") != want:
+        if sha256_file(path / "meta.json") != want:
             return "meta.json does not match its checksum"
         meta = json.loads((path / "meta.json").read_text())
         for name, rec in meta["files"].items():
@@ -120,7 +120,7 @@ def verify(path: Path) -> str | None:
                 return f"{name} is missing"
             if f.stat().st_size != rec["bytes"]:
                 return f"{name} is truncated ({f.stat().st_size} of {rec['bytes']} bytes)"
-            if _sha256(f) != rec["sha256"]:
+            if sha256_file(f) != rec["sha256"]:
                 return f"{name} does not match its checksum"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable ({e.__class__.__name__}: {e})"
@@ -215,9 +215,6 @@ def open_latest(ckpt_dir: Path, which: str | None = None, device: Any = "cpu", t
 
 def load_model(c: CheckpointInfo, device: Any = "cpu"):
     """The trained model of a checkpoint, in eval mode, and its meta."""
-    from hpcrnn.config import ModelConfig
-    from hpcrnn.train.model import build_model
-
     mcfg = ModelConfig(**c.meta["config"]["model"])
     model = build_model(mcfg, int(c.meta["vocab_size"]))
     model.load_state_dict(load_model_state(c, map_location="cpu"))
@@ -248,3 +245,46 @@ def clean_temporaries(ckpt_dir: Path) -> None:
     if ckpt_dir.is_dir():
         for p in ckpt_dir.glob(".tmp-step-*"):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def check_compatible(
+    meta: dict, cfg: Config, vocab_hash: str, path: Path, vocab_size: int | None = None, model_shape: bool = True
+) -> None:
+    """Refuse (InputError, saying which) a checkpoint whose vocabulary is not the corpus' (hash, and size
+    when ``vocab_size`` is given) or, with ``model_shape``, whose model shape differs from ``cfg.model``
+    (dropout aside: it changes no weight). Generation builds the checkpoint's own shape: model_shape=False."""
+    if meta.get("vocab_hash") != vocab_hash:
+        raise InputError(
+            f"{path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "
+            f"the corpus {cfg.h5_path} ({vocab_hash[:12]}): use a new run.name or the same data"
+        )
+    if vocab_size is not None and int(meta.get("vocab_size", -1)) != vocab_size:
+        raise InputError(
+            f"{path}: checkpoint vocabulary size {meta.get('vocab_size')} != corpus {vocab_size} ({cfg.h5_path})"
+        )
+    if not model_shape:
+        return
+    old = meta.get("config", {}).get("model", {})
+    diff = [
+        f"model.{k}: {old.get(k)!r} -> {v!r}"
+        for k, v in cfg.to_dict()["model"].items()
+        if k != "dropout" and old.get(k) != v
+    ]
+    if diff:
+        raise InputError(
+            f"{path}: checkpoint model shape does not fit the config ({'; '.join(diff)}): use a new run.name"
+        )
+
+
+def training_done(cfg: Config) -> bool:
+    """Has this run's training reached the target of ``cfg`` (not only the target it was started with)?
+    The newest intact checkpoint must be marked done; then a raised target (max_steps, or epochs with the
+    same batch size) continues the run, an unchanged or lowered one is done."""
+    c = latest(cfg.checkpoint_dir)
+    if not (c and c.meta.get("done")):
+        return False
+    if cfg.train.max_steps:
+        return c.step >= cfg.train.max_steps
+    old = c.meta.get("config", {}).get("train", {})
+    same_plan = not old.get("max_steps") and old.get("batch_size") == cfg.train.batch_size
+    return same_plan and old.get("epochs", 0) >= cfg.train.epochs

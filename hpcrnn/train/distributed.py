@@ -57,6 +57,13 @@ def _first_host(nodelist: str) -> str:
     return head
 
 
+def master_port(job_id: str | int) -> int:
+    """The rendezvous port of a job, from its id alone (digits only: "1234_5" -> 12345), so that every
+    task of the job agrees without talking; in 20000-39999, above the usual service ports."""
+    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
+
+
 def detect() -> tuple[int, int, int, str]:
     """(rank, world_size, local_rank, launcher) from the environment, without side effects."""
     env = os.environ
@@ -91,8 +98,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
             os.environ["MASTER_ADDR"] = _first_host(nodelist) if launcher == "slurm" else "127.0.0.1"
         if "MASTER_PORT" not in os.environ:
             job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "0"
-            digits = "".join(ch for ch in job if ch.isdigit()) or "0"
-            os.environ["MASTER_PORT"] = str(20000 + int(digits) % 20000)
+            os.environ["MASTER_PORT"] = str(master_port(job))
         info.backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(
             info.backend,
@@ -111,11 +117,11 @@ _GROUP_USED = False  # this process ran a multi-rank process group (see exit_pro
 
 def exit_process(code: int) -> int:
     """End an entry point's process. After a multi-rank run, with ``os._exit``: a rank that finished
-    (checkpoint written, group destroyed) was seen to abort in C++ teardown at interpreter exit —
-    "terminate called without an active exception", SIGABRT, rarely, on rank 1 of 2-rank gloo runs in CI
-    — which turns a finished job into a failed one. Everything of ours is on disk by then (atomic files,
-    one-write appends, the lock released), so the process skips that teardown: streams are flushed, and
-    the exit status is the entry point's. Otherwise returns ``code`` for ``sys.exit``."""
+    (checkpoint written, group destroyed) can still abort in gloo's C++ teardown at interpreter exit
+    ("terminate called without an active exception", SIGABRT), which would turn a finished job into a
+    failed one. Everything of ours is on disk by then (atomic files, one-write appends, the lock
+    released), so the process skips that teardown: streams are flushed, and the exit status is the entry
+    point's. Otherwise returns ``code`` for ``sys.exit``."""
     if not _GROUP_USED:
         return code
     for stream in (sys.stdout, sys.stderr):
@@ -150,14 +156,6 @@ def all_gather_object(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj, src: int = 0):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def barrier() -> None:

@@ -1,7 +1,8 @@
 """The training loop behind `python -m hpcrnn.train CONFIG [key=value ...]`.
 
-Read top to bottom: set-up (ranks, data, model, optimizer, resume), then one loop whose every step boundary
-is a safe place to stop, evaluate and checkpoint. Stopping never happens inside a signal handler: the
+``_train`` reads top to bottom: set-up (threads, data, model + optimizer + scheduler as a TrainState, resume
+through the Checkpointer), then one loop whose every step boundary is a safe place to stop, evaluate and
+checkpoint; the steps of the loop are the functions after it. Stopping never happens inside a signal handler: the
 handler sets a flag, and at the next step boundary all ranks agree (an all-reduce) so that every rank stops
 at the same step and rank 0 writes one complete checkpoint.
 
@@ -17,16 +18,20 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpcrnn import __version__
+from hpcrnn.cli import main_for
 from hpcrnn.config import Config
-from hpcrnn.data.batches import WindowBatches, batch_iterator
-from hpcrnn.data.build import open_corpus
+from hpcrnn.data.batches import WindowBatches, batch_iterator, gather_windows
+from hpcrnn.data.build import Corpus, open_corpus
 from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError, StorageError
 from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
@@ -34,6 +39,10 @@ from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
 from hpcrnn.train.model import build_model, count_parameters
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
+
+# Called at every step boundary with (step, the stop flag) before the ranks agree on stopping, so it may
+# request a stop there: tests stop a run at a chosen step this way.
+StepBoundaryHook = Callable[[int, StopFlag], None]
 
 
 @dataclass
@@ -84,7 +93,8 @@ def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, total: int):
 
 
 def lm_loss(model, batch: torch.Tensor, loss_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss, logits, targets). ``all``: every position; ``last``: the lecture's next word only."""
+    """(mean loss, logits, targets). ``all``: every position; ``last``: only the word after the window,
+    as the lecture's Keras script (one-hot 50-word windows, LSTM(256)) trains."""
     x, y = batch[:, :-1], batch[:, 1:]
     if loss_mode == "last":
         logits, _ = model(x, last_only=True)
@@ -121,8 +131,6 @@ def evaluate(
     model, tokens: np.ndarray, starts: np.ndarray, cfg: Config, info: D.DistInfo, max_batches: int = 0
 ) -> dict:
     """Loss, perplexity, top-1 and top-5 next-word accuracy over a split, sharded over the ranks."""
-    from hpcrnn.data.batches import gather_windows
-
     gb, win = cfg.train.batch_size, cfg.data.window
     n_batches = math.ceil(len(starts) / gb)
     if max_batches:
@@ -162,37 +170,6 @@ def autocast(cfg: Config, info: D.DistInfo):
     return torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=on)
 
 
-def check_compatible(meta: dict, cfg: Config, vocab_hash: str, path: Path) -> None:
-    """Refuse a checkpoint that does not fit the data and config, saying which."""
-    if meta.get("vocab_hash") != vocab_hash:
-        raise InputError(
-            f"{path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "
-            f"the corpus {cfg.h5_path} ({vocab_hash[:12]}): use a new run.name or the same data"
-        )
-    old = meta.get("config", {}).get("model", {})
-    diff = [
-        f"model.{k}: {old.get(k)!r} -> {v!r}"
-        for k, v in cfg.to_dict()["model"].items()
-        if k != "dropout" and old.get(k) != v
-    ]
-    if diff:
-        raise InputError(
-            f"{path}: checkpoint model shape does not fit the config ({'; '.join(diff)}): use a new run.name"
-        )
-
-
-def training_done(cfg: Config) -> bool:
-    """Has this run's training reached the target of ``cfg`` (not only the target it was started with)?"""
-    c = ckpt.latest(cfg.checkpoint_dir)
-    if not (c and c.meta.get("done")):
-        return False
-    if cfg.train.max_steps:
-        return c.step >= cfg.train.max_steps
-    old = c.meta.get("config", {}).get("train", {})
-    same_plan = old.get("max_steps") == 0 and old.get("batch_size") == cfg.train.batch_size
-    return same_plan and old.get("epochs", 0) >= cfg.train.epochs
-
-
 class Progress:
     """A bar on a terminal; plain periodic lines (step, loss, tokens/s, ETA) in a batch log."""
 
@@ -200,6 +177,7 @@ class Progress:
         mode = cfg.train.progress
         self.bar = enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty()))
         self.enabled, self.total = enabled, total
+        self.last_loss = float("nan")  # shown by the bar between log points
 
     def update(self, step: int, loss: float, tps: float, eta: float, lr: float, force_line: bool) -> None:
         if not self.enabled:
@@ -225,11 +203,231 @@ class Progress:
             print(text, flush=True)
 
 
-def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
-    """Train (or resume) the run of ``cfg``. ``stop_at_step`` simulates a stop signal there (tests)."""
+# ------------------------------------------------------------------------------------------------ set-up
+
+
+def configure_torch(cfg: Config) -> None:
+    """Threads (train.threads, else Slurm's CPUs per task) and, with train.deterministic, bitwise-repeatable
+    kernels."""
     t = cfg.train
-    flag = FLAG.install(t.stop_signal)  # early: a signal during set-up still ends in a checkpoint
-    info = D.init_distributed(t.device)
+    threads = t.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0) or 0)
+    if threads:
+        torch.set_num_threads(threads)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@dataclass
+class TrainData:
+    """The corpus as the loop reads it: the token stream in memory (about 2 bytes a token), windows as start
+    offsets, this rank's batches, and the step at which training ends."""
+
+    corpus: Corpus
+    tokens: np.ndarray
+    batches: WindowBatches
+    val_starts: np.ndarray
+    total: int
+
+
+def load_data(cfg: Config, info: D.DistInfo) -> TrainData:
+    t = cfg.train
+    if t.batch_size % info.world_size:
+        raise InputError(
+            f"{cfg.source}: train.batch_size: {t.batch_size} is not divisible by the {info.world_size} ranks"
+        )
+    corpus = open_corpus(cfg.h5_path)
+    if corpus.window != cfg.data.window:
+        raise InputError(
+            f"{cfg.h5_path}: built with window {corpus.window}, config says data.window "
+            f"{cfg.data.window}: preprocess again"
+        )
+    tokens = corpus.tokens()
+    train_starts = corpus.windows("train")
+    batches = WindowBatches(train_starts, t.batch_size, info.rank, info.world_size, t.seed)
+    if batches.batches_per_epoch == 0:
+        raise InputError(
+            f"{cfg.h5_path}: {len(train_starts)} training windows are fewer than one global "
+            f"batch of {t.batch_size}: lower train.batch_size"
+        )
+    total = total_steps(cfg, batches.batches_per_epoch)
+    return TrainData(corpus, tokens, batches, corpus.windows("val"), total)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the weights: optimizer, scheduler, step, best val loss."""
+
+    model: torch.nn.Module  # unwrapped: its state_dict loads without DDP
+    opt: torch.optim.Optimizer
+    sched: Any
+    step: int = 0
+    best_val: float | None = None
+
+    def state_dict(self, batches: WindowBatches, rngs: list[dict]) -> dict:
+        """The train_state.pt content; ``rngs``: the RNG states of every rank, in rank order."""
+        epoch, pos = batches.position(self.step)
+        return {
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "step": self.step,
+            "epoch": epoch,
+            "position": pos,
+            "rng": rngs,
+            "best_val": self.best_val,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        # older files also hold a "scaler" entry: a disabled GradScaler, nothing to restore
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step, self.best_val = state["step"], state.get("best_val")
+
+
+def build_state(cfg: Config, info: D.DistInfo, data: TrainData) -> TrainState:
+    """Model, optimizer and scheduler, seeded identically on every rank (DDP also broadcasts rank 0's
+    weights)."""
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, len(data.corpus.vocab)).to(info.device)
+    opt = make_optimizer(cfg, model)
+    return TrainState(model, opt, make_scheduler(cfg, opt, data.total))
+
+
+# ------------------------------------------------------------------------------------ checkpoints, metrics
+
+
+@dataclass
+class Checkpointer:
+    """Resumes from and saves the run's checkpoints. A save is collective: every rank hands in its RNG state
+    and learns whether rank 0's write worked, so no rank waits forever for a peer that gave up."""
+
+    cfg: Config
+    info: D.DistInfo
+    data: TrainData
+    last_saved: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
+    seconds: float = 0.0  # how long the last save took: the time-limit check leaves room for one
+
+    def resume(self, state: TrainState) -> ckpt.CheckpointInfo | None:
+        """Load the newest complete checkpoint into ``state`` and set this rank's RNG streams; None when the
+        run starts afresh. Raises InputError when the checkpoint does not fit the corpus or config."""
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            ckpt.clean_temporaries(cfg.checkpoint_dir)
+        D.barrier()
+        last = ckpt.latest(cfg.checkpoint_dir)
+        rank_seed = cfg.train.seed + 1000003 * info.rank  # per-rank dropout streams
+        if last is None:
+            seed_everything(rank_seed)
+            return None
+        corpus = self.data.corpus
+        ckpt.check_compatible(last.meta, cfg, corpus.vocab_hash, last.path, len(corpus.vocab))
+        state.model.load_state_dict(ckpt.load_model_state(last, map_location=info.device))
+        saved = ckpt.load_train_state(last)
+        state.load_state_dict(saved)
+        if len(saved["rng"]) == info.world_size:
+            set_rng_state(saved["rng"][info.rank])
+        else:  # another world size: data order is step-determined; reseed dropout per rank
+            seed_everything(rank_seed + state.step)
+        self.last_saved = last.step
+        return last
+
+    def save(self, state: TrainState, done: bool = False, val: dict | None = None, final: dict | None = None):
+        """Write the checkpoint of ``state.step``; its folder on rank 0, None on the others. Raises
+        StorageError on every rank when the write failed, naming the intact previous checkpoint."""
+        started = time.time()
+        rngs = D.all_gather_object(rng_state())
+        path, failed = None, None
+        if self.info.is_main:
+            try:
+                path = self._write(state, rngs, done, val, final or {})
+            except OSError as e:
+                failed = e
+        ok = D.all_reduce(torch.tensor([0.0 if failed else 1.0]), op=torch.distributed.ReduceOp.MIN)
+        if ok.item() < 1:
+            prev = ckpt.latest(self.cfg.checkpoint_dir)
+            why = f"{failed.strerror or failed}" if failed else "rank 0 could not write it"
+            raise StorageError(
+                f"{self.cfg.checkpoint_dir}: cannot write checkpoint {ckpt.step_dir_name(state.step)}: {why}; "
+                f"the previous checkpoint {prev.path if prev else '(none)'} is intact"
+            )
+        self.last_saved, self.seconds = state.step, time.time() - started
+        return path
+
+    def _write(self, state: TrainState, rngs: list[dict], done: bool, val: dict | None, final: dict) -> Path:
+        cfg, data = self.cfg, self.data
+        epoch, pos = data.batches.position(state.step)
+        meta = {
+            "run": cfg.run.name,
+            "epoch": epoch,
+            "position": pos,
+            "done": done,
+            "total_steps": data.total,
+            "time": time.time(),
+            "world_size": self.info.world_size,
+            "vocab_hash": data.corpus.vocab_hash,
+            "vocab_size": len(data.corpus.vocab),
+            "val_loss": val["loss"] if val else None,
+            "config": cfg.to_dict(),
+            "final": final,
+            "hpcrnn_version": __version__,
+        }
+        train_state = state.state_dict(data.batches, rngs)
+        path = ckpt.save_checkpoint(cfg.checkpoint_dir, state.step, state.model.state_dict(), train_state, meta)
+        ckpt.retain(cfg.checkpoint_dir, cfg.train.keep_last)
+        return path
+
+
+@dataclass
+class MetricsLog:
+    """metrics.jsonl, appended by rank 0 only. Each append also renews the run lock's heartbeat, its proof
+    of life for readers on other nodes."""
+
+    path: Path
+    is_main: bool
+    lock: RunLock | None = None
+
+    def append(self, **rec) -> None:
+        if not self.is_main:
+            return
+        rec.setdefault("time", time.time())
+        try:
+            append_jsonl(self.path, rec)
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot append metrics: {e.strerror or e}") from None
+        if self.lock:
+            self.lock.heartbeat()
+
+
+@dataclass
+class Pace:
+    """The step time (a moving average: ETA and the time-limit check) and the tokens/s since the last log."""
+
+    tokens_per_step: int
+    step_s: float = 0.0
+    since: float = field(default_factory=time.time)
+    steps: int = 0
+
+    def tick(self, started: float) -> None:
+        took = time.time() - started
+        self.step_s = 0.9 * self.step_s + 0.1 * took if self.step_s else took
+        self.steps += 1
+
+    def tokens_per_s(self) -> float:
+        """Throughput since the previous call (or the start); starts the next interval."""
+        now = time.time()
+        tps = self.steps * self.tokens_per_step / max(now - self.since, 1e-9)
+        self.since, self.steps = now, 0
+        return tps
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def run_train(cfg: Config, on_step_boundary: StepBoundaryHook | None = None) -> TrainResult:
+    """Train (or resume) the run of ``cfg``. ``on_step_boundary``: see StepBoundaryHook."""
+    flag = FLAG.install(cfg.train.stop_signal)  # early: a signal during set-up still ends in a checkpoint
+    info = D.init_distributed(cfg.train.device)
     lock, refused, ok = None, None, False
     try:
         if info.is_main:  # one trainer per run directory, across nodes (hpcrnn/lock.py)
@@ -240,7 +438,7 @@ def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
         held = D.all_reduce(torch.tensor([0.0 if refused else 1.0]), op=torch.distributed.ReduceOp.MIN)
         if refused or held.item() < 1:  # every rank leaves, none waits for a peer that never comes
             raise refused or LockedError(f"{cfg.run_dir}: rank 0 could not take the run lock")
-        result = _train(cfg, info, flag, stop_at_step, lock)
+        result = _train(cfg, info, flag, lock, on_step_boundary)
         ok = True
         return result
     finally:
@@ -251,281 +449,200 @@ def run_train(cfg: Config, stop_at_step: int | None = None) -> TrainResult:
         D.shutdown(together=ok)
 
 
-def _train(cfg: Config, info: D.DistInfo, flag: StopFlag, stop_at_step, lock: RunLock | None) -> TrainResult:
+@dataclass
+class Training:
+    """The parts of one training run, as the steps of the loop below use them."""
+
+    cfg: Config
+    info: D.DistInfo
+    data: TrainData
+    state: TrainState
+    saver: Checkpointer
+    log: MetricsLog
+    progress: Progress
+
+
+def _train(
+    cfg: Config, info: D.DistInfo, flag: StopFlag, lock: RunLock | None, hook: StepBoundaryHook | None
+) -> TrainResult:
+    started = time.time()
+    configure_torch(cfg)
+    data = load_data(cfg, info)
+    state = build_state(cfg, info, data)
+    saver = Checkpointer(cfg, info, data)
+    last = saver.resume(state)
+    if last is not None and last.meta.get("done") and state.step >= data.total:
+        if info.is_main:
+            print(f"hpcrnn.train: {cfg.run.name} already done at step {state.step} ({last.path})", flush=True)
+        return TrainResult("done", state.step, EXIT_OK, last.path, last.meta.get("final", {}))
+    net = _wrap_ddp(state.model, info)
+    log = MetricsLog(cfg.metrics_path, info.is_main, lock)
+    run = Training(cfg, info, data, state, saver, log, Progress(cfg, data.total, info.is_main))
+    _announce(run, last)
+
+    # the loop: every iteration boundary is a safe point to stop
+    net.train()
     t = cfg.train
-    t0 = time.time()
-    threads = t.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0) or 0)
-    if threads:
-        torch.set_num_threads(threads)
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if t.batch_size % info.world_size:
-        raise InputError(
-            f"{cfg.source}: train.batch_size: {t.batch_size} is not divisible by the {info.world_size} ranks"
-        )
+    stream = batch_iterator(data.tokens, data.batches, cfg.data.window, state.step, t.num_workers, str(cfg.h5_path))
+    pace = Pace(t.batch_size * (cfg.data.window if t.loss == "all" else 1))
+    loss = None
+    while True:
+        code = _agree_on_stop(run, flag, loss, pace, started, hook)
+        if code:
+            return _stop(run, code, flag.reason)
+        if state.step >= data.total:
+            return _finish(run, started)
+        step_started = time.time()
+        loss, logits, y = _optimise(run, net, next(stream)[1])
+        pace.tick(step_started)
+        _log_step(run, pace, loss, logits, y)
+        val = _validate(run) if state.step % t.eval_every == 0 and state.step < data.total else None
+        if state.step % t.checkpoint_every == 0 and state.step < data.total and torch.isfinite(loss):
+            saver.save(state, val=val)
 
-    # ---- data: the token stream in memory (~2 bytes a token), windows as start offsets
-    corpus = open_corpus(cfg.h5_path)
-    if corpus.window != cfg.data.window:
-        raise InputError(
-            f"{cfg.h5_path}: built with window {corpus.window}, config says data.window "
-            f"{cfg.data.window}: preprocess again"
-        )
-    tokens = corpus.tokens()
-    train_starts, val_starts = corpus.windows("train"), corpus.windows("val")
-    batches = WindowBatches(train_starts, t.batch_size, info.rank, info.world_size, t.seed)
-    if batches.batches_per_epoch == 0:
-        raise InputError(
-            f"{cfg.h5_path}: {len(train_starts)} training windows are fewer than one global "
-            f"batch of {t.batch_size}: lower train.batch_size"
-        )
-    total = total_steps(cfg, batches.batches_per_epoch)
 
-    # ---- model and optimizer, seeded identically on every rank (DDP also broadcasts rank 0's weights)
-    seed_everything(t.seed)
-    model = build_model(cfg.model, len(corpus.vocab)).to(info.device)
-    opt = make_optimizer(cfg, model)
-    sched = make_scheduler(cfg, opt, total)
-    scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling; kept for the format
-    step, best_val = 0, None
+def _wrap_ddp(model: torch.nn.Module, info: D.DistInfo) -> torch.nn.Module:
+    if not info.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+    )
 
-    # ---- resume from the newest complete checkpoint, if any
-    ckpt.clean_temporaries(cfg.checkpoint_dir) if info.is_main else None
-    D.barrier()
-    last = ckpt.latest(cfg.checkpoint_dir)
-    if last is not None:
-        check_compatible(last.meta, cfg, corpus.vocab_hash, last.path)
-        model.load_state_dict(ckpt.load_model_state(last, map_location=info.device))
-        state = ckpt.load_train_state(last)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, best_val = state["step"], state.get("best_val")
-        rngs = state["rng"]
-        if len(rngs) == info.world_size:
-            set_rng_state(rngs[info.rank])
-        else:  # another world size: data order is step-determined; reseed dropout per rank
-            seed_everything(t.seed + 1000003 * info.rank + step)
-        if last.meta.get("done") and step >= total:
-            if info.is_main:
-                print(f"hpcrnn.train: {cfg.run.name} already done at step {step} ({last.path})", flush=True)
-            return TrainResult("done", step, EXIT_OK, last.path, last.meta.get("final", {}))
-    else:
-        seed_everything(t.seed + 1000003 * info.rank)  # per-rank dropout streams
-    ddp = model
-    if info.distributed:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
 
-    progress = Progress(cfg, total, info.is_main)
+def _announce(run: Training, last: ckpt.CheckpointInfo | None) -> None:
+    cfg, info, data = run.cfg, run.info, run.data
     if info.is_main:
-        progress.line(
+        run.progress.line(
             f"hpcrnn.train: {cfg.run.name}: {cfg.model.cell.upper()} {cfg.model.layers}x"
-            f"{cfg.model.hidden}, {count_parameters(model):,} parameters, vocab {len(corpus.vocab):,}, "
-            f"{len(train_starts):,} train windows, {total} steps from step {step}, "
+            f"{cfg.model.hidden}, {count_parameters(run.state.model):,} parameters, vocab {len(data.corpus.vocab):,}, "
+            f"{len(data.batches.starts):,} train windows, {data.total} steps from step {run.state.step}, "
             f"{info.world_size} rank(s) on {info.device} ({info.launcher})"
             + (f", resumed from {last.path.name}" if last else "")
         )
 
-    def save(step: int, done: bool = False, val: dict | None = None, final: dict | None = None) -> Path:
-        rngs = D.all_gather_object(rng_state())
-        path, failed = None, None
-        if info.is_main:
-            epoch, pos = batches.position(step)
-            train_state = {
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "position": pos,
-                "rng": rngs,
-                "best_val": best_val,
-            }
-            meta = {
-                "run": cfg.run.name,
-                "epoch": epoch,
-                "position": pos,
-                "done": done,
-                "total_steps": total,
-                "time": time.time(),
-                "world_size": info.world_size,
-                "vocab_hash": corpus.vocab_hash,
-                "vocab_size": len(corpus.vocab),
-                "val_loss": val["loss"] if val else None,
-                "config": cfg.to_dict(),
-                "final": final or {},
-                "hpcrnn_version": _version(),
-            }
-            try:
-                path = ckpt.save_checkpoint(cfg.checkpoint_dir, step, model.state_dict(), train_state, meta)
-                ckpt.retain(cfg.checkpoint_dir, t.keep_last)
-            except OSError as e:
-                failed = e
-        # every rank learns whether rank 0's write worked, so none waits forever for a dead peer
-        ok = torch.tensor([0.0 if (info.is_main and failed) else 1.0])
-        D.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-        if ok.item() < 1:
-            prev = ckpt.latest(cfg.checkpoint_dir)
-            why = f"{failed.strerror or failed}" if info.is_main else "rank 0 could not write it"
-            raise StorageError(
-                f"{cfg.checkpoint_dir}: cannot write checkpoint {ckpt.step_dir_name(step)}: {why}; "
-                f"the previous checkpoint {prev.path if prev else '(none)'} is intact"
-            )
-        return path
 
-    def record(**rec) -> None:
-        if info.is_main:
-            rec.setdefault("time", time.time())
-            try:
-                append_jsonl(cfg.metrics_path, rec)
-            except OSError as e:
-                raise StorageError(f"{cfg.metrics_path}: cannot append metrics: {e.strerror or e}") from None
-            if lock:
-                lock.heartbeat()  # the run lock's proof of life for readers on other nodes
+def _agree_on_stop(
+    run: Training, flag: StopFlag, loss: torch.Tensor | None, pace: Pace, started: float, hook: StepBoundaryHook | None
+) -> int:
+    """The stop code every rank agrees on at this step boundary (0: go on): the flag of any rank, the hook
+    or the time budget stops all of them. A non-finite loss on any rank raises DivergedError on all."""
+    t, step = run.cfg.train, run.state.step
+    if hook is not None:
+        hook(step, flag)
+    if t.time_limit and time.time() - started + 2 * pace.step_s + run.saver.seconds + 5 >= t.time_limit:
+        flag.request(STOP_REQUEUE, "time_limit")
+    diverged = 0.0 if loss is None or torch.isfinite(loss) else 1.0
+    agreed = torch.tensor([float(flag.code), diverged], dtype=torch.float64)
+    if run.info.distributed:
+        D.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+    if agreed[1] > 0:
+        good = ckpt.latest(run.cfg.checkpoint_dir)
+        raise DivergedError(
+            f"non-finite loss at step {step} (lr {run.state.opt.param_groups[0]['lr']:.3g}); the last "
+            f"good checkpoint is {good.path if good else 'none'}: lower train.lr or set train.clip_grad"
+        )
+    return int(agreed[0])
 
-    # ---- the loop: every iteration boundary is a safe point to stop
-    ddp.train()
-    data = batch_iterator(tokens, batches, cfg.data.window, step, t.num_workers, str(cfg.h5_path))
-    tokens_per_step = t.batch_size * (cfg.data.window if t.loss == "all" else 1)
-    interval_t, interval_n, last_loss = time.time(), 0, float("nan")
-    step_time, ckpt_time, last_saved = 0.0, 0.0, (last.step if last else None)
-    stop_vec = torch.zeros(2, dtype=torch.float64)  # [stop code, non-finite loss]
-    loss = None
-    while True:
-        # agree on stopping: the flag of any rank (or the time budget) stops all of them here
-        code = flag.code
-        if stop_at_step is not None and step >= stop_at_step:
-            flag.request(STOP_REQUEUE, "stop_at_step")
-            code = flag.code
-        if t.time_limit and time.time() - t0 + 2 * step_time + ckpt_time + 5 >= t.time_limit:
-            flag.request(STOP_REQUEUE, "time_limit")
-            code = flag.code
-        stop_vec[0], stop_vec[1] = code, 0.0 if loss is None or torch.isfinite(loss) else 1.0
-        if info.distributed:
-            D.all_reduce(stop_vec, op=torch.distributed.ReduceOp.MAX)
-        if stop_vec[1] > 0:
-            good = ckpt.latest(cfg.checkpoint_dir)
-            raise DivergedError(
-                f"non-finite loss at step {step} (lr {opt.param_groups[0]['lr']:.3g}); the last "
-                f"good checkpoint is {good.path if good else 'none'}: lower train.lr or "
-                f"set train.clip_grad"
-            )
-        code = int(stop_vec[0])
-        if code:
-            path = save(step) if last_saved != step else ckpt.latest(cfg.checkpoint_dir).path
-            status = "stopped" if code == STOP_STOPPED else "requeue"
-            record(event="stop", step=step, reason=flag.reason or "stop_at_step", status=status)
-            if info.is_main:
-                progress.line(
-                    f"hpcrnn.train: stopped at step {step} ({flag.reason or 'requested'}), "
-                    f"checkpoint {path}: {'requeue me' if status == 'requeue' else 'stopped'}"
-                )
-            return TrainResult(status, step, EXIT_STOPPED if status == "stopped" else EXIT_REQUEUE, path)
-        if step >= total:
-            break
 
-        # one optimisation step
-        ts = time.time()
-        _, batch = next(data)
-        batch = batch.to(info.device, non_blocking=True)
-        with autocast(cfg, info):
-            loss, logits, y = lm_loss(ddp, batch, t.loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-        opt.step()
-        if t.schedule != "plateau":
-            sched.step()
-        step += 1
-        step_time = 0.9 * step_time + 0.1 * (time.time() - ts) if step_time else time.time() - ts
+def _stop(run: Training, code: int, reason: str) -> TrainResult:
+    """Checkpoint (unless this step already has one) and say how the job should end."""
+    step = run.state.step
+    path = run.saver.save(run.state) if run.saver.last_saved != step else ckpt.latest(run.cfg.checkpoint_dir).path
+    status = "stopped" if code == STOP_STOPPED else "requeue"
+    run.log.append(event="stop", step=step, reason=reason or "requested", status=status)
+    if run.info.is_main:
+        run.progress.line(
+            f"hpcrnn.train: stopped at step {step} ({reason or 'requested'}), "
+            f"checkpoint {path}: {'requeue me' if status == 'requeue' else 'stopped'}"
+        )
+    return TrainResult(status, step, EXIT_STOPPED if status == "stopped" else EXIT_REQUEUE, path)
 
-        # logging (the loss is read back only at log points, keeping the hot loop free of syncs on GPU)
-        interval_n += 1
-        if step % t.log_every == 0 or step == total:
-            lv, now = loss.item(), time.time()
-            tps = interval_n * tokens_per_step / max(now - interval_t, 1e-9)
-            with torch.no_grad():
-                top5 = logits.float().topk(min(5, logits.shape[-1]), -1).indices
-                acc = (top5[:, 0] == y).float().mean().item()
-                acc5 = (top5 == y[:, None]).any(-1).float().mean().item()
-            lr = opt.param_groups[0]["lr"]
-            record(
-                step=step,
-                epoch=batches.position(step)[0],
-                split="train",
-                loss=lv,
-                ppl=math.exp(min(lv, 50)),
-                acc=acc,
-                top5=acc5,
-                tokens_per_s=tps,
-                lr=lr,
-            )
-            progress.update(step, lv, tps, (total - step) * step_time, lr, force_line=True)
-            last_loss, interval_t, interval_n = lv, now, 0
-        elif progress.bar:
-            progress.update(step, last_loss, 0.0, (total - step) * step_time, opt.param_groups[0]["lr"], False)
 
-        val = None
-        if step % t.eval_every == 0 and step < total:
-            val = evaluate(model, tokens, val_starts, cfg, info, t.eval_batches)
-            if t.schedule == "plateau":
-                sched.step(val["loss"])
-            best_val = val["loss"] if best_val is None else min(best_val, val["loss"])
-            record(
-                step=step,
-                epoch=batches.position(step)[0],
-                split="val",
-                lr=opt.param_groups[0]["lr"],
-                tokens_per_s=None,
-                **{k: v for k, v in val.items() if k != "tokens"},
-            )
-            if info.is_main:
-                progress.line(
-                    f"step {step} val loss {val['loss']:.4f} ppl {val['ppl']:.1f} "
-                    f"acc {val['acc']:.3f} top5 {val['top5']:.3f}"
-                )
-        if step % t.checkpoint_every == 0 and step < total and torch.isfinite(loss):
-            tc = time.time()
-            save(step, val=val)
-            last_saved, ckpt_time = step, time.time() - tc
+def _optimise(run: Training, net: torch.nn.Module, batch: torch.Tensor):
+    """One optimisation step on this rank's batch: (loss, logits, targets)."""
+    t, state = run.cfg.train, run.state
+    batch = batch.to(run.info.device, non_blocking=True)
+    with autocast(run.cfg, run.info):
+        loss, logits, y = lm_loss(net, batch, t.loss)
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if t.clip_grad:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.clip_grad)
+    state.opt.step()
+    if t.schedule != "plateau":
+        state.sched.step()
+    state.step += 1
+    return loss, logits, y
 
-    # ---- the end: full val and test evaluation, then the final checkpoint marked done
+
+def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """At log points a train record and a progress line: the loss is read back only there, keeping the hot
+    loop free of syncs on GPU. In between only a terminal bar moves."""
+    step, total, progress = run.state.step, run.data.total, run.progress
+    eta = (total - step) * pace.step_s
+    if step % run.cfg.train.log_every and step != total:
+        if progress.bar:
+            progress.update(step, progress.last_loss, 0.0, eta, run.state.opt.param_groups[0]["lr"], False)
+        return
+    lv = loss.item()
+    tps = pace.tokens_per_s()
+    with torch.no_grad():
+        top5 = logits.float().topk(min(5, logits.shape[-1]), -1).indices
+        acc = (top5[:, 0] == y).float().mean().item()
+        acc5 = (top5 == y[:, None]).any(-1).float().mean().item()
+    lr = run.state.opt.param_groups[0]["lr"]
+    epoch = run.data.batches.position(step)[0]
+    rec = dict(loss=lv, ppl=math.exp(min(lv, 50)), acc=acc, top5=acc5, tokens_per_s=tps, lr=lr)
+    run.log.append(step=step, epoch=epoch, split="train", **rec)
+    progress.update(step, lv, tps, eta, lr, force_line=True)
+    progress.last_loss = lv
+
+
+def _validate(run: Training) -> dict:
+    """The periodic validation: recorded, fed to the plateau schedule, kept as the best val loss."""
+    cfg, state = run.cfg, run.state
+    val = evaluate(state.model, run.data.tokens, run.data.val_starts, cfg, run.info, cfg.train.eval_batches)
+    if cfg.train.schedule == "plateau":
+        state.sched.step(val["loss"])
+    state.best_val = val["loss"] if state.best_val is None else min(state.best_val, val["loss"])
+    _record_eval(run, "val", val)
+    if run.info.is_main:
+        run.progress.line(
+            f"step {state.step} val loss {val['loss']:.4f} ppl {val['ppl']:.1f} "
+            f"acc {val['acc']:.3f} top5 {val['top5']:.3f}"
+        )
+    return val
+
+
+def _record_eval(run: Training, split: str, result: dict, **extra) -> None:
+    run.log.append(
+        step=run.state.step,
+        epoch=run.data.batches.position(run.state.step)[0],
+        split=split,
+        lr=run.state.opt.param_groups[0]["lr"],
+        tokens_per_s=None,
+        **extra,
+        **{k: v for k, v in result.items() if k != "tokens"},
+    )
+
+
+def _finish(run: Training, started: float) -> TrainResult:
+    """Full val and test evaluation, then the final checkpoint, marked done."""
     final = {}
     for split in ("val", "test"):
-        starts = corpus.windows(split)
+        starts = run.data.corpus.windows(split)
         if len(starts):
-            r = evaluate(model, tokens, starts, cfg, info, 0)
-            final[split] = r
-            record(
-                step=step,
-                epoch=batches.position(step)[0],
-                split=split,
-                lr=opt.param_groups[0]["lr"],
-                tokens_per_s=None,
-                final=True,
-                **{k: v for k, v in r.items() if k != "tokens"},
-            )
-    path = save(step, done=True, val=final.get("val"), final=final)
-    if info.is_main:
+            final[split] = evaluate(run.state.model, run.data.tokens, starts, run.cfg, run.info, 0)
+            _record_eval(run, split, final[split], final=True)
+    path = run.saver.save(run.state, done=True, val=final.get("val"), final=final)
+    if run.info.is_main:
         msg = ", ".join(f"{k} ppl {v['ppl']:.2f} acc {v['acc']:.3f}" for k, v in final.items())
-        progress.line(f"hpcrnn.train: done at step {step} in {time.time() - t0:.0f} s: {msg}; {path}")
-    return TrainResult("done", step, EXIT_OK, path, final)
-
-
-def _version() -> str:
-    from hpcrnn import __version__
-
-    return __version__
+        took = time.time() - started
+        run.progress.line(f"hpcrnn.train: done at step {run.state.step} in {took:.0f} s: {msg}; {path}")
+    return TrainResult("done", run.state.step, EXIT_OK, path, final)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hpcrnn.cli import main_for
-
     code = main_for(
         "hpcrnn.train",
         "Train (or resume) a recurrent language model on the run's HDF5 windows.",

@@ -1,8 +1,9 @@
 """The recurrent language model: embedding -> LSTM/GRU/RNN -> linear over the vocabulary.
 
-The lecture feeds one-hot vectors into the LSTM; an embedding lookup is the same function (a one-hot
-vector times a weight matrix selects one row) at a fraction of the cost. ``step`` runs one token for a
-whole batch and carries the recurrent state, which is what makes batched generation cheap.
+The lecture's Keras script (one-hot 50-word windows, LSTM(256)) feeds one-hot vectors into the LSTM; an
+embedding lookup is the same function (a one-hot vector times a weight matrix selects one row) at a
+fraction of the cost. ``step`` runs one token for a whole batch and carries the recurrent state, which is
+what makes batched generation cheap.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 class RecurrentLM(nn.Module):
     def __init__(self, vocab_size: int, cfg: ModelConfig):
         super().__init__()
-        self.vocab_size = vocab_size
         self.cell = cfg.cell
         self.embed = nn.Embedding(vocab_size, cfg.embedding)
         # no dropout module at all when p = 0: even a no-op dropout costs a pass over the activations
