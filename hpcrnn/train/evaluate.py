@@ -1,0 +1,177 @@
+"""Held-out figures: loss, perplexity, top-1/top-5 next-word accuracy and the <unk> rate of a split.
+
+Three ways to read a split, each sharded over the ranks and summed with one all-reduce:
+
+- ``windows``: the lecture's independent windows (each from a zero state), in order;
+- ``documents``: every document from its start, preceded by the end-of-document token, in chunks with
+  the state carried, padding ignored;
+- ``standard``: the protocol of published word-LM results (Zaremba et al.; pytorch/examples
+  ``word_language_model``): the split read in order as ``STANDARD_STREAMS`` parallel contiguous streams,
+  the recurrent state carried from chunk to chunk. Its figures compare with published tables; with a
+  carried state the chunk length changes nothing but speed.
+
+Every position is scored with the loss ``all`` (the next word everywhere); a ``windows`` run trained with
+``loss: last`` is scored on the last word of each window, as it was trained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpcrnn.data.sequences import PAD, gather_rows, pad_documents
+
+STANDARD_STREAMS = 10  # parallel streams of the standard protocol (pytorch/examples' eval batch size)
+STANDARD_CHUNK = 256  # tokens per forward pass; the state is carried, so this sets only speed and memory
+
+
+class Sums:
+    """Running sums of a split's figures; ``reduce`` (an all-reduce) makes them global."""
+
+    def __init__(self, unk_id: int | None = None):
+        self.t = torch.zeros(5, dtype=torch.float64)  # loss*n, correct1, correct5, n, unk targets
+        self.unk_id = unk_id
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """logits [N, V], targets [N] (PAD positions are ignored)."""
+        keep = y != PAD
+        if not bool(keep.all()):
+            logits, y = logits[keep], y[keep]
+        n = y.numel()
+        if n == 0:
+            return
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        unk = int((y == self.unk_id).sum()) if self.unk_id is not None else 0
+        self.t += torch.tensor(
+            [loss.item(), (top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(-1).sum().item(), n, unk],
+            dtype=torch.float64,
+        )
+
+    def result(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+        t = reduce(self.t.clone())
+        n = max(t[3].item(), 1.0)
+        loss = t[0].item() / n
+        return {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)),
+            "acc": t[1].item() / n,
+            "top5": t[2].item() / n,
+            "unk": t[4].item() / n,
+            "tokens": int(t[3].item()),
+        }
+
+
+def _no_reduce(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@torch.no_grad()
+def evaluate_windows(
+    model,
+    tokens,
+    starts,
+    *,
+    window: int,
+    batch: int,
+    loss: str = "all",
+    rank: int = 0,
+    world: int = 1,
+    device="cpu",
+    reduce=_no_reduce,
+    unk_id=None,
+    max_batches: int = 0,
+    autocast=None,
+) -> dict:
+    """Independent windows from a zero state (the ``windows`` mode's own protocol)."""
+    n_batches = math.ceil(len(starts) / batch)
+    if max_batches:
+        n_batches = min(n_batches, max_batches)
+    sums = Sums(unk_id)
+    for b in range(n_batches):
+        mine = np.array_split(starts[b * batch : (b + 1) * batch], world)[rank]
+        if len(mine) == 0:
+            continue
+        x = gather_rows(tokens, mine, window + 1).to(device)
+        with _ctx(autocast):
+            logits, _ = model(x[:, :-1], last_only=loss == "last")
+        y = x[:, -1] if loss == "last" else x[:, 1:].reshape(-1)
+        sums.add(logits.reshape(-1, logits.shape[-1]), y)
+    return sums.result(reduce)
+
+
+@torch.no_grad()
+def evaluate_stream(
+    model,
+    tokens,
+    lo: int,
+    hi: int,
+    *,
+    streams: int = STANDARD_STREAMS,
+    chunk: int = STANDARD_CHUNK,
+    rank: int = 0,
+    world: int = 1,
+    device="cpu",
+    reduce=_no_reduce,
+    unk_id=None,
+    autocast=None,
+) -> dict:
+    """The standard protocol: ``tokens[lo:hi]`` as ``streams`` contiguous streams, state carried."""
+    length = (hi - lo) // streams  # tokens of each stream; every stream predicts its tokens 1..length-1
+    rows = np.array_split(np.arange(streams, dtype=np.int64), world)[rank]
+    sums = Sums(unk_id)
+    if len(rows) == 0 or length < 2:
+        return sums.result(reduce)
+    state = None
+    for a in range(0, length - 1, chunk):
+        n = min(chunk, length - 1 - a)
+        x = gather_rows(tokens, lo + rows * length + a, n + 1).to(device)
+        with _ctx(autocast):
+            logits, state = model(x[:, :-1], state)
+        sums.add(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    return sums.result(reduce)
+
+
+@torch.no_grad()
+def evaluate_documents(
+    model,
+    tokens,
+    starts,
+    ends,
+    *,
+    bos: int,
+    batch: int,
+    chunk: int,
+    rank: int = 0,
+    world: int = 1,
+    device="cpu",
+    reduce=_no_reduce,
+    unk_id=None,
+    autocast=None,
+) -> dict:
+    """Every document from its start, preceded by ``bos``; batched by length, state carried over chunks."""
+    lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    sums = Sums(unk_id)
+    for b in range(0, len(order), batch):
+        mine = np.array_split(order[b : b + batch], world)[rank]
+        if len(mine) == 0:
+            continue
+        width = int(lengths[mine].max()) + 1
+        rows = pad_documents(tokens, np.asarray(starts)[mine], lengths[mine], bos, width).to(device)
+        state = None
+        for a in range(0, width - 1, chunk):
+            part = rows[:, a : a + chunk + 1]
+            with _ctx(autocast):
+                logits, state = model(part[:, :-1].clamp_min(0), state)
+            sums.add(logits.reshape(-1, logits.shape[-1]), part[:, 1:].reshape(-1))
+    return sums.result(reduce)
+
+
+def _ctx(autocast):
+    return autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
