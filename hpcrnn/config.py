@@ -65,8 +65,15 @@ class DataConfig:
     min_count: int | None = _f(None, min=1)
     rare: Literal["unk", "drop"] = "unk"
     repair: bool = True  # repair cp437-read-as-latin-1 mojibake where the evidence is clear
-    window: int = _f(50, min=1)
+    window: int = _f(50, min=1)  # tokens a training sequence (windows), a TBPTT step (stream)
     stride: int | None = _f(None, min=1)  # default: the window
+    # how training reads the corpus (hpcrnn/data/sequences.py): independent windows from a zero state (the
+    # lecture's formulation), contiguous streams with the state carried (truncated BPTT), or whole
+    # documents from their start
+    sequences: Literal["windows", "stream", "documents"] = "windows"
+    # documents mode: tokens of a document per forward chunk; a longer one continues in the next chunk with
+    # its state carried (the default covers 98% of the shared corpus' recipes in one chunk)
+    max_len: int = _f(768, min=2)
     split: list[float] = _f(factory=lambda: [0.9, 0.05, 0.05])
     seed: int = 0
     h5_path: str | None = None  # default: <run dir>/corpus.h5
@@ -418,6 +425,11 @@ def validate(cfg: Config, src: str) -> Config:
             re.compile(d.document_start, re.M)
         except re.error as e:
             raise ConfigError(f"{src}: data.document_start: invalid regex {d.document_start!r}: {e}") from None
+    if d.sequences != "windows" and t.loss != "all":
+        raise ConfigError(
+            f"{src}: train.loss: 'last' scores only the word after a window; data.sequences: {d.sequences} "
+            f"needs train.loss: all"
+        )
     if m.tie_weights and m.embedding != m.hidden:
         raise ConfigError(
             f"{src}: model.tie_weights: needs model.embedding == model.hidden ({m.embedding} != {m.hidden})"

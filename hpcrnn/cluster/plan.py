@@ -30,6 +30,8 @@ _DATA_KEYS = (
     "stride",
     "split",
     "seed",
+    "sequences",
+    "max_len",
 )
 
 

@@ -30,11 +30,14 @@ def gather_windows(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch
 
 
 class WindowBatches:
-    def __init__(self, starts: np.ndarray, global_batch: int, rank: int, world: int, seed: int):
+    """The ``windows`` mode: independent windows in a seeded order, each from a zero state."""
+
+    def __init__(self, starts: np.ndarray, global_batch: int, rank: int, world: int, seed: int, window: int = 0):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by world size {world}")
         self.starts = np.asarray(starts, dtype=np.int64)
         self.global_batch, self.rank, self.world, self.seed = global_batch, rank, world, seed
+        self.window = window
         self.local = global_batch // world
         self._epoch, self._order = -1, None
 
@@ -57,6 +60,13 @@ class WindowBatches:
         lo = pos * self.global_batch + self.rank * self.local
         return self.order(epoch)[lo : lo + self.local]
 
+    def resets(self, step: int) -> bool:
+        return True  # every window starts from a zero state
+
+    def rank_batch(self, tokens: np.ndarray, step: int) -> torch.Tensor:
+        """This rank's windows for ``step``: [local, window + 1]."""
+        return gather_windows(tokens, self.rank_starts(step), self.window)
+
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
     for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
@@ -66,8 +76,8 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
 class _StepDataset(torch.utils.data.Dataset):
     """Item i = this rank's batch for global step i; the HDF5 file is opened lazily in each worker."""
 
-    def __init__(self, h5_path: str, batches: WindowBatches, window: int):
-        self.h5_path, self.batches, self.window = h5_path, batches, window
+    def __init__(self, h5_path: str, batches):
+        self.h5_path, self.batches = h5_path, batches
         self._tokens = None
 
     def __len__(self) -> int:
@@ -76,33 +86,27 @@ class _StepDataset(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> torch.Tensor:
         if self._tokens is None:
             self._tokens = open_corpus(self.h5_path).tokens()
-        return gather_windows(self._tokens, self.batches.rank_starts(step), self.window)
+        return self.batches.rank_batch(self._tokens, step)
 
 
-def batch_iterator(
-    tokens: np.ndarray,
-    batches: WindowBatches,
-    window: int,
-    start_step: int,
-    num_workers: int = 0,
-    h5_path: str | None = None,
-):
-    """Yield (step, batch) from ``start_step`` on, forever; the trainer decides when to stop."""
+def batch_iterator(tokens: np.ndarray, batches, start_step: int, num_workers: int = 0, h5_path: str | None = None):
+    """Yield this rank's batch of each step from ``start_step`` on, forever (the trainer decides when to
+    stop). ``batches``: any mode's batches (``rank_batch(tokens, step)``)."""
     if num_workers == 0:
         step = start_step
         while True:
-            yield step, gather_windows(tokens, batches.rank_starts(step), window)
+            yield batches.rank_batch(tokens, step)
             step += 1
-    else:
-        ds = _StepDataset(h5_path, batches, window)
-        sampler = iter(range(start_step, 1 << 62))
-        loader = torch.utils.data.DataLoader(
-            ds,
-            batch_size=None,
-            sampler=sampler,
-            num_workers=num_workers,
-            worker_init_fn=ignore_stop_signals,
-            prefetch_factor=4,
-            persistent_workers=False,
-        )
-        yield from enumerate(loader, start_step)
+    # The loader's own generator: without one it seeds its workers from the global torch RNG, which the
+    # trainer restores on resume, so a resumed run's dropout would differ from an uninterrupted one.
+    loader = torch.utils.data.DataLoader(
+        _StepDataset(h5_path, batches),
+        batch_size=None,
+        sampler=iter(range(start_step, 1 << 62)),
+        num_workers=num_workers,
+        worker_init_fn=ignore_stop_signals,
+        prefetch_factor=4,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
+    )
+    yield from loader

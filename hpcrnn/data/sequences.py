@@ -139,7 +139,7 @@ def pad_documents(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, b
     cols = np.arange(width - 1, dtype=np.int64)
     valid = cols[None, :] < lengths[:, None]
     idx = np.where(valid, starts[:, None] + cols[None, :], 0)
-    out[:, 1:] = np.where(valid, tokens[idx], PAD)
+    out[:, 1:] = np.where(valid, tokens[idx].astype(np.int64), PAD)
     return torch.from_numpy(out)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpcrnn.data.sequences import PAD, gather_rows, pad_documents
+from hpcrnn.data.sequences import PAD, document_token_id, gather_rows, pad_documents, split_documents
 
 STANDARD_STREAMS = 10  # parallel streams of the standard protocol (pytorch/examples' eval batch size)
 STANDARD_CHUNK = 256  # tokens per forward pass; the state is carried, so this sets only speed and memory
@@ -175,3 +175,57 @@ def evaluate_documents(
 
 def _ctx(autocast):
     return autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
+
+
+def mode_protocol(sequences: str) -> str:
+    """The protocol that scores a run in its own training mode (``stream`` is the standard protocol)."""
+    return {"windows": "windows", "stream": "standard", "documents": "documents"}[sequences]
+
+
+def evaluate_split(
+    model,
+    corpus,
+    tokens,
+    split: str,
+    protocol: str,
+    cfg,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device="cpu",
+    reduce=_no_reduce,
+    autocast=None,
+    max_batches: int = 0,
+) -> dict:
+    """The figures of ``split`` of ``corpus`` by ``protocol`` (windows | documents | standard), in eval mode."""
+    was_training = model.training
+    model.eval()
+    common = dict(rank=rank, world=world, device=device, reduce=reduce, unk_id=corpus.unk_id, autocast=autocast)
+    try:
+        if protocol == "windows":
+            return evaluate_windows(
+                model,
+                tokens,
+                corpus.windows(split),
+                window=cfg.data.window,
+                batch=cfg.train.batch_size,
+                loss=cfg.train.loss,
+                max_batches=max_batches,
+                **common,
+            )
+        if protocol == "documents":
+            starts, ends = split_documents(corpus, split)
+            return evaluate_documents(
+                model,
+                tokens,
+                starts,
+                ends,
+                bos=document_token_id(corpus),
+                batch=cfg.train.batch_size,
+                chunk=cfg.data.max_len,
+                **common,
+            )
+        lo, hi = corpus.split_ranges[split]
+        return evaluate_stream(model, tokens, lo, hi, **common)
+    finally:
+        model.train(was_training)

@@ -13,6 +13,7 @@ me; 76 checkpointed on SIGTERM, stopped (a cancelled job must not come back); 3 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -30,13 +31,15 @@ import torch.nn.functional as F
 from hpcrnn import __version__
 from hpcrnn.cli import main_for
 from hpcrnn.config import Config
-from hpcrnn.data.batches import WindowBatches, batch_iterator, gather_windows
+from hpcrnn.data.batches import WindowBatches, batch_iterator
 from hpcrnn.data.build import Corpus, open_corpus
+from hpcrnn.data.sequences import PAD, DocumentBatches, StreamBatches, document_token_id, split_documents
 from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError, StorageError
 from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
+from hpcrnn.train.evaluate import evaluate_split, mode_protocol
 from hpcrnn.train.model import build_model, count_parameters
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 
@@ -92,17 +95,24 @@ def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, total: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, total))
 
 
-def lm_loss(model, batch: torch.Tensor, loss_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss, logits, targets). ``all``: every position; ``last``: only the word after the window,
-    as the lecture's Keras script (one-hot 50-word windows, LSTM(256)) trains."""
+def lm_loss(model, batch: torch.Tensor, loss_mode: str, state=None):
+    """(mean loss, logits, targets, new state). ``all``: every position; ``last``: only the word after the
+    window, as the lecture's Keras script (one-hot 50-word windows, LSTM(256)) trains."""
     x, y = batch[:, :-1], batch[:, 1:]
     if loss_mode == "last":
-        logits, _ = model(x, last_only=True)
+        logits, state = model(x, state, last_only=True)
         y = y[:, -1]
     else:
-        logits, _ = model(x)
+        logits, state = model(x, state)
         logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-    return F.cross_entropy(logits.float(), y), logits, y
+    return F.cross_entropy(logits.float(), y), logits, y, state
+
+
+def detach_state(state):
+    """The carried recurrent state without its history: truncated back-propagation through time."""
+    if state is None:
+        return None
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
 def rng_state() -> dict:
@@ -124,45 +134,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def evaluate(
-    model, tokens: np.ndarray, starts: np.ndarray, cfg: Config, info: D.DistInfo, max_batches: int = 0
-) -> dict:
-    """Loss, perplexity, top-1 and top-5 next-word accuracy over a split, sharded over the ranks."""
-    gb, win = cfg.train.batch_size, cfg.data.window
-    n_batches = math.ceil(len(starts) / gb)
-    if max_batches:
-        n_batches = min(n_batches, max_batches)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct1, correct5, n
-    for b in range(n_batches):
-        chunk = starts[b * gb : (b + 1) * gb]
-        mine = np.array_split(chunk, info.world_size)[info.rank]
-        if len(mine) == 0:
-            continue
-        batch = gather_windows(tokens, mine, win).to(info.device)
-        with autocast(cfg, info):
-            loss, logits, y = lm_loss(model, batch, cfg.train.loss)
-        top5 = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
-        n = y.numel()
-        sums += torch.tensor(
-            [loss.item() * n, (top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(-1).sum().item(), n],
-            dtype=torch.float64,
-        )
-    D.all_reduce(sums)
-    model.train(was_training)
-    n = max(sums[3].item(), 1.0)
-    loss = sums[0].item() / n
-    return {
-        "loss": loss,
-        "ppl": math.exp(min(loss, 50.0)),
-        "acc": sums[1].item() / n,
-        "top5": sums[2].item() / n,
-        "tokens": int(sums[3].item()),
-    }
 
 
 def autocast(cfg: Config, info: D.DistInfo):
@@ -221,14 +192,20 @@ def configure_torch(cfg: Config) -> None:
 
 @dataclass
 class TrainData:
-    """The corpus as the loop reads it: the token stream in memory (about 2 bytes a token), windows as start
-    offsets, this rank's batches, and the step at which training ends."""
+    """The corpus as the loop reads it: the token stream in memory (about 2 bytes a token), this rank's
+    batches in the run's mode (data.sequences), the protocol that scores that mode, and the final step."""
 
     corpus: Corpus
     tokens: np.ndarray
-    batches: WindowBatches
-    val_starts: np.ndarray
+    batches: WindowBatches | StreamBatches | DocumentBatches
+    protocol: str
     total: int
+
+    def tokens_of_step(self, step: int, batch_size: int, loss: str) -> int:
+        """Target tokens of the global batch of ``step`` (documents vary; padding does not count)."""
+        if isinstance(self.batches, DocumentBatches):
+            return self.batches.global_tokens(step)
+        return batch_size * (self.batches.window if loss == "all" else 1)
 
 
 def load_data(cfg: Config, info: D.DistInfo) -> TrainData:
@@ -243,30 +220,42 @@ def load_data(cfg: Config, info: D.DistInfo) -> TrainData:
             f"{cfg.h5_path}: built with window {corpus.window}, config says data.window "
             f"{cfg.data.window}: preprocess again"
         )
-    tokens = corpus.tokens()
-    train_starts = corpus.windows("train")
-    batches = WindowBatches(train_starts, t.batch_size, info.rank, info.world_size, t.seed)
+    batches = make_batches(cfg, corpus, info.rank, info.world_size)
     if batches.batches_per_epoch == 0:
         raise InputError(
-            f"{cfg.h5_path}: {len(train_starts)} training windows are fewer than one global "
-            f"batch of {t.batch_size}: lower train.batch_size"
+            f"{cfg.h5_path}: the train split holds less than one global batch of {t.batch_size} "
+            f"{'windows' if cfg.data.sequences == 'windows' else cfg.data.sequences}: lower train.batch_size"
         )
     total = total_steps(cfg, batches.batches_per_epoch)
-    return TrainData(corpus, tokens, batches, corpus.windows("val"), total)
+    return TrainData(corpus, corpus.tokens(), batches, mode_protocol(cfg.data.sequences), total)
+
+
+def make_batches(cfg: Config, corpus: Corpus, rank: int, world: int):
+    """This rank's training batches in the mode of data.sequences (hpcrnn/data/sequences.py)."""
+    t, d = cfg.train, cfg.data
+    if d.sequences == "stream":
+        lo, hi = corpus.split_ranges["train"]
+        return StreamBatches(lo, hi, t.batch_size, d.window, rank, world)
+    if d.sequences == "documents":
+        starts, ends = split_documents(corpus, "train")
+        return DocumentBatches(starts, ends, t.batch_size, t.seed, document_token_id(corpus), rank, world)
+    return WindowBatches(corpus.windows("train"), t.batch_size, rank, world, t.seed, d.window)
 
 
 @dataclass
 class TrainState:
-    """What a checkpoint restores besides the weights: optimizer, scheduler, step, best val loss."""
+    """What a checkpoint restores besides the weights: optimizer, scheduler, step, best val loss, and in
+    stream mode the recurrent state carried into the next step (this rank's rows of it)."""
 
     model: torch.nn.Module  # unwrapped: its state_dict loads without DDP
     opt: torch.optim.Optimizer
     sched: Any
     step: int = 0
     best_val: float | None = None
+    carry: Any = None  # stream mode: (h, c) or h, [layers, local rows, hidden]; None: a zero state
 
-    def state_dict(self, batches: WindowBatches, rngs: list[dict]) -> dict:
-        """The train_state.pt content; ``rngs``: the RNG states of every rank, in rank order."""
+    def state_dict(self, batches, rngs: list[dict], carries: list) -> dict:
+        """The train_state.pt content; ``rngs`` and ``carries``: every rank's, in rank order."""
         epoch, pos = batches.position(self.step)
         return {
             "optimizer": self.opt.state_dict(),
@@ -276,13 +265,40 @@ class TrainState:
             "position": pos,
             "rng": rngs,
             "best_val": self.best_val,
+            "carry": join_rows(carries),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, rank: int, world: int, device) -> None:
         # older files also hold a "scaler" entry: a disabled GradScaler, nothing to restore
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.best_val = state["step"], state.get("best_val")
+        self.carry = rows_of(state.get("carry"), rank, world, device)
+
+
+def join_rows(carries: list):
+    """The global carried state from each rank's rows (rank order), on the CPU; None when none is carried."""
+    if any(c is None for c in carries):
+        return None
+    if isinstance(carries[0], tuple):
+        return tuple(torch.cat([c[i] for c in carries], dim=1) for i in range(len(carries[0])))
+    return torch.cat(carries, dim=1)
+
+
+def rows_of(carry, rank: int, world: int, device):
+    """This rank's rows of a global carried state: a checkpoint resumes at any world size."""
+    if carry is None:
+        return None
+    if isinstance(carry, tuple):
+        return tuple(rows_of(c, rank, world, device) for c in carry)
+    n = carry.shape[1] // world
+    return carry[:, rank * n : (rank + 1) * n].contiguous().to(device)
+
+
+def _cpu(carry):
+    if carry is None:
+        return None
+    return tuple(c.cpu() for c in carry) if isinstance(carry, tuple) else carry.cpu()
 
 
 def build_state(cfg: Config, info: D.DistInfo, data: TrainData) -> TrainState:
@@ -324,7 +340,7 @@ class Checkpointer:
         ckpt.check_compatible(last.meta, cfg, corpus.vocab_hash, last.path, len(corpus.vocab))
         state.model.load_state_dict(ckpt.load_model_state(last, map_location=info.device))
         saved = ckpt.load_train_state(last)
-        state.load_state_dict(saved)
+        state.load_state_dict(saved, info.rank, info.world_size, info.device)
         if len(saved["rng"]) == info.world_size:
             set_rng_state(saved["rng"][info.rank])
         else:  # another world size: data order is step-determined; reseed dropout per rank
@@ -337,10 +353,11 @@ class Checkpointer:
         StorageError on every rank when the write failed, naming the intact previous checkpoint."""
         started = time.time()
         rngs = D.all_gather_object(rng_state())
+        carries = D.all_gather_object(_cpu(state.carry))
         path, failed = None, None
         if self.info.is_main:
             try:
-                path = self._write(state, rngs, done, val, final or {})
+                path = self._write(state, rngs, carries, done, val, final or {})
             except OSError as e:
                 failed = e
         ok = D.all_reduce(torch.tensor([0.0 if failed else 1.0]), op=torch.distributed.ReduceOp.MIN)
@@ -354,7 +371,7 @@ class Checkpointer:
         self.last_saved, self.seconds = state.step, time.time() - started
         return path
 
-    def _write(self, state: TrainState, rngs: list[dict], done: bool, val: dict | None, final: dict) -> Path:
+    def _write(self, state: TrainState, rngs: list, carries: list, done: bool, val: dict | None, final: dict) -> Path:
         cfg, data = self.cfg, self.data
         epoch, pos = data.batches.position(state.step)
         meta = {
@@ -372,7 +389,7 @@ class Checkpointer:
             "final": final,
             "hpcrnn_version": __version__,
         }
-        train_state = state.state_dict(data.batches, rngs)
+        train_state = state.state_dict(data.batches, rngs, carries)
         path = ckpt.save_checkpoint(cfg.checkpoint_dir, state.step, state.model.state_dict(), train_state, meta)
         ckpt.retain(cfg.checkpoint_dir, cfg.train.keep_last)
         return path
@@ -403,21 +420,20 @@ class MetricsLog:
 class Pace:
     """The step time (a moving average: ETA and the time-limit check) and the tokens/s since the last log."""
 
-    tokens_per_step: int
     step_s: float = 0.0
     since: float = field(default_factory=time.time)
-    steps: int = 0
+    tokens: int = 0
 
-    def tick(self, started: float) -> None:
+    def tick(self, started: float, tokens: int) -> None:
         took = time.time() - started
         self.step_s = 0.9 * self.step_s + 0.1 * took if self.step_s else took
-        self.steps += 1
+        self.tokens += tokens
 
     def tokens_per_s(self) -> float:
-        """Throughput since the previous call (or the start); starts the next interval."""
+        """Supervised tokens a second since the previous call (or the start); starts the next interval."""
         now = time.time()
-        tps = self.steps * self.tokens_per_step / max(now - self.since, 1e-9)
-        self.since, self.steps = now, 0
+        tps = self.tokens / max(now - self.since, 1e-9)
+        self.since, self.tokens = now, 0
         return tps
 
 
@@ -483,8 +499,8 @@ def _train(
     # the loop: every iteration boundary is a safe point to stop
     net.train()
     t = cfg.train
-    stream = batch_iterator(data.tokens, data.batches, cfg.data.window, state.step, t.num_workers, str(cfg.h5_path))
-    pace = Pace(t.batch_size * (cfg.data.window if t.loss == "all" else 1))
+    batches = batch_iterator(data.tokens, data.batches, state.step, t.num_workers, str(cfg.h5_path))
+    pace = Pace()
     loss = None
     while True:
         code = _agree_on_stop(run, flag, loss, pace, started, hook)
@@ -493,8 +509,9 @@ def _train(
         if state.step >= data.total:
             return _finish(run, started)
         step_started = time.time()
-        loss, logits, y = _optimise(run, net, next(stream)[1])
-        pace.tick(step_started)
+        tokens = data.tokens_of_step(state.step, t.batch_size, t.loss)
+        loss, logits, y = _optimise(run, net, next(batches))
+        pace.tick(step_started, tokens)
         _log_step(run, pace, loss, logits, y)
         val = _validate(run) if state.step % t.eval_every == 0 and state.step < data.total else None
         if state.step % t.checkpoint_every == 0 and state.step < data.total and torch.isfinite(loss):
@@ -515,7 +532,8 @@ def _announce(run: Training, last: ckpt.CheckpointInfo | None) -> None:
         run.progress.line(
             f"hpcrnn.train: {cfg.run.name}: {cfg.model.cell.upper()} {cfg.model.layers}x"
             f"{cfg.model.hidden}, {count_parameters(run.state.model):,} parameters, vocab {len(data.corpus.vocab):,}, "
-            f"{len(data.batches.starts):,} train windows, {data.total} steps from step {run.state.step}, "
+            f"{cfg.data.sequences} of {cfg.data.window if cfg.data.sequences != 'documents' else 'whole documents'}, "
+            f"{data.total} steps from step {run.state.step}, "
             f"{info.world_size} rank(s) on {info.device} ({info.launcher})"
             + (f", resumed from {last.path.name}" if last else "")
         )
@@ -559,13 +577,18 @@ def _stop(run: Training, code: int, reason: str) -> TrainResult:
 
 
 def _optimise(run: Training, net: torch.nn.Module, batch: torch.Tensor):
-    """One optimisation step on this rank's batch: (loss, logits, targets)."""
+    """One optimisation step on this rank's batch: (loss, logits, targets) of its last forward pass."""
     t, state = run.cfg.train, run.state
     batch = batch.to(run.info.device, non_blocking=True)
-    with autocast(run.cfg, run.info):
-        loss, logits, y = lm_loss(net, batch, t.loss)
     state.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if isinstance(run.data.batches, DocumentBatches):
+        loss, logits, y = _documents_backward(run, net, batch)
+    else:
+        carry = None if run.data.batches.resets(state.step) else state.carry
+        with autocast(run.cfg, run.info):
+            loss, logits, y, carry = lm_loss(net, batch, t.loss, carry)
+        loss.backward()
+        state.carry = detach_state(carry) if run.cfg.data.sequences == "stream" else None
     if t.clip_grad:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.clip_grad)
     state.opt.step()
@@ -573,6 +596,30 @@ def _optimise(run: Training, net: torch.nn.Module, batch: torch.Tensor):
         state.sched.step()
     state.step += 1
     return loss, logits, y
+
+
+def _documents_backward(run: Training, net: torch.nn.Module, batch: torch.Tensor):
+    """Whole documents in chunks of data.max_len, the state carried (detached) from chunk to chunk, one
+    backward per chunk. Each rank's loss is its token-loss sum over the global batch's token count times
+    the world size, so DDP's gradient average is the global per-token mean: 2 ranks train what 1 trains.
+    Every rank runs as many chunks as the global batch's longest document needs (rows are padded to it),
+    so the ranks' gradient all-reduces pair up."""
+    chunk, step = run.cfg.data.max_len, run.state.step
+    scale = run.info.world_size / max(1, run.data.batches.global_tokens(step))
+    starts = list(range(0, batch.shape[1] - 1, chunk))
+    state, total, count = None, 0.0, 0
+    for i, a in enumerate(starts):
+        part = batch[:, a : a + chunk + 1]
+        sync = i == len(starts) - 1 or not hasattr(net, "no_sync")
+        with contextlib.nullcontext() if sync else net.no_sync(), autocast(run.cfg, run.info):
+            logits, state = net(part[:, :-1].clamp_min(0), state)
+            logits = logits.reshape(-1, logits.shape[-1])
+            y = part[:, 1:].reshape(-1)
+            loss_sum = F.cross_entropy(logits.float(), y, ignore_index=PAD, reduction="sum")
+            (loss_sum * scale).backward()
+        state = detach_state(state)
+        total, count = total + loss_sum.detach(), count + int((y != PAD).sum())
+    return total / max(count, 1), logits, y
 
 
 def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -587,6 +634,8 @@ def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tenso
     lv = loss.item()
     tps = pace.tokens_per_s()
     with torch.no_grad():
+        keep = y != PAD
+        logits, y = logits[keep], y[keep]
         top5 = logits.float().topk(min(5, logits.shape[-1]), -1).indices
         acc = (top5[:, 0] == y).float().mean().item()
         acc5 = (top5 == y[:, None]).any(-1).float().mean().item()
@@ -598,14 +647,33 @@ def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tenso
     progress.last_loss = lv
 
 
+def _evaluate(run: Training, split: str, protocol: str, max_batches: int = 0) -> dict:
+    info = run.info
+    return evaluate_split(
+        run.state.model,
+        run.data.corpus,
+        run.data.tokens,
+        split,
+        protocol,
+        run.cfg,
+        rank=info.rank,
+        world=info.world_size,
+        device=info.device,
+        reduce=D.all_reduce,
+        autocast=lambda: autocast(run.cfg, info),
+        max_batches=max_batches,
+    )
+
+
 def _validate(run: Training) -> dict:
-    """The periodic validation: recorded, fed to the plateau schedule, kept as the best val loss."""
+    """The periodic validation, in the run's own protocol: recorded, fed to the plateau schedule, kept as
+    the best val loss."""
     cfg, state = run.cfg, run.state
-    val = evaluate(state.model, run.data.tokens, run.data.val_starts, cfg, run.info, cfg.train.eval_batches)
+    val = _evaluate(run, "val", run.data.protocol, cfg.train.eval_batches)
     if cfg.train.schedule == "plateau":
         state.sched.step(val["loss"])
     state.best_val = val["loss"] if state.best_val is None else min(state.best_val, val["loss"])
-    _record_eval(run, "val", val)
+    _record_eval(run, "val", val, protocol=run.data.protocol)
     if run.info.is_main:
         run.progress.line(
             f"step {state.step} val loss {val['loss']:.4f} ppl {val['ppl']:.1f} "
@@ -627,16 +695,25 @@ def _record_eval(run: Training, split: str, result: dict, **extra) -> None:
 
 
 def _finish(run: Training, started: float) -> TrainResult:
-    """Full val and test evaluation, then the final checkpoint, marked done."""
-    final = {}
+    """Full val and test evaluation in the run's own protocol and in the standard one, then the final
+    checkpoint, marked done. ``final[split]`` holds the run's own protocol, ``final["standard"][split]``
+    the standard protocol's figures, comparable with published word-LM results."""
+    final, standard = {}, {}
     for split in ("val", "test"):
-        starts = run.data.corpus.windows(split)
-        if len(starts):
-            final[split] = evaluate(run.state.model, run.data.tokens, starts, run.cfg, run.info, 0)
-            _record_eval(run, split, final[split], final=True)
+        lo, hi = run.data.corpus.split_ranges[split]
+        if hi - lo < 2:
+            continue
+        for protocol in dict.fromkeys([run.data.protocol, "standard"]):
+            r = _evaluate(run, split, protocol)
+            if r["tokens"]:
+                _record_eval(run, split, r, final=True, protocol=protocol)
+                (standard if protocol == "standard" else final)[split] = r
+        if run.data.protocol == "standard" and split in standard:
+            final[split] = standard[split]
+    final["standard"] = standard
     path = run.saver.save(run.state, done=True, val=final.get("val"), final=final)
     if run.info.is_main:
-        msg = ", ".join(f"{k} ppl {v['ppl']:.2f} acc {v['acc']:.3f}" for k, v in final.items())
+        msg = ", ".join(f"{k} ppl {v['ppl']:.2f} acc {v['acc']:.3f}" for k, v in final.items() if k != "standard")
         took = time.time() - started
         run.progress.line(f"hpcrnn.train: done at step {run.state.step} in {took:.0f} s: {msg}; {path}")
     return TrainResult("done", run.state.step, EXIT_OK, path, final)
