@@ -1,8 +1,9 @@
 """The shared shell wrapper of every stage: `python -m hpcrnn.<stage> CONFIG [key=value ...]`.
 
-It parses arguments, loads the config with the one loader, writes the resolved copy into the run
-directory, calls ``run_<stage>(cfg)`` and maps the outcome to the documented exit statuses. User errors
-print one line without a traceback (``--debug`` shows it).
+It parses arguments (options anywhere among the overrides), loads the config with the one loader, calls
+``run_<stage>(cfg)`` and maps the outcome to the documented exit statuses. User errors print one line
+without a traceback (``--debug`` shows it). The stages write the run's resolved ``config.yaml`` themselves,
+once the run is theirs and its inputs are valid.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from hpcrnn.config import load_config, save_resolved
+from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_ERROR, EXIT_OK, HpcrnnError
 
 EPILOG = """exit statuses: 0 done; 1 internal error; 2 usage/config/input error;
-3 training diverged (non-finite loss); 4 disk full or I/O error (nothing complete lost); 75 checkpointed, requeue me; 76 checkpointed, stopped.
+3 training diverged (non-finite loss); 4 disk full or I/O error (nothing complete lost);
+75 checkpointed, requeue me; 76 checkpointed, stopped.
 Relative paths in a config resolve against the current directory; the resolved copy in the run
 directory holds absolute paths."""
 
@@ -36,14 +38,12 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None, save: bool = True) -> int:
+def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None) -> int:
     """Parse, load, call ``fn(cfg, args)``; return the exit status (never raises for user errors)."""
     # options may stand anywhere among the overrides: `launch CONFIG --cluster local train.lr=0.1`
     args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if save:
-            save_resolved(cfg)
         result = fn(cfg, args)
         return int(getattr(result, "exit_code", EXIT_OK) or EXIT_OK)
     except HpcrnnError as e:

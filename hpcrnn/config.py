@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from hpcrnn.errors import ConfigError
+from hpcrnn.errors import ConfigError, StorageError
 from hpcrnn.fsutil import atomic_write_text
 
 RESOLVED_NAME = "config.yaml"
@@ -551,8 +551,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 
 def save_resolved(cfg: Config) -> Path:
-    """Write the resolved config to <run dir>/config.yaml (atomically) and return its path."""
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    """Write the resolved config to <run dir>/config.yaml (atomically) and return its path. The stages call
+    it only once the run is theirs and its inputs are valid: a refused or failed run leaves it as it was."""
     out = cfg.run_dir / RESOLVED_NAME
-    atomic_write_text(out, cfg.to_yaml())
+    try:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, cfg.to_yaml())
+    except OSError as e:
+        raise StorageError(f"{out}: cannot write the resolved config: {e.strerror or e}") from None
     return out

@@ -9,13 +9,16 @@ from __future__ import annotations
 import sys
 
 from hpcrnn.cli import main_for
+from hpcrnn.config import save_resolved
 from hpcrnn.data.build import PreprocessResult, run_preprocess
 
 __all__ = ["main", "run_preprocess", "PreprocessResult"]
 
 
 def _run(cfg, args) -> PreprocessResult:
-    return run_preprocess(cfg)
+    result = run_preprocess(cfg)
+    save_resolved(cfg)  # only now: a refused or failed preprocess leaves the run's config.yaml as it was
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -374,5 +374,4 @@ def main(argv: list[str] | None = None) -> int:
     def fn(cfg: Config, args) -> LaunchResult:
         return launch(cfg, args.cluster, parse_stages(args.stages))
 
-    # save=False: the launcher writes config.yaml itself, after refusing an incompatible relaunch
-    return run_cli(parser, fn, argv, save=False)
+    return run_cli(parser, fn, argv)

@@ -161,6 +161,8 @@ def check_compatible_run(cfg: Config) -> None:
             a, b = _real_corpus_paths(a), _real_corpus_paths(b)
         if a != b:
             diffs.append(f"data.{k}: {old['data'][k]!r} -> {new['data'][k]!r}")
+    if not diffs and not stage_complete(cfg, "preprocess")[0] and cfg.h5_path.exists():
+        diffs.append(f"the corpus inputs changed since {cfg.h5_path} was built")
     if diffs:
         raise ConfigError(
             f"{cfg.source}: run {cfg.run.name!r} has checkpoints up to step {newest.step} in "

@@ -203,4 +203,4 @@ def main(argv: list[str] | None = None) -> int:
         s = collect_status(cfg)
         print(json.dumps(s, indent=2) if args.json else format_status(s), flush=True)
 
-    return run_cli(parser, fn, argv, save=False)  # status never writes into the run
+    return run_cli(parser, fn, argv)  # status never writes into the run

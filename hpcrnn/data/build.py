@@ -609,6 +609,7 @@ def run_preprocess(cfg) -> PreprocessResult:
             counts = json.loads(f.attrs["counts"])
         _log(f"{out} is up to date (same inputs and settings): nothing to do")
         return PreprocessResult(out, True, counts, time.perf_counter() - t0)
+    _refuse_replacing_a_trained_corpus(cfg, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
@@ -635,6 +636,20 @@ def run_preprocess(cfg) -> PreprocessResult:
         f"in {secs:.1f} s"
     )
     return PreprocessResult(out, False, counts, secs)
+
+
+def _refuse_replacing_a_trained_corpus(cfg, out: Path) -> None:
+    """Checkpoints of the run were trained on the ``corpus.h5`` that is there: replacing it would leave them
+    pointing at a file that no longer exists, and a resume would train on another token stream."""
+    if not out.exists():
+        return
+    # "COMPLETE": the checkpoint format's completion marker (hpcrnn/train/checkpoint.py), read without torch
+    trained = [p for p in sorted(Path(cfg.checkpoint_dir).glob("step-*")) if (p / "COMPLETE").exists()]
+    if trained:
+        raise InputError(
+            f"{out}: its inputs or data settings changed, but the checkpoints of run {cfg.run.name!r} "
+            f"({trained[-1]}) were trained on it: give a new run.name to preprocess and train on the new data"
+        )
 
 
 def _assign_splits(n: int, fractions: list[float], seed: int) -> np.ndarray:
@@ -1016,6 +1031,7 @@ class Corpus:
         self.stride = int(self.attrs["stride"])
         self.tokenizer = str(self.attrs["tokenizer"])
         self.vocab_hash = hashlib.sha256("\n".join(self.vocab).encode("utf-8")).hexdigest()
+        self.fingerprint = str(self.attrs.get("fingerprint", ""))  # of the inputs and settings it was built from
         if self.vocab_hash != self.attrs.get("vocab_hash"):
             raise InputError(f"{self.path}: vocabulary does not match its recorded hash (corrupt file)")
         self.stoi = {t: i for i, t in enumerate(self.vocab)}

@@ -330,9 +330,7 @@ class CopyIndex:
 # ---------------------------------------------------------------- one recipe, many recipes
 
 
-def recipe_quality(
-    text: str, tokens: Sequence[int], ingredient_words: frozenset[str], index: CopyIndex | None
-) -> dict:
+def recipe_quality(text: str, tokens: Sequence[int], ingredient_words: frozenset[str], index: CopyIndex | None) -> dict:
     """The figures of one recipe: ``text`` as written, ``tokens`` the ids the figures count on."""
     p = parse_recipe(text)
     coh, n_mentioned = coherence(p, ingredient_words)

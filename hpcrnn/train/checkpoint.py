@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -195,8 +196,14 @@ def load_model_state(c: CheckpointInfo, map_location: Any = "cpu") -> dict:
 
 
 def load_train_state(c: CheckpointInfo) -> dict:
-    # our own file, holding numpy/python RNG states: not weights_only
-    return torch.load(c.path / "train_state.pt", map_location="cpu", weights_only=False)
+    """Tensors and plain values only (weights_only): loading never runs code from a shared folder."""
+    try:
+        return torch.load(c.path / "train_state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(
+            f"{c.path / 'train_state.pt'}: holds objects other than tensors and plain values, which are not "
+            f"loaded (they could run code): {str(e).splitlines()[-1][:120]}"
+        ) from None
 
 
 def open_latest(ckpt_dir: Path, which: str | None = None, device: Any = "cpu", tries: int = 5):
@@ -248,11 +255,23 @@ def clean_temporaries(ckpt_dir: Path) -> None:
 
 
 def check_compatible(
-    meta: dict, cfg: Config, vocab_hash: str, path: Path, vocab_size: int | None = None, model_shape: bool = True
+    meta: dict,
+    cfg: Config,
+    vocab_hash: str,
+    path: Path,
+    vocab_size: int | None = None,
+    model_shape: bool = True,
+    corpus_fingerprint: str | None = None,
 ) -> None:
     """Refuse (InputError, saying which) a checkpoint whose vocabulary is not the corpus' (hash, and size
     when ``vocab_size`` is given) or, with ``model_shape``, whose model shape differs from ``cfg.model``
     (dropout aside: it changes no weight). Generation builds the checkpoint's own shape: model_shape=False."""
+    theirs, ours = meta.get("corpus_fingerprint"), corpus_fingerprint
+    if theirs and ours and theirs != ours:
+        raise InputError(
+            f"{path}: checkpoint was trained on corpus {theirs[:12]}, but {cfg.h5_path} is {ours[:12]} "
+            f"(rebuilt from changed inputs or settings): give a new run.name to train on it"
+        )
     if meta.get("vocab_hash") != vocab_hash:
         raise InputError(
             f"{path}: checkpoint vocabulary {str(meta.get('vocab_hash'))[:12]} does not match "

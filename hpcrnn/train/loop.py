@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from hpcrnn import __version__
 from hpcrnn.cli import main_for
-from hpcrnn.config import Config
+from hpcrnn.config import Config, save_resolved
 from hpcrnn.data.batches import WindowBatches, batch_iterator
 from hpcrnn.data.build import Corpus, open_corpus
 from hpcrnn.data.sequences import PAD, DocumentBatches, StreamBatches, document_token_id, split_documents
@@ -116,7 +116,14 @@ def detach_state(state):
 
 
 def rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values, so a checkpoint loads with weights_only=True (a
+    pickled object in a shared run's checkpoints would run code in whoever resumes it)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    s = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -124,7 +131,8 @@ def rng_state() -> dict:
 
 def set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    kind, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -337,7 +345,9 @@ class Checkpointer:
             seed_everything(rank_seed)
             return None
         corpus = self.data.corpus
-        ckpt.check_compatible(last.meta, cfg, corpus.vocab_hash, last.path, len(corpus.vocab))
+        ckpt.check_compatible(
+            last.meta, cfg, corpus.vocab_hash, last.path, len(corpus.vocab), corpus_fingerprint=corpus.fingerprint
+        )
         state.model.load_state_dict(ckpt.load_model_state(last, map_location=info.device))
         saved = ckpt.load_train_state(last)
         state.load_state_dict(saved, info.rank, info.world_size, info.device)
@@ -383,6 +393,7 @@ class Checkpointer:
             "time": time.time(),
             "world_size": self.info.world_size,
             "vocab_hash": data.corpus.vocab_hash,
+            "corpus_fingerprint": data.corpus.fingerprint,
             "vocab_size": len(data.corpus.vocab),
             "val_loss": val["loss"] if val else None,
             "config": cfg.to_dict(),
@@ -397,23 +408,36 @@ class Checkpointer:
 
 @dataclass
 class MetricsLog:
-    """metrics.jsonl, appended by rank 0 only. Each append also renews the run lock's heartbeat, its proof
-    of life for readers on other nodes."""
+    """metrics.jsonl, appended by rank 0 only. A failed append is remembered, not raised on rank 0 alone
+    (the other ranks would wait for it at the next collective until the process-group timeout):
+    ``raise_failure`` raises it on every rank together. Each append also renews the run lock's heartbeat."""
 
     path: Path
     is_main: bool
     lock: RunLock | None = None
+    failure: str = ""
 
     def append(self, **rec) -> None:
-        if not self.is_main:
+        if not self.is_main or self.failure:
             return
         rec.setdefault("time", time.time())
         try:
             append_jsonl(self.path, rec)
         except OSError as e:
-            raise StorageError(f"{self.path}: cannot append metrics: {e.strerror or e}") from None
+            self.failure = f"{self.path}: cannot append metrics: {e.strerror or e}"
+            return
         if self.lock:
             self.lock.heartbeat()
+
+    def raise_failure(self, failed_anywhere: bool) -> None:
+        """Every rank calls it with the all-reduced "some rank failed": StorageError on all of them."""
+        if failed_anywhere:
+            raise StorageError(self.failure or f"{self.path}: rank 0 could not append metrics")
+
+    def agree(self) -> None:
+        """Collective: raise a failed append on every rank (used where no step boundary follows)."""
+        failed = D.all_reduce(torch.tensor([1.0 if self.failure else 0.0]), op=torch.distributed.ReduceOp.MAX)
+        self.raise_failure(failed.item() > 0)
 
 
 @dataclass
@@ -487,6 +511,8 @@ def _train(
     state = build_state(cfg, info, data)
     saver = Checkpointer(cfg, info, data)
     last = saver.resume(state)
+    if info.is_main:  # the run is ours and its inputs fit: only now does its config.yaml become this one
+        save_resolved(cfg)
     if last is not None and last.meta.get("done") and state.step >= data.total:
         if info.is_main:
             print(f"hpcrnn.train: {cfg.run.name} already done at step {state.step} ({last.path})", flush=True)
@@ -550,9 +576,10 @@ def _agree_on_stop(
     if t.time_limit and time.time() - started + 2 * pace.step_s + run.saver.seconds + 5 >= t.time_limit:
         flag.request(STOP_REQUEUE, "time_limit")
     diverged = 0.0 if loss is None or torch.isfinite(loss) else 1.0
-    agreed = torch.tensor([float(flag.code), diverged], dtype=torch.float64)
+    agreed = torch.tensor([float(flag.code), diverged, 1.0 if run.log.failure else 0.0], dtype=torch.float64)
     if run.info.distributed:
         D.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+    run.log.raise_failure(agreed[2] > 0)
     if agreed[1] > 0:
         good = ckpt.latest(run.cfg.checkpoint_dir)
         raise DivergedError(
@@ -568,6 +595,7 @@ def _stop(run: Training, code: int, reason: str) -> TrainResult:
     path = run.saver.save(run.state) if run.saver.last_saved != step else ckpt.latest(run.cfg.checkpoint_dir).path
     status = "stopped" if code == STOP_STOPPED else "requeue"
     run.log.append(event="stop", step=step, reason=reason or "requested", status=status)
+    run.log.agree()
     if run.info.is_main:
         run.progress.line(
             f"hpcrnn.train: stopped at step {step} ({reason or 'requested'}), "
@@ -711,6 +739,7 @@ def _finish(run: Training, started: float) -> TrainResult:
         if run.data.protocol == "standard" and split in standard:
             final[split] = standard[split]
     final["standard"] = standard
+    run.log.agree()
     path = run.saver.save(run.state, done=True, val=final.get("val"), final=final)
     if run.info.is_main:
         msg = ", ".join(f"{k} ppl {v['ppl']:.2f} acc {v['acc']:.3f}" for k, v in final.items() if k != "standard")
