@@ -184,3 +184,61 @@ def test_run_files_respect_the_umask(tmp_path, tiny_corpus):
     c = cfg.checkpoint_dir / "step-00000002"
     for f in (cfg.run_dir / "config.yaml", c / "COMPLETE", c / "meta.json", c / "model.pt"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o664, f
+
+
+# ---- items 5 and 12: preprocess takes the run lock, names its temporaries by host, reads regular files only
+
+
+def test_a_fifo_or_device_as_corpus_is_a_one_line_error(tmp_path):
+    import os
+
+    from tests.conftest import run_module, tiny_config
+
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    for corpus in (fifo, "/dev/zero"):
+        cfg_path = tiny_config(tmp_path / "x", corpus)
+        for module in ("hpcrnn.preprocess", "hpcrnn.status"):
+            r = run_module(module, str(cfg_path), timeout=60)
+            if module == "hpcrnn.preprocess":
+                assert r.returncode == 2, r.stderr
+                assert f"{corpus}: not a regular file or directory (data.corpus)" in r.stderr
+                assert r.stderr.strip().count("\n") == 0
+
+
+def test_preprocess_waits_for_no_one_and_refuses_a_held_run(tmp_path, tiny_corpus):
+    import pytest
+
+    from hpcrnn.config import load_config
+    from hpcrnn.data.build import run_preprocess
+    from hpcrnn.errors import LockedError
+    from hpcrnn.lock import RunLock
+    from tests.conftest import tiny_config
+
+    cfg = load_config(tiny_config(tmp_path, tiny_corpus))
+    with RunLock(cfg.run_dir, "train"):
+        with pytest.raises(LockedError):
+            run_preprocess(cfg)
+    assert not cfg.h5_path.exists()
+    run_preprocess(cfg)
+    assert cfg.h5_path.exists()
+
+
+def test_preprocess_reaps_only_its_own_hosts_dead_temporaries(tmp_path, tiny_corpus):
+    import socket
+    import subprocess
+
+    from hpcrnn.config import load_config
+    from hpcrnn.data.build import run_preprocess
+    from tests.conftest import tiny_config
+
+    cfg = load_config(tiny_config(tmp_path, tiny_corpus))
+    cfg.run_dir.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = cfg.run_dir / f".corpus.h5.{socket.gethostname()}-{dead.pid}.tmp"
+    other = cfg.run_dir / f".corpus.h5.node-b-{dead.pid}.tmp"  # another node's live build: never ours to reap
+    for p in (mine, other):
+        p.write_text("partial")
+    run_preprocess(cfg)
+    assert not mine.exists() and other.exists()

@@ -68,6 +68,7 @@ import lzma
 import os
 import re
 import signal
+import socket
 import time
 import unicodedata
 import zlib
@@ -78,8 +79,9 @@ from pathlib import Path
 import numpy as np
 
 from hpcrnn import __version__
-from hpcrnn.errors import InputError
-from hpcrnn.fsutil import fsync_dir
+from hpcrnn.errors import InputError, StorageError
+from hpcrnn.fsutil import fsync_dir, sha256_file
+from hpcrnn.lock import RunLock
 from hpcrnn.text.tokenize import (
     DOC_SEP,
     EOR,
@@ -142,6 +144,8 @@ def _expand(path_str: str, key: str) -> list[Path]:
         if not files:
             raise InputError(f"{p}: directory holds no text files (*.txt, *.mmf, *.tokens, or these .xz/.gz) ({key})")
         return files
+    if not p.is_file():  # a FIFO or a device would block (or never end) every reader: preprocess, launch, status
+        raise InputError(f"{p}: not a regular file or directory ({key}): give a corpus file")
     return [p]
 
 
@@ -160,18 +164,10 @@ def resolve_sources(corpus) -> list[Source]:
     else:
         out.extend(Source(f) for f in _expand(str(corpus or ""), "data.corpus"))
     for s in out:
-        h = hashlib.sha256()
         try:
-            with open(s.path, "rb") as f:
-                while True:
-                    b = f.read(1 << 22)
-                    if not b:
-                        break
-                    h.update(b)
-            s.size = s.path.stat().st_size
+            s.sha256, s.size = sha256_file(s.path), s.path.stat().st_size
         except OSError as e:
             raise InputError(f"{s.path}: cannot read: {e.strerror or e}") from None
-        s.sha256 = h.hexdigest()
     return out
 
 
@@ -535,13 +531,21 @@ def _smallest_uint(n: int):
     return np.uint64
 
 
+def _tmp_name(out: Path) -> Path:
+    """This process's temporary file: host and pid, so a preprocess on another node is never mistaken for
+    a dead one of ours (a pid means nothing on another host)."""
+    return out.parent / f".{out.name}.{socket.gethostname()}-{os.getpid()}.tmp"
+
+
 def _remove_stale_tmp(out: Path) -> None:
-    """Remove temporary files of earlier runs that died (SIGKILL, node failure) before renaming."""
+    """Remove temporary files of earlier preprocess runs on this host that died (SIGKILL) before renaming;
+    another host's are left to it (the run lock keeps two from writing at once)."""
+    host = socket.gethostname()
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        try:
-            pid = int(tmp.name[len(out.name) + 2 : -4])
-        except ValueError:
+        owner, _, pid_text = tmp.name[len(out.name) + 2 : -4].rpartition("-")
+        if owner != host or not pid_text.isdigit():
             continue
+        pid = int(pid_text)
         alive = True
         try:
             os.kill(pid, 0)
@@ -605,14 +609,26 @@ def run_preprocess(cfg) -> PreprocessResult:
     sources = resolve_sources(cfg.data.corpus)
     fp = fingerprint_of(settings, sources)
     if _existing_fingerprint(out) == fp:
-        with _open_h5(out) as f:
-            counts = json.loads(f.attrs["counts"])
-        _log(f"{out} is up to date (same inputs and settings): nothing to do")
-        return PreprocessResult(out, True, counts, time.perf_counter() - t0)
+        return _up_to_date(out, t0)
+    # one preprocess per run at a time (two would build the same file twice), never beside its trainer
+    with RunLock(cfg.run_dir, "preprocess"):
+        if _existing_fingerprint(out) == fp:  # built by the holder we waited for
+            return _up_to_date(out, t0)
+        return _build_and_rename(cfg, out, settings, sources, fp, t0)
+
+
+def _up_to_date(out: Path, t0: float) -> PreprocessResult:
+    with _open_h5(out) as f:
+        counts = json.loads(f.attrs["counts"])
+    _log(f"{out} is up to date (same inputs and settings): nothing to do")
+    return PreprocessResult(out, True, counts, time.perf_counter() - t0)
+
+
+def _build_and_rename(cfg, out: Path, settings: dict, sources: list, fp: str, t0: float) -> PreprocessResult:
     _refuse_replacing_a_trained_corpus(cfg, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    tmp = _tmp_name(out)
     with _SigtermAsInterrupt() as guard:
         try:
             counts = _build(cfg, settings, sources, fp, tmp)
@@ -620,6 +636,8 @@ def run_preprocess(cfg) -> PreprocessResult:
                 raise KeyboardInterrupt("SIGTERM")
             os.replace(tmp, out)
             fsync_dir(out.parent)
+        except OSError as e:  # disk full, quota: the old corpus.h5 (if any) is untouched
+            raise StorageError(f"{out}: cannot write the corpus: {e.strerror or e}") from None
         finally:
             if tmp.exists():
                 try:
