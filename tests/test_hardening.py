@@ -242,3 +242,35 @@ def test_preprocess_reaps_only_its_own_hosts_dead_temporaries(tmp_path, tiny_cor
         p.write_text("partial")
     run_preprocess(cfg)
     assert not mine.exists() and other.exists()
+
+
+# ---- retention: a damaged checkpoint is never deleted
+
+
+def test_retention_neither_counts_nor_deletes_a_damaged_checkpoint(tmp_path, tiny_corpus):
+    from hpcrnn.train import checkpoint as ckpt
+
+    _, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 30, "checkpoint_every": 5, "eval_every": 1000})
+    run_train(cfg, stop_at(10))
+    damaged = cfg.checkpoint_dir / "step-00000005"
+    data = bytearray((damaged / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / "model.pt").write_bytes(bytes(data))
+    run_train(cfg)
+    names = sorted(p.name for p in cfg.checkpoint_dir.iterdir())
+    assert "step-00000005" in names  # kept for inspection
+    good = [c.step for c in ckpt.list_complete(cfg.checkpoint_dir, check=True, warn=False)]
+    assert good[-2:] == [25, 30]  # keep_last counts verified checkpoints only
+
+
+def test_a_damaged_checkpoint_in_the_way_of_a_save_is_moved_aside(tmp_path, tiny_corpus):
+    from hpcrnn.train import checkpoint as ckpt
+
+    _, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 10, "checkpoint_every": 5, "eval_every": 1000})
+    run_train(cfg, stop_at(10))
+    newest = cfg.checkpoint_dir / "step-00000010"
+    (newest / "train_state.pt").write_bytes(b"garbage")  # damaged: resume falls back to step 5
+    run_train(cfg)  # trains 5 -> 10 again and saves step 10
+    aside = [p for p in cfg.checkpoint_dir.iterdir() if p.name.startswith("step-00000010.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "train_state.pt").read_bytes() == b"garbage"
+    assert ckpt.latest(cfg.checkpoint_dir).step == 10

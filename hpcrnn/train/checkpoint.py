@@ -30,6 +30,7 @@ import pickle
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: d
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(tmp)
-        if final.exists():  # an unmarked leftover of a killed writer, or a re-save of the same step
-            shutil.rmtree(final)
+        _clear_the_way(final)
         os.rename(tmp, final)
         fsync_dir(ckpt_dir)
         atomic_write_text(final / MARKER, sha256_file(final / "meta.json") + "\n")
@@ -101,6 +101,18 @@ def save_checkpoint(ckpt_dir: Path, step: int, model_state: dict, train_state: d
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _clear_the_way(final: Path) -> None:
+    """A folder of this step is in the way: an unmarked leftover of a killed writer was never a checkpoint
+    and goes; a marked one (a damaged checkpoint, or a re-save of the step) is kept, renamed aside, since
+    a complete checkpoint is never deleted except by retention."""
+    if not final.exists():
+        return
+    if (final / MARKER).exists():
+        os.rename(final, final.with_name(f"{final.name}.replaced-{time.time_ns()}"))
+    else:
+        shutil.rmtree(final)
 
 
 def verify(path: Path) -> str | None:
@@ -229,15 +241,16 @@ def load_model(c: CheckpointInfo, device: Any = "cpu"):
 
 
 def retain(ckpt_dir: Path, keep_last: int) -> list[Path]:
-    """Delete complete checkpoints beyond the newest ``keep_last`` except the best by val loss.
-    Corrupt and unmarked folders are never touched here. Returns what was deleted."""
-    complete = list_complete(ckpt_dir, check=False, warn=False)
-    keep = {c.path for c in complete[-keep_last:]}
-    scored = [c for c in complete if c.meta.get("val_loss") is not None]
+    """Delete verified checkpoints beyond the newest ``keep_last`` verified ones, except the best by val
+    loss. A damaged checkpoint (marked, but failing its checksums) neither counts nor is deleted: it stays
+    for inspection, as do unmarked folders. Returns what was deleted."""
+    good = [c for c in list_complete(ckpt_dir, check=False, warn=False) if verify(c.path) is None]
+    keep = {c.path for c in good[-keep_last:]}
+    scored = [c for c in good if c.meta.get("val_loss") is not None]
     if scored:
         keep.add(min(scored, key=lambda c: (c.meta["val_loss"], -c.step)).path)
     gone = []
-    for c in complete:
+    for c in good:
         if c.path not in keep:
             # unmark first: a crash mid-delete leaves an unmarked (ignored) folder, never a half one
             (c.path / MARKER).unlink(missing_ok=True)
