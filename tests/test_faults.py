@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from hpcrnn.config import load_config
-from hpcrnn.errors import EXIT_REQUEUE, EXIT_STOPPED, EXIT_STORAGE, EXIT_USAGE
+from hpcrnn.errors import EXIT_REQUEUE, EXIT_STOPPED, EXIT_STORAGE, EXIT_USAGE, InputError
 from hpcrnn.train import checkpoint as ckpt
-from tests.conftest import ROOT, prepared, run_module, stop_at, tiny_config
+from tests.conftest import ROOT, prepared, run_module, start_python, stop_at, tiny_config
 
 torch.set_num_threads(1)
 
@@ -26,16 +26,9 @@ torch.set_num_threads(1)
 def start_train(cfg_path, *overrides, env=None, slow_checkpoint=0.0):
     """``python -m hpcrnn.train``; with ``slow_checkpoint``, a pause of that many seconds after each checkpoint
     file is written (tests/slow_checkpoint_train.py)."""
-    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
-    slow = [str(ROOT / "tests" / "slow_checkpoint_train.py"), str(slow_checkpoint)]
-    return subprocess.Popen(
-        [sys.executable, *(slow if slow_checkpoint else ["-m", "hpcrnn.train"]), str(cfg_path), *overrides],
-        env=e,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    slow = [ROOT / "tests" / "slow_checkpoint_train.py", slow_checkpoint]
+    entry = slow if slow_checkpoint else ["-m", "hpcrnn.train"]
+    return start_python(*entry, cfg_path, *overrides, env={"OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def last_step(metrics: Path) -> int:
@@ -130,7 +123,7 @@ def test_damaged_newest_checkpoint_is_skipped_not_deleted(tmp_path, tiny_corpus,
         (newest / "meta.json").unlink()
     r = run_module("hpcrnn.train", str(cfg_path))
     assert r.returncode == 0, r.stderr
-    warn = [l for l in r.stderr.splitlines() if "step-00000010" in l]
+    warn = [line for line in r.stderr.splitlines() if "step-00000010" in line]
     assert len(warn) >= 1 and "skipping" in warn[0], r.stderr
     assert "resumed from step-00000005" in r.stdout
     assert newest.exists(), "a damaged checkpoint must never be deleted silently"
@@ -169,8 +162,8 @@ def test_disk_full_while_checkpointing(tmp_path, tiny_corpus, small_tmpfs):
     model, meta = ckpt.load_model(c)
     assert meta["step"] == c.step
     assert not list(cfg.checkpoint_dir.glob(".tmp-*")), "no half-written folder left behind"
-    for l in cfg.metrics_path.read_text().splitlines():
-        json.loads(l)  # metrics.jsonl stays one valid object per line
+    for line in cfg.metrics_path.read_text().splitlines():
+        json.loads(line)  # metrics.jsonl stays one valid object per line
 
 
 # ---------------------------------------------------------------- two launches at once
@@ -206,7 +199,7 @@ def test_lock_from_another_host_with_fresh_heartbeat_is_respected(tmp_path):
         RunLock(tmp_path, "train").acquire()
     old = time.time() - 7200
     os.utime(tmp_path / "lock.json", (old, old))
-    with RunLock(tmp_path, "train") as lock:  # no heartbeat for 2 h: stale
+    with RunLock(tmp_path, "train"):  # no heartbeat for 2 h: stale
         assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid()
     assert not (tmp_path / "lock.json").exists()
 
@@ -240,21 +233,28 @@ def test_reader_never_sees_a_partial_checkpoint(tmp_path, tiny_corpus):
 # ---------------------------------------------------------------- signals at awkward moments
 
 
+def _await_moment(p, reached, when: str, poll: float, timeout: float = 60) -> None:
+    """Poll until ``reached()``. A run that ends first, or a moment that never comes, fails the test: a
+    signal sent then would land somewhere else and test nothing."""
+    t0 = time.time()
+    while not reached():
+        assert p.poll() is None, f"the run ended before the {when} moment: {p.communicate()}"
+        assert time.time() - t0 < timeout, f"no {when} moment in {timeout} s"
+        time.sleep(poll)
+
+
 def _signal_run(cfg_path, cfg, sig, when, slow_checkpoint=0.0, *overrides):
     p = start_train(cfg_path, *overrides, slow_checkpoint=slow_checkpoint)
-    t0 = time.time()
     if when == "startup":
         time.sleep(0.3)  # inside the torch import: the early handler must already be there
     elif when == "eval":  # the step-10 train record is written right before the step-10 evaluation
-        while last_step(cfg.metrics_path) < 10 and time.time() - t0 < 60:
-            time.sleep(0.0005)
+        _await_moment(p, lambda: last_step(cfg.metrics_path) >= 10, when, 0.0005)
     elif when == "checkpoint":
-        while not any(cfg.checkpoint_dir.glob(".tmp-step-*")) and time.time() - t0 < 60:
-            time.sleep(0.001)
+        _await_moment(p, lambda: any(cfg.checkpoint_dir.glob(".tmp-step-*")), when, 0.001)
     elif when == "dataloader":
         time.sleep(0.01)
-        while not cfg.metrics_path.exists() and not (cfg.run_dir / "lock.json").exists() and time.time() - t0 < 60:
-            time.sleep(0.005)
+        lock = cfg.run_dir / "lock.json"
+        _await_moment(p, lambda: cfg.metrics_path.exists() or lock.exists(), when, 0.005)
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     return p.returncode, out, err
@@ -271,9 +271,7 @@ def test_signal_moments_end_in_checkpoint_and_resume_exactly(tmp_path, tiny_corp
     assert r.returncode == 0, r.stderr
     cfg_path, cfg = prepared(tmp_path / "sig", tiny_corpus, **over)
     rc, out, err = _signal_run(cfg_path, cfg, sig, when, 0.3 if when == "checkpoint" else 0.0)
-    if rc == 0:  # the run finished before the signal landed: nothing to check for this moment
-        pytest.skip(f"training finished before the {when} signal")
-    assert rc == code, (rc, out, err)
+    assert rc == code, f"the {when} signal did not stop the run (exit {rc}; 0: it ended first): {out} {err}"
     c = ckpt.latest(cfg.checkpoint_dir)
     assert c is not None and ckpt.verify(c.path) is None
     r = run_module("hpcrnn.train", str(cfg_path))
@@ -316,7 +314,11 @@ def test_vocabulary_mismatch_with_checkpoint(tmp_path, tiny_corpus):
     cfg_path, cfg = prepared(tmp_path, tiny_corpus)
     run_train(cfg, stop_at(5))
     changed = load_config(cfg_path, ["data.min_count=3"])  # a smaller vocabulary, same file name
-    run_preprocess(changed)
+    with pytest.raises(InputError, match="were trained on it: give a new run.name"):
+        run_preprocess(changed)  # preprocess never replaces a corpus that checkpoints were trained on
+    elsewhere = load_config(cfg_path, ["data.min_count=3", f"paths.scratch={tmp_path / 'other'}"])
+    run_preprocess(elsewhere)
+    shutil.copyfile(elsewhere.h5_path, cfg.h5_path)  # put there by hand: the trainer still refuses it
     r = run_module("hpcrnn.train", str(cfg_path), "data.min_count=3")
     assert r.returncode == 2
     line = r.stderr.strip()
