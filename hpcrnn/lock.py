@@ -1,13 +1,15 @@
 """One writer per run: a lock file in the run directory that works across nodes.
 
-``<run dir>/lock.json`` is created with O_CREAT|O_EXCL (atomic on local file systems and on NFS v3+), and
-holds who has it: host, pid, the process's start time, Slurm job id, stage. Nothing relies on
-process-local state, so a second launch from another node is refused with a message naming the holder.
+``<run dir>/lock.json`` is created complete, as a hard link of a finished file (atomic on local file systems
+and on NFS: it fails when the lock exists), and holds who has it: host, pid, the process's start time,
+Slurm job id, stage. Nothing relies on process-local state, so a second trainer from another node is
+refused with a message naming the holder.
 A lock is stale — and is taken over — when its holder is recognisably dead:
 - same host: no process with that pid and start time (pids are reused, start times are not);
 - a Slurm job id equal to ours: it is our own previous incarnation (a requeued job keeps its id);
 - another host with a Slurm job id that Slurm no longer lists as running;
-- otherwise: the holder refreshes the lock's mtime (``heartbeat``); older than ``stale_after`` s is dead.
+- an empty or unreadable lock file (a crash or a full disk in an older writer): nobody's;
+- otherwise: the holder's heartbeat thread refreshes the lock's mtime; older than ``stale_after`` s is dead.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -73,41 +76,46 @@ class RunLock:
         return None
 
     def acquire(self) -> RunLock:
+        """Take the lock or raise LockedError naming its live holder. The content is written before the
+        lock becomes visible (a hard link of a finished file), so no reader ever sees it empty."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                fd = None
-            if fd is None:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.me, f)
-                f.flush()
-                os.fsync(f.fileno())
-            self.held = True
-            return self
+        tmp = self.path.with_name(f".{LOCK_NAME}.{self.me['host']}-{self.me['pid']}-{id(self):x}.tmp")
+        tmp.write_text(json.dumps(self.me))
+        try:
+            for _ in range(5):
+                try:
+                    os.link(tmp, self.path)  # fails if a lock exists: atomic on local file systems and NFS
+                except FileExistsError:
+                    self._take_over_if_stale()
+                    continue
+                self.held = True
+                self._start_heartbeat()
+                return self
+        finally:
+            tmp.unlink(missing_ok=True)
         raise LockedError(f"{self.path}: could not take the run lock (contended)")
 
-    def _holder(self) -> dict:
-        """Who the lock file names; an empty or unreadable file is read once more after a moment."""
+    def _read(self) -> tuple[int, bytes] | None:
+        """(inode, content) of the lock file now; None when there is none."""
         try:
-            holder = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            holder = {}
-        if not holder:  # being written this instant, or garbage: give it a moment
-            time.sleep(0.2)
-            try:
-                holder = json.loads(self.path.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {"host": "?", "pid": -1}
-        return holder
+            with open(self.path, "rb") as f:
+                return os.fstat(f.fileno()).st_ino, f.read()
+        except FileNotFoundError:
+            return None
 
     def _take_over_if_stale(self) -> None:
-        """Remove the existing lock if its holder is recognisably dead; else refuse, naming the holder."""
-        holder = self._holder()
-        if self._stale_reason(holder) is None:
+        """Remove the existing lock if its holder is recognisably dead; else refuse, naming the holder.
+        Atomic: the lock is renamed aside and removed only if what was renamed is the very file judged
+        stale; if another taker replaced it meanwhile, it is put back."""
+        seen = self._read()
+        if seen is None:
+            return
+        try:
+            holder = json.loads(seen[1] or b"{}")
+        except ValueError:
+            holder = {}
+        reason = "its lock file is empty or unreadable" if not holder else self._stale_reason(holder)
+        if reason is None:
             who = f"{holder.get('stage', '?')} pid {holder.get('pid')} on {holder.get('host')}" + (
                 f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""
             )
@@ -115,13 +123,33 @@ class RunLock:
                 f"{self.path.parent}: run is in use by {who} (lock {self.path}); "
                 f"wait for it, or remove the lock if that process is really gone"
             )
-        # rename it away (atomic) so two takers cannot both win
-        aside = self.path.with_name(f".{LOCK_NAME}.stale-{os.getpid()}")
+        aside = self.path.with_name(f".{LOCK_NAME}.stale-{self.me['host']}-{self.me['pid']}-{id(self):x}")
         try:
             os.rename(self.path, aside)
-            os.unlink(aside)
         except FileNotFoundError:
+            return
+        try:
+            with open(aside, "rb") as f:
+                removed = os.fstat(f.fileno()).st_ino, f.read()
+            if removed != seen:  # another taker's fresh lock, not the stale one: give it back
+                os.link(aside, self.path)
+        except (FileExistsError, FileNotFoundError):
             pass
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def _start_heartbeat(self) -> None:
+        """Renew the lock's mtime from a thread of its own, so a holder busy for long (a validation pass,
+        a checkpoint) never looks dead to a reader on another host."""
+        self._stop = threading.Event()
+        interval = max(0.05, self.stale_after / 20)
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                self.heartbeat()
+
+        self._beat = threading.Thread(target=beat, name="hpcrnn-lock-heartbeat", daemon=True)
+        self._beat.start()
 
     def heartbeat(self) -> None:
         if self.held:
@@ -132,6 +160,7 @@ class RunLock:
 
     def release(self) -> None:
         if self.held:
+            self._stop.set()
             try:
                 holder = json.loads(self.path.read_text())
                 if holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]:
