@@ -747,22 +747,7 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
 
     for si, src in enumerate(sources):
         n_before = len(doc_src)
-        for raw in iter_documents(src.path, d.document_start, stats, d.format):
-            text = clean_document(raw)
-            if not text:
-                continue
-            if d.repair and not text.isascii():
-                text, n_rep = repair_mojibake(text)
-                if n_rep:
-                    stats.repaired_documents += 1
-                    stats.repaired_chars += n_rep
-                    text = unicodedata.normalize("NFC", text)
-            fmt = stats.formats[str(src.path)]
-            if fmt == "mealmaster":
-                text = clean_document(_canon_mealmaster(text))
-            elif fmt == "mastercook":
-                text = clean_document(_canon_mastercook(text))
-            structured[0] = fmt != "plain"
+        for text, structured[0] in prepared_documents(src.path, d.document_start, d.format, d.repair, stats):
             batch.append(text)
             batch_chars += len(text)
             doc_src.append(si)
@@ -923,6 +908,51 @@ def _build(cfg, settings: dict, sources: list[Source], fp: str, tmp: Path) -> di
         counts,
     )
     return counts
+
+
+def prepared_documents(
+    path: Path, document_start: str | None, fmt: str, repair: bool, stats: ReadStats
+) -> Iterator[tuple[str, bool]]:
+    """(text, structured) of each document of one input file as the tokenizer sees it: decoded, cleaned,
+    mojibake repaired, MealMaster/MasterCook tables canonicalised; ``structured``: keep tab tokens. The one
+    path from a file to documents, for preprocessing and for scoring any text (hpcrnn.evaluate)."""
+    for raw in iter_documents(path, document_start, stats, fmt):
+        text = clean_document(raw)
+        if not text:
+            continue
+        if repair and not text.isascii():
+            text, n_rep = repair_mojibake(text)
+            if n_rep:
+                stats.repaired_documents += 1
+                stats.repaired_chars += n_rep
+                text = unicodedata.normalize("NFC", text)
+        kind = stats.formats[str(path)]
+        if kind == "mealmaster":
+            text = clean_document(_canon_mealmaster(text))
+        elif kind == "mastercook":
+            text = clean_document(_canon_mastercook(text))
+        yield text, kind != "plain"
+
+
+def encode_file(path: Path, corpus: Corpus) -> np.ndarray:
+    """The token ids of a text file, read by the same path as preprocessing (``prepared_documents``) with
+    the corpus' own settings, tokenizer and vocabulary: unknown words are ``<unk>`` (dropped under
+    ``data.rare: drop``), and each document ends as in the corpus (``<eor>``, or a line end)."""
+    a, stats = corpus.attrs, ReadStats()
+    tok, drop = corpus.tokenizer, a.get("rare") == "drop"
+    get, unk = corpus.stoi.get, corpus.unk_id
+    out: list[int] = []
+    for text, structured in prepared_documents(
+        Path(path), a.get("document_start") or None, a["format"], bool(a["repair"]), stats
+    ):
+        if tok == "char":
+            toks = [*text, EOR]
+        else:
+            toks = [t.decode("utf-8") for t in tokenize_documents_bytes([text], tok, keep_tabs=structured)]
+            toks = [EOR if t == DOC_SEP.decode() else t for t in toks] if tok == "recipe" else toks[:-1]
+        ids = [get(t, unk) for t in toks]
+        out.extend(i for i, t in zip(ids, toks) if not (drop and i == unk and t != UNK))
+    return np.asarray(out, dtype=np.int64)
 
 
 def _train_name(sources: list[Source]) -> str:

@@ -16,14 +16,20 @@ Every position is scored with the loss ``all`` (the next word everywhere); a ``w
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpcrnn.cli import make_parser, run_cli
+from hpcrnn.data.build import encode_file, open_corpus
 from hpcrnn.data.sequences import PAD, document_token_id, gather_rows, pad_documents, split_documents
+from hpcrnn.errors import InputError
+from hpcrnn.train import checkpoint as ckpt
 
 STANDARD_STREAMS = 10  # parallel streams of the standard protocol (pytorch/examples' eval batch size)
 STANDARD_CHUNK = 256  # tokens per forward pass; the state is carried, so this sets only speed and memory
@@ -122,6 +128,7 @@ def evaluate_stream(
     autocast=None,
 ) -> dict:
     """The standard protocol: ``tokens[lo:hi]`` as ``streams`` contiguous streams, state carried."""
+    streams = max(1, min(streams, (hi - lo) // 2))  # a short text: fewer streams, each of 2 tokens or more
     length = (hi - lo) // streams  # tokens of each stream; every stream predicts its tokens 1..length-1
     rows = np.array_split(np.arange(streams, dtype=np.int64), world)[rank]
     sums = Sums(unk_id)
@@ -229,3 +236,94 @@ def evaluate_split(
         return evaluate_stream(model, tokens, lo, hi, **common)
     finally:
         model.train(was_training)
+
+
+# ------------------------------------------------------------------------------ `python -m hpcrnn.evaluate`
+
+
+def run_evaluate(cfg, checkpoint: str | None = None, texts: list[str] | tuple = ()) -> dict:
+    """Figures of a checkpoint (newest complete by default) on its run's val and test splits, in the run's
+    own protocol and the standard one; or, for each of ``texts``, by the standard protocol on that file
+    read exactly as preprocessing reads the corpus (``hpcrnn.data.build.encode_file``)."""
+    corpus = open_corpus(cfg.h5_path)
+    info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, checkpoint, "cpu")
+    ckpt.check_compatible(
+        meta,
+        cfg,
+        corpus.vocab_hash,
+        info.path,
+        len(corpus.vocab),
+        model_shape=False,
+        corpus_fingerprint=corpus.fingerprint,
+    )
+    results = []
+    if texts:
+        for path in texts:
+            results.append({"source": str(path), "protocol": "standard", **_score_file(model, corpus, Path(path))})
+    else:
+        tokens = corpus.tokens()
+        sequences = (meta.get("config") or {}).get("data", {}).get("sequences", "windows")
+        for split in ("val", "test"):
+            lo, hi = corpus.split_ranges[split]
+            if hi - lo < 2:
+                continue
+            for protocol in dict.fromkeys([mode_protocol(sequences), "standard"]):
+                r = evaluate_split(model, corpus, tokens, split, protocol, cfg)
+                results.append({"source": split, "protocol": protocol, **r})
+    return {"run": cfg.run.name, "checkpoint": str(info.path), "step": info.step, "results": results}
+
+
+def _score_file(model, corpus, path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: not a readable text file (--text)")
+    try:
+        ids = encode_file(path, corpus)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    words = ids[
+        ~np.isin(ids, [i for i in (corpus.unk_id, corpus.eor_id, corpus.eos_id, corpus.nl_id) if i is not None])
+    ]
+    if len(words) == 0:
+        raise InputError(f"{path}: holds no word the vocabulary of {corpus.path} knows (--text)")
+    return evaluate_stream(model, ids, 0, len(ids), unk_id=corpus.unk_id)
+
+
+def format_evaluation(res: dict) -> str:
+    lines = [
+        f"{res['run']}: checkpoint {res['checkpoint']} (step {res['step']})",
+        f"{'source':<24} {'protocol':<10} {'ppl':>9} {'acc':>7} {'top5':>7} {'<unk>':>7} {'tokens':>9}",
+    ]
+    for r in res["results"]:
+        lines.append(
+            f"{Path(r['source']).name if '/' in r['source'] else r['source']:<24} {r['protocol']:<10} "
+            f"{r['ppl']:>9.2f} {r['acc']:>7.2%} {r['top5']:>7.2%} {r['unk']:>7.2%} {r['tokens']:>9,}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(
+        "hpcrnn.evaluate",
+        "Perplexity, top-1/top-5 accuracy and <unk> rate of a checkpoint on its run's splits or on text files.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="STEP",
+        default=None,
+        help="a step or checkpoint folder (default: the newest complete checkpoint)",
+    )
+    parser.add_argument(
+        "--text",
+        metavar="FILE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="score these files instead of the splits, read like the corpus",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    def fn(cfg, args) -> None:
+        res = run_evaluate(cfg, args.checkpoint, args.text)
+        print(json.dumps(res, indent=2) if args.json else format_evaluation(res), flush=True)
+
+    return run_cli(parser, fn, argv)
