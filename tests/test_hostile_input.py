@@ -104,3 +104,26 @@ def test_options_may_come_before_overrides(cfg_file, module, opts):
     r = run_module(module, str(cfg_file), *opts, "run.name=..")
     assert "unrecognized arguments" not in r.stderr
     assert r.returncode == 2 and "run.name: '..' would name a folder outside" in r.stderr, r.stderr
+
+
+def test_sbatch_without_a_controller_points_to_cluster_local(tmp_path, tiny_corpus):
+    """A login node with Slurm down, or a laptop with only the client: say that --cluster local runs it here."""
+    import os
+    import stat
+
+    from tests.conftest import tiny_config
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    err = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
+    for name, body in (("sbatch", f"echo '{err}' >&2; exit 1"), ("squeue", "exit 1"), ("srun", "exit 0")):
+        p = bin_dir / name
+        p.write_text(f"#!/bin/sh\n{body}\n")
+        p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    cfg_path = tiny_config(tmp_path, tiny_corpus)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "slurm", env=env)
+    assert r.returncode == 2, r.stderr
+    ours = r.stderr.strip().splitlines()[-1]  # (sbatch's own line above it passes through)
+    assert ours.startswith("hpcrnn.launch: error: sbatch cannot reach a Slurm controller"), r.stderr
+    assert "--cluster local` runs the pipeline here" in ours

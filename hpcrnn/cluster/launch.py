@@ -214,6 +214,11 @@ def _submit_stage(cfg: Config, stage: str, dep: str | None, res: LaunchResult) -
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         why = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else repr(e))
         res.jobs.clear()
+        if slurm.controller_unreachable(str(e)):
+            raise ConfigError(
+                f"sbatch cannot reach a Slurm controller from this machine ({why}): "
+                f"`python -m hpcrnn.launch {cfg.source} --cluster local` runs the pipeline here instead"
+            ) from None
         raise ConfigError(
             f"{cfg.source}: slurm.{stage}: sbatch refused the {stage} job ({why})"
             + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued else "")

@@ -138,6 +138,23 @@ def job_on_node(job_id: str) -> bool | None:
     return r.stdout.strip() in ON_NODE_STATES
 
 
+# what sbatch/squeue print when no controller answers (Slurm down, a login node cut off, a laptop with the
+# client only), as opposed to a refusal of the job itself
+_UNREACHABLE = (
+    "unable to contact slurm controller",
+    "connection refused",
+    "socket timed out",
+    "zero bytes were transmitted",
+    "could not establish a configuration source",
+    "unable to establish a configuration source",
+)
+
+
+def controller_unreachable(message: str) -> bool:
+    text = message.lower()
+    return any(m in text for m in _UNREACHABLE)
+
+
 def cancel(job_ids: list[str]) -> None:
     subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
 
