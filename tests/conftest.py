@@ -1,13 +1,16 @@
-"""Shared fixtures. Tests write their own small corpora; shared data is used when present."""
+"""Shared test helpers: one config builder (``tiny_config``), one way to run the entry points as real
+processes (``run_python``/``start_python``), synthetic corpora. Shared data is used when present."""
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -15,16 +18,36 @@ RECIPES_5K = SHARED / "recipes" / "recipes-5k.txt"
 FORMATS = SHARED / "formats"
 
 
-def run_module(module: str, *args: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
-    """Run `python -m <module> args...` as a real process and capture its output."""
+def _process_env(env: dict | None) -> dict:
+    """The environment of a child: ours, the project first on PYTHONPATH, one thread unless told."""
     e = dict(os.environ)
     e.setdefault("OMP_NUM_THREADS", "1")
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    if env:
-        e.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=e, capture_output=True, text=True, timeout=timeout
-    )
+    e.update(env or {})
+    return e
+
+
+def start_python(*args: str, env=None, cwd=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """Start `python args...` (`-m module ...`, a script or `-c code`) as a real process, text output,
+    for a test that signals, kills or watches it while it runs."""
+    argv = [sys.executable, *map(str, args)]
+    return subprocess.Popen(argv, cwd=cwd or ROOT, env=_process_env(env), stdout=stdout, stderr=stderr, text=True)
+
+
+def run_python(*args: str, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run `python args...` to the end and capture its output (text)."""
+    argv = [sys.executable, *map(str, args)]
+    return subprocess.run(argv, cwd=cwd or ROOT, env=_process_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def start_module(module: str, *args: str, **kw) -> subprocess.Popen:
+    """``start_python("-m", module, ...)``."""
+    return start_python("-m", module, *args, **kw)
+
+
+def run_module(module: str, *args: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args...` as a real process and capture its output."""
+    return run_python("-m", module, *args, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.fixture
@@ -78,11 +101,9 @@ _VERBS = ["mix", "stir", "bake", "boil", "chop", "add", "serve", "cool", "fold",
 
 def make_recipes(n: int, seed: int = 0) -> str:
     """A small synthetic MealMaster-like corpus (Title:/Categories:/Yield:, ingredients, instructions)."""
-    import random
-
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         title = rng.choice(_TITLES).upper()
         ingr = rng.sample(_INGR, rng.randint(3, 6))
         lines = [
@@ -105,10 +126,10 @@ def tiny_corpus(tmp_path) -> Path:
     return p
 
 
-def tiny_config(tmp_path: Path, corpus: Path, **sections) -> Path:
-    """Write a small experiment YAML for fast tests and return its path."""
-    import yaml
-
+def tiny_config(tmp_path: Path, corpus, *, file: str = "tiny.yaml", replace=(), **sections) -> Path:
+    """Write a small experiment YAML for fast tests as ``tmp_path/file`` and return its path. Each section
+    given (``train={"max_steps": 5}``) updates the default section, or stands instead of it when its name
+    is in ``replace``."""
     raw = {
         "run": {"name": "tiny"},
         "paths": {"scratch": str(tmp_path / "scratch"), "jobs": str(tmp_path / "jobs")},
@@ -128,9 +149,12 @@ def tiny_config(tmp_path: Path, corpus: Path, **sections) -> Path:
         "generate": {"num_recipes": 4, "batch_size": 4, "max_tokens": 60, "quality_sample": 5},
     }
     for sec, vals in sections.items():
-        raw.setdefault(sec, {}).update(vals)
+        if sec in replace:
+            raw[sec] = dict(vals)
+        else:
+            raw.setdefault(sec, {}).update(vals)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    p = tmp_path / "tiny.yaml"
+    p = tmp_path / file
     p.write_text(yaml.safe_dump(raw))
     return p
 

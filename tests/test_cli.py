@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 
 import pytest
 import yaml
@@ -15,7 +16,14 @@ from hpcrnn.config import Config, load_config
 from hpcrnn.errors import ConfigError
 from tests.conftest import run_module
 
-ENTRY_POINTS = ["hpcrnn.preprocess", "hpcrnn.train", "hpcrnn.generate", "hpcrnn.launch", "hpcrnn.status"]
+ENTRY_POINTS = [
+    "hpcrnn.preprocess",
+    "hpcrnn.train",
+    "hpcrnn.generate",
+    "hpcrnn.launch",
+    "hpcrnn.status",
+    "hpcrnn.evaluate",
+]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
@@ -44,15 +52,11 @@ def test_bad_config_paths_one_line_exit_2(module, tmp_path):
 
 # ---------------------------------------------------------------- property-based
 
+# every section of a config and its keys: what random documents draw from (plus near misses)
 FIELDS = {
-    f.name: [
-        g.name
-        for g in dataclasses.fields(
-            f.type if not isinstance(f.type, str) else getattr(__import__("hpcrnn.config", fromlist=["x"]), f.type)
-        )
-    ]
-    for f in dataclasses.fields(Config)
-    if f.name != "source"
+    section: [f.name for f in dataclasses.fields(cls)]
+    for section, cls in typing.get_type_hints(Config).items()
+    if section != "source"
 }
 
 scalars = st.one_of(

@@ -1,8 +1,10 @@
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from hpcrnn.config import load_config, save_resolved
+from hpcrnn.config import Config, SlurmResources, load_config, save_resolved
 from hpcrnn.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -129,6 +131,19 @@ def test_shipped_configs_load():
     for p in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(p)
         assert cfg.run.name == p.stem
+
+
+def test_every_key_is_documented():
+    """docs/configuration.md is the key reference: a key added to a section must be added there too."""
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    for section, cls in typing.get_type_hints(Config).items():
+        if section == "source":
+            continue
+        assert f"### `{section}`" in doc, section
+        keys = dataclasses.fields(SlurmResources) if section == "slurm" else dataclasses.fields(cls)
+        missing = [k.name for k in keys if f"`{k.name}`" not in doc]
+        assert not missing, (section, missing)
+    assert "`slurm.max_num_timeout`" in doc
 
 
 def test_missing_file_and_directory(tmp_path):

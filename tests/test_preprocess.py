@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import FORMATS, ROOT, run_module
 
 from hpcrnn.data.build import open_corpus
+from tests.conftest import FORMATS, run_module, start_module, tiny_config
 
 
 def write_config(tmp_path: Path, corpus, **data) -> Path:
-    d = {"corpus": str(corpus), "document_start": "^Title:", "min_count": 1, "window": 8}
-    d.update(data)
-    cfg = {"run": {"name": "pp"}, "paths": {"scratch": str(tmp_path / "scratch")}, "data": d}
-    p = tmp_path / "pp.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    """The tiny config as run "pp", window 8, data keys as given."""
+    return tiny_config(tmp_path, corpus, file="pp.yaml", run={"name": "pp"}, data={"window": 8, **data})
 
 
 def small_corpus(path: Path, n: int = 50) -> Path:
@@ -85,15 +78,7 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path):
 
 
 def _run_until_tmp_appears(cfg: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "hpcrnn.preprocess", str(cfg)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = start_module("hpcrnn.preprocess", str(cfg))
     out_dir = tmp_path / "scratch" / "pp"
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
@@ -161,12 +146,14 @@ def test_real_5k_corpus(tmp_path, shared_5k):
 
 
 def _e2e_config(tmp_path: Path, data: dict) -> Path:
-    cfg = {
-        "run": {"name": "e2e"},
-        "paths": {"scratch": str(tmp_path / "scratch"), "jobs": str(tmp_path / "jobs")},
-        "data": data,
-        "model": {"hidden": 16, "embedding": 16},
-        "train": {
+    return tiny_config(
+        tmp_path,
+        data["corpus"],
+        file="e2e.yaml",
+        replace=("data", "train", "generate"),
+        run={"name": "e2e"},
+        data=data,
+        train={
             "batch_size": 4,
             "max_steps": 3,
             "checkpoint_every": 3,
@@ -175,11 +162,8 @@ def _e2e_config(tmp_path: Path, data: dict) -> Path:
             "log_every": 1,
             "device": "cpu",
         },
-        "generate": {"num_recipes": 2, "batch_size": 2, "max_tokens": 60, "quality_sample": 0, "device": "cpu"},
-    }
-    p = tmp_path / "e2e.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+        generate={"num_recipes": 2, "batch_size": 2, "max_tokens": 60, "quality_sample": 0, "device": "cpu"},
+    )
 
 
 @pytest.mark.parametrize("case", ["split-files", "mastercook", "char-mealmaster"])

@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import torch
 
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_STOPPED, InputError
+from hpcrnn.fsutil import read_jsonl
 from hpcrnn.train import checkpoint as ckpt
-from tests.conftest import ROOT, prepared, run_module, stop_at, tiny_config
+from tests.conftest import prepared, run_module, run_python, start_module, stop_at, tiny_config
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,7 @@ def test_metrics_records_and_retention(tmp_path, tiny_corpus):
 
     _, cfg = prepared(tmp_path, tiny_corpus)
     r = run_train(cfg)
-    recs = [json.loads(l) for l in cfg.metrics_path.read_text().splitlines()]
+    recs = [json.loads(line) for line in cfg.metrics_path.read_text().splitlines()]
     train = [x for x in recs if x.get("split") == "train"]
     assert [x["step"] for x in train] == [5, 10, 15, 20, 24]
     for x in recs:
@@ -124,16 +124,8 @@ def _free_port() -> int:
 
 def _launch_ranks(cfg_path, world, *overrides):
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "hpcrnn.train", str(cfg_path), *overrides],
-            env={**env, **_env_rank(r, world, port)},
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        start_module("hpcrnn.train", str(cfg_path), *overrides, env=_env_rank(r, world, port), stderr=subprocess.STDOUT)
         for r in range(world)
     ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -160,9 +152,10 @@ def test_two_ranks_match_one_rank_gloo(tmp_path, tiny_corpus):
 
 
 def _wait_for_step(metrics: Path, step: int, proc, timeout=120):
+    """Until the running trainer has logged ``step`` (read beside the writer: a torn last line is skipped)."""
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if metrics.exists() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines()):
+        if any(rec.get("step", 0) >= step for rec in read_jsonl(metrics)):
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
@@ -176,44 +169,34 @@ def test_signal_checkpoints_and_exits_with_status(tmp_path, tiny_corpus, sig, co
     cfg_path, cfg = prepared(
         tmp_path, tiny_corpus, train={"max_steps": 100000, "log_every": 1, "checkpoint_every": 100000}
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "hpcrnn.train", str(cfg_path)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    p = start_module("hpcrnn.train", str(cfg_path), stderr=subprocess.STDOUT)
     _wait_for_step(cfg.metrics_path, 3, p)
     p.send_signal(sig)
     out = p.communicate(timeout=60)[0]
     assert p.returncode == code, out
     c = ckpt.latest(cfg.checkpoint_dir)
     assert c is not None and c.step >= 3 and ckpt.verify(c.path) is None
-    stops = [json.loads(l) for l in cfg.metrics_path.read_text().splitlines() if '"event"' in l]
+    stops = [rec for rec in read_jsonl(cfg.metrics_path) if "event" in rec]
     assert stops[-1]["status"] == status and stops[-1]["step"] == c.step
 
 
 def test_resume_after_real_signal_is_bitwise_identical(tmp_path, tiny_corpus):
-    _, ref = prepared(tmp_path / "ref", tiny_corpus, train={"max_steps": 40, "log_every": 1})
-    r = run_module(
-        "hpcrnn.train", str(tiny_config(tmp_path / "ref", tiny_corpus, train={"max_steps": 40, "log_every": 1}))
-    )
+    """SIGUSR2 sent once step 7 is logged, far from the end of the run: it must stop the run midway (exit 75,
+    a stop event), and the resumed run ends bitwise identical to the uninterrupted one."""
+    steps = 200  # the signal lands at step 7 or soon after, far from the end even on a loaded machine
+    train = {"max_steps": steps, "log_every": 1}
+    _, ref = prepared(tmp_path / "ref", tiny_corpus, train=train)
+    r = run_module("hpcrnn.train", str(tiny_config(tmp_path / "ref", tiny_corpus, train=train)))
     assert r.returncode == 0, r.stderr
-    cfg_path, cfg = prepared(tmp_path / "sig", tiny_corpus, train={"max_steps": 40, "log_every": 1})
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "hpcrnn.train", str(cfg_path)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    cfg_path, cfg = prepared(tmp_path / "sig", tiny_corpus, train=train)
+    p = start_module("hpcrnn.train", str(cfg_path), stderr=subprocess.STDOUT)
     _wait_for_step(cfg.metrics_path, 7, p)
     p.send_signal(signal.SIGUSR2)
-    assert p.wait(timeout=60) in (EXIT_REQUEUE, 0)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == EXIT_REQUEUE, (p.returncode, out)  # 0 would mean the run ended before the signal
+    stopped = ckpt.latest(cfg.checkpoint_dir).step
+    assert 7 <= stopped < steps
+    assert [rec["step"] for rec in read_jsonl(cfg.metrics_path) if "event" in rec][-1] == stopped
     r = run_module("hpcrnn.train", str(cfg_path))
     assert r.returncode == 0, r.stderr
     assert model_bytes(cfg) == model_bytes(ref)
@@ -297,14 +280,7 @@ def test_exit_process_after_a_multi_rank_run_keeps_the_status_and_the_output():
         "import sys; from hpcrnn.train import distributed as D; print('last words', end=''); "
         "D._GROUP_USED = True; D.exit_process(76); print('never')"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_python("-c", code, timeout=120)
     assert r.returncode == 76 and r.stdout == "last words", (r.returncode, r.stdout, r.stderr)
     from hpcrnn.train import distributed as D
 
