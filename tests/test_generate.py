@@ -4,7 +4,6 @@ bad input, and an end-to-end preprocess -> train -> generate run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import ROOT, run_module
 
 from hpcrnn.config import ModelConfig, load_config
 from hpcrnn.errors import ConfigError, InputError
@@ -29,44 +26,33 @@ from hpcrnn.generate import stepper as ST
 from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.model import RecurrentLM, build_model
-from tests.conftest import make_recipes
+from tests.conftest import make_recipes, run_module, start_module, tiny_config
 
 torch.set_num_threads(1)
 
 
+# the tiny config with generation's own defaults: a val/test split for quality figures, a CPU run
+_GENERATION = {
+    "data": {"split": [0.8, 0.1, 0.1]},
+    "train": {
+        "max_steps": 30,
+        "checkpoint_every": 10,
+        "log_every": 10,
+        "lr": 0.02,
+        "deterministic": False,
+        "device": "cpu",
+    },
+    "generate": {"num_recipes": 7, "batch_size": 3, "max_tokens": 40, "quality_sample": 5, "device": "cpu"},
+}
+
+
 def write_config(tmp: Path, **sections) -> Path:
+    """``tiny_config`` on a 200-recipe corpus with generation's defaults, then ``sections`` on top."""
     corpus = tmp / "recipes.txt"
     if not corpus.exists():
         corpus.write_text(make_recipes(200))
-    raw = {
-        "run": {"name": "tiny"},
-        "paths": {"scratch": str(tmp / "scratch"), "jobs": str(tmp / "jobs")},
-        "data": {
-            "corpus": str(corpus),
-            "document_start": "^Title:",
-            "min_count": 1,
-            "window": 12,
-            "split": [0.8, 0.1, 0.1],
-        },
-        "model": {"hidden": 16, "embedding": 16},
-        "train": {
-            "batch_size": 8,
-            "max_steps": 30,
-            "checkpoint_every": 10,
-            "eval_every": 10,
-            "log_every": 10,
-            "eval_batches": 2,
-            "threads": 1,
-            "lr": 0.02,
-            "device": "cpu",
-        },
-        "generate": {"num_recipes": 7, "batch_size": 3, "max_tokens": 40, "quality_sample": 5, "device": "cpu"},
-    }
-    for sec, vals in sections.items():
-        raw.setdefault(sec, {}).update(vals)
-    p = tmp / "tiny.yaml"
-    p.write_text(yaml.safe_dump(raw))
-    return p
+    merged = {sec: {**_GENERATION.get(sec, {}), **sections.get(sec, {})} for sec in {*_GENERATION, *sections}}
+    return tiny_config(tmp, corpus, **merged)
 
 
 def save_random_checkpoint(cfg, step: int = 5, seed: int = 0, eor_bias: float = 1.2, vocab_hash=None) -> Path:
@@ -83,7 +69,9 @@ def save_random_checkpoint(cfg, step: int = 5, seed: int = 0, eor_bias: float = 
     return ckpt.save_checkpoint(cfg.checkpoint_dir, step, model.state_dict(), {}, meta)
 
 
-def prepared(tmp: Path, checkpoint: bool = True, **sections):
+def prepared_run(tmp: Path, checkpoint: bool = True, **sections):
+    """A preprocessed run of ``write_config`` with a random-weight checkpoint (unless ``checkpoint=False``):
+    (config path, cfg)."""
     from hpcrnn.data.build import run_preprocess
 
     path = write_config(tmp, **sections)
@@ -227,7 +215,7 @@ def test_batched_generation_equals_one_at_a_time(cell, temperature, top_k, top_p
 
 
 def test_writes_recipes_index_and_summary(tmp_path):
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     r = G.run_generate(cfg)
     out = tmp_path / "scratch" / "tiny" / "generated" / "default"
     assert r.out_dir == out and r.complete and r.written == 7 and r.skipped == 0 and r.checkpoint_step == 5
@@ -252,7 +240,7 @@ def test_writes_recipes_index_and_summary(tmp_path):
 
 def test_never_uses_a_partial_checkpoint(tmp_path):
     """A trainer writing beside the generator: an unmarked step folder and a temporary one are ignored."""
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     partial = cfg.checkpoint_dir / "step-00000009"
     partial.mkdir()
     (partial / "model.pt").write_bytes(b"half a checkpoint")
@@ -262,7 +250,7 @@ def test_never_uses_a_partial_checkpoint(tmp_path):
 
 
 def test_same_seed_same_files_across_batch_sizes_and_shards(tmp_path):
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     G.run_generate(with_(cfg_path, "generate.name=a", "generate.batch_size=4"))
     for s in range(3):
         r = G.run_generate(with_(cfg_path, "generate.name=b", "generate.batch_size=1"), shard=s, num_shards=3)
@@ -281,7 +269,7 @@ def test_same_seed_same_files_across_batch_sizes_and_shards(tmp_path):
 def test_worker_processes_describe_like_the_writer_thread(tmp_path, monkeypatch):
     """Recipes described (text, quality) in forked worker processes or in the writer thread: same files,
     same index."""
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     monkeypatch.setenv("HPCRNN_QUALITY_WORKERS", "0")
     assert DS.quality_workers(torch.device("cpu"), 8) == 0
     before = torch.get_num_threads()
@@ -303,7 +291,7 @@ def test_worker_processes_describe_like_the_writer_thread(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("tokenizer", ["char", "whitespace"])
 def test_other_tokenizers(tmp_path, tokenizer):
-    cfg_path, cfg = prepared(tmp_path, data={"tokenizer": tokenizer})
+    cfg_path, cfg = prepared_run(tmp_path, data={"tokenizer": tokenizer})
     r = G.run_generate(cfg)
     assert r.complete and r.written == 7
     out = tmp_path / "scratch" / "tiny" / "generated" / "default"
@@ -325,7 +313,7 @@ def test_precision_auto_is_resolved_once_and_pinned(tmp_path, monkeypatch):
     assert ST.resolve_precision("auto", cpu) == "bf16" and ST.resolve_precision("fp32", cpu) == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert ST.resolve_precision("auto", cpu) == "fp32" and ST.resolve_precision("bf16", cpu) == "bf16"
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     gen = tmp_path / "scratch" / "tiny" / "generated"
     # shard 1 of 2 starts on a machine without AMX: auto -> fp32, pinned in plan.json ...
     G.run_generate(with_(cfg_path, "generate.name=auto"), shard=0, num_shards=2)
@@ -448,7 +436,7 @@ def test_rejection_truncation_draws_from_the_truncated_distribution(k, p):
 
 
 def test_greedy_is_deterministic_and_topk_restricts(tmp_path):
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     G.run_generate(with_(cfg_path, "generate.name=g1", "generate.temperature=0"))
     G.run_generate(with_(cfg_path, "generate.name=g2", "generate.temperature=0", "generate.seed=9"))
     gen = tmp_path / "scratch" / "tiny" / "generated"
@@ -458,7 +446,7 @@ def test_greedy_is_deterministic_and_topk_restricts(tmp_path):
 
 
 def test_killed_job_leaves_no_half_file_and_rerun_completes_identically(tmp_path, monkeypatch):
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     G.run_generate(with_(cfg_path, "generate.name=ref"))
     gen = tmp_path / "scratch" / "tiny" / "generated"
 
@@ -499,30 +487,43 @@ def test_killed_job_leaves_no_half_file_and_rerun_completes_identically(tmp_path
     assert r.written == 0 and r.skipped == 7 and r.complete
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
     """A real process killed with SIGKILL while writing: no half file, and the rerun completes the set
     exactly as an uninterrupted run writes it."""
-    cfg_path, cfg = prepared(
+    cfg_path, cfg = prepared_run(
         tmp_path, generate={"num_recipes": 400, "batch_size": 2, "max_tokens": 40, "quality_sample": 0}
     )
     out = tmp_path / "scratch" / "tiny" / "generated" / "default"
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen(
-        [sys.executable, "-m", "hpcrnn.generate", str(cfg_path)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    p = start_module("hpcrnn.generate", str(cfg_path), stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("recipe-*.txt"))) < 20 and p.poll() is None:
         time.sleep(0.02)
+    workers = _children(p.pid)
+    assert workers, "the job described its recipes in worker processes"  # else this checks nothing
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert p.returncode == -signal.SIGKILL, p.stderr.read().decode()[-2000:]  # killed, not finished
+    assert p.returncode == -signal.SIGKILL, p.stderr.read()[-2000:]  # killed, not finished
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not [w for w in workers if _alive(w)], "a worker of the killed job survived it"
     before = files_of(out)
     assert 0 < len(before) < 400
-    for name, data in before.items():  # every file present is whole: it ends its last line
+    for _name, data in before.items():  # every file present is whole: it ends its last line
         assert data.endswith(b"\n")
     r = G.run_generate(cfg)
     assert r.complete and r.skipped >= len(before) - 1 and r.written + r.skipped == 400
@@ -532,20 +533,11 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
 
 def test_concurrent_shard_processes(tmp_path):
     """Three shard tasks at once (as a job array runs them): disjoint recipes, one complete index."""
-    cfg_path, cfg = prepared(tmp_path, generate={"num_recipes": 12})
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "hpcrnn.generate", str(cfg_path), "--shard", str(s), "--num-shards", "3"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
-        )
-        for s in range(3)
-    ]
+    cfg_path, cfg = prepared_run(tmp_path, generate={"num_recipes": 12})
+    procs = [start_module("hpcrnn.generate", str(cfg_path), "--shard", str(s), "--num-shards", "3") for s in range(3)]
     for p in procs:
         _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err.decode()
+        assert p.returncode == 0, err
     out = tmp_path / "scratch" / "tiny" / "generated" / "default"
     shard_sets = [
         {json.loads(x)["recipe"] for x in (out / f"index-0000{s}-of-00003.jsonl").read_text().splitlines()}
@@ -559,7 +551,7 @@ def test_concurrent_shard_processes(tmp_path):
 
 
 def test_prompts(tmp_path):
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     gen = tmp_path / "scratch" / "tiny" / "generated"
     G.run_generate(with_(cfg_path, "generate.name=title", "generate.prompt=apple pie"))
     for text in files_of(gen / "title").values():
@@ -582,7 +574,7 @@ def test_prompts(tmp_path):
 
 
 def test_generation_done_and_changed_settings(tmp_path):
-    cfg_path, cfg = prepared(tmp_path)
+    cfg_path, cfg = prepared_run(tmp_path)
     assert not G.generation_done(cfg)
     G.run_generate(cfg)
     assert G.generation_done(cfg)
@@ -614,7 +606,7 @@ def one_line_error(r, *needles):
 
 
 def test_bad_input_one_line_errors(tmp_path):
-    cfg_path, cfg = prepared(tmp_path, checkpoint=False)
+    cfg_path, cfg = prepared_run(tmp_path, checkpoint=False)
     gen = tmp_path / "scratch" / "tiny" / "generated"
     one_line_error(run_module("hpcrnn.generate", str(cfg_path)), "no complete checkpoint")
     save_random_checkpoint(cfg, vocab_hash="f" * 64)

@@ -7,9 +7,11 @@ thread then writes it (:class:`RecipeWriter`), so the decoding loop never waits 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -115,6 +117,20 @@ def torch_threads(device: torch.device, cpus: int, workers: int, configured: int
     return configured or (max(1, cpus - workers) if device.type == "cpu" else cpus)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker ends when its job does: the kernel sends it SIGKILL when the parent dies (a kill -9 of
+    the job would otherwise leave it sleeping forever under init). Linux only; a no-op elsewhere."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 class Describer:
     """Runs :func:`describe_recipe` in forked workers, or lazily in the caller (the writer thread)."""
 
@@ -123,7 +139,12 @@ class Describer:
         _DESCRIBE_CTX = (cv.vocab, cv.tokenizer, qc.ingredient_words, qc.index)
         self.pool = None
         if workers > 0:
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
             self.pool.submit(int).result()  # fork the workers now, before this process initialises CUDA
 
     def submit(self, shown: list[int], toks: list[int]) -> Callable[[], tuple]:

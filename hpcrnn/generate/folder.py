@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from hpcrnn.config import Config
-from hpcrnn.errors import HpcrnnError, InputError
+from hpcrnn.errors import InputError, StorageError
 from hpcrnn.fsutil import (
     append_jsonl,
     atomic_write_json,
@@ -79,7 +79,7 @@ def write_recipe(out: Path, index_name: str, i: int, text: str, record: dict) ->
         atomic_write_text(path, text)
         append_jsonl(out / index_name, {"recipe": i, "file": path.name, **record}, fsync=True)
     except OSError as e:
-        raise HpcrnnError(f"{path}: cannot write: {e.__class__.__name__}: {e}") from None
+        raise StorageError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def remove_own_temporaries(out: Path, mine: set[int]) -> None:
@@ -95,8 +95,11 @@ def remove_own_temporaries(out: Path, mine: set[int]) -> None:
 
 
 def write_merged(out: Path, records: list[dict], summary: dict) -> None:
-    atomic_write_text(out / INDEX, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    atomic_write_json(out / SUMMARY, summary)
+    try:
+        atomic_write_text(out / INDEX, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        atomic_write_json(out / SUMMARY, summary)
+    except OSError as e:
+        raise StorageError(f"{out}: cannot write {INDEX} and {SUMMARY}: {e.strerror or e}") from None
 
 
 def read_json(path: Path) -> dict | None:

@@ -38,7 +38,7 @@ import torch
 
 from hpcrnn.cli import make_parser, run_cli
 from hpcrnn.config import Config
-from hpcrnn.errors import EXIT_OK, ConfigError, InputError
+from hpcrnn.errors import EXIT_OK, ConfigError, InputError, StorageError
 from hpcrnn.fsutil import atomic_write_json
 from hpcrnn.generate import quality as Q
 from hpcrnn.generate.corpus_view import CorpusView
@@ -144,6 +144,13 @@ def _open_source(cfg: Config, out: Path) -> _Source:
 
 
 def _agree_plan(cfg: Config, out: Path, info: ckpt.CheckpointInfo, cv: CorpusView, precision: str) -> str:
+    try:
+        return _pin_plan(cfg, out, info, cv, precision)
+    except OSError as e:
+        raise StorageError(f"{out / PLAN}: cannot write: {e.strerror or e}") from None
+
+
+def _pin_plan(cfg: Config, out: Path, info: ckpt.CheckpointInfo, cv: CorpusView, precision: str) -> str:
     """Pin (checkpoint, vocabulary, settings, resolved precision) in ``plan.json`` — created by the first
     task, atomically — or check that this task agrees with the pinned plan. A plan under which no recipe
     exists yet is stale (e.g. a job killed before its first recipe) and is replaced. Returns the
