@@ -274,3 +274,27 @@ def test_a_damaged_checkpoint_in_the_way_of_a_save_is_moved_aside(tmp_path, tiny
     aside = [p for p in cfg.checkpoint_dir.iterdir() if p.name.startswith("step-00000010.replaced-")]
     assert len(aside) == 1 and (aside[0] / "train_state.pt").read_bytes() == b"garbage"
     assert ckpt.latest(cfg.checkpoint_dir).step == 10
+
+
+# ---- item 6 (generation): a failed output write is exit 4
+
+
+def test_a_failed_recipe_write_is_a_storage_error(tmp_path, tiny_corpus, monkeypatch):
+    import errno
+
+    import pytest
+
+    from hpcrnn.errors import EXIT_STORAGE, StorageError
+    from hpcrnn.generate import folder
+    from hpcrnn.generate.job import run_generate
+
+    _, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 3})
+    run_train(cfg)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(folder, "atomic_write_text", full)
+    with pytest.raises(StorageError, match=r"recipe-00001\.txt: cannot write: No space left on device") as e:
+        run_generate(cfg)
+    assert e.value.exit_code == EXIT_STORAGE
