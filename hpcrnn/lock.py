@@ -24,7 +24,8 @@ from pathlib import Path
 from hpcrnn.cluster.slurm import job_on_node
 from hpcrnn.errors import LockedError
 
-LOCK_NAME = "lock.json"
+LOCK_NAME = "lock.json"  # the run's writers: preprocess, train
+LAUNCH_LOCK_NAME = "launch.lock.json"  # a launch, while it plans, submits and records jobs.json
 
 
 def process_start(pid: int) -> str | None:
@@ -42,8 +43,8 @@ def process_start(pid: int) -> str | None:
 class RunLock:
     """The run lock of one run directory for one stage; ``with RunLock(...)`` or acquire()/release()."""
 
-    def __init__(self, run_dir: str | os.PathLike, stage: str, stale_after: float = 3600.0):
-        self.path = Path(run_dir) / LOCK_NAME
+    def __init__(self, run_dir: str | os.PathLike, stage: str, stale_after: float = 3600.0, name: str = LOCK_NAME):
+        self.path = Path(run_dir) / name
         self.stage, self.stale_after = stage, stale_after
         self.me = {
             "host": socket.gethostname(),
@@ -79,7 +80,7 @@ class RunLock:
         """Take the lock or raise LockedError naming its live holder. The content is written before the
         lock becomes visible (a hard link of a finished file), so no reader ever sees it empty."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{LOCK_NAME}.{self.me['host']}-{self.me['pid']}-{id(self):x}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{self.me['host']}-{self.me['pid']}-{id(self):x}.tmp")
         tmp.write_text(json.dumps(self.me))
         try:
             for _ in range(5):
@@ -123,7 +124,7 @@ class RunLock:
                 f"{self.path.parent}: run is in use by {who} (lock {self.path}); "
                 f"wait for it, or remove the lock if that process is really gone"
             )
-        aside = self.path.with_name(f".{LOCK_NAME}.stale-{self.me['host']}-{self.me['pid']}-{id(self):x}")
+        aside = self.path.with_name(f".{self.path.name}.stale-{self.me['host']}-{self.me['pid']}-{id(self):x}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

@@ -79,3 +79,26 @@ def test_a_live_holder_is_refused_and_named(tmp_path):
     with RunLock(tmp_path, "train"):
         with pytest.raises(LockedError, match=rf"in use by train pid {os.getpid()} on {socket.gethostname()}"):
             RunLock(tmp_path, "preprocess").acquire()
+
+
+def test_a_second_launch_of_a_run_is_refused_while_the_first_runs(tmp_path, tiny_corpus):
+    """Two launches of one config both submitted whole pipelines; now the second is refused, naming the
+    first, and after the first ends a launch goes ahead."""
+    from hpcrnn.lock import LAUNCH_LOCK_NAME
+    from tests.conftest import run_module, start_module, tiny_config
+
+    cfg_path = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 400, "eval_every": 1000})
+    first = start_module("hpcrnn.launch", str(cfg_path), "--cluster", "local")
+    lock = tmp_path / "scratch" / "tiny" / LAUNCH_LOCK_NAME
+    deadline = time.time() + 60
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists(), first.communicate()
+    second = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", "train.max_steps=400")
+    assert second.returncode == 2, second.stderr
+    assert f"in use by launch pid {first.pid}" in second.stderr
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert not lock.exists()
+    again = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr

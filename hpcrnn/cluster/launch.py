@@ -37,6 +37,7 @@ from hpcrnn.cluster.records import latest_jobs, write_launch
 from hpcrnn.cluster.submitit_internals import preemption_signal_name
 from hpcrnn.config import Config, save_resolved
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, LockedError
+from hpcrnn.lock import LAUNCH_LOCK_NAME, RunLock
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
 
@@ -155,9 +156,16 @@ def _skipped(plans: list[StagePlan]) -> dict[str, dict]:
 def launch(
     cfg: Config, cluster: str = "auto", stages: list[str] | None = None, out: Callable[[str], None] = print
 ) -> LaunchResult:
-    """Check, plan and run (local, debug) or submit (slurm) the pipeline of ``cfg``."""
+    """Check, plan and run (local, debug) or submit (slurm) the pipeline of ``cfg``. One launch of a run at
+    a time: a second one, from any node, is refused while the first plans, submits and records its jobs
+    (or, here, runs them), so two launches never submit two pipelines."""
     cluster = resolve_cluster(cluster)
     stages = list(stages or STAGES)
+    with RunLock(cfg.run_dir, "launch", name=LAUNCH_LOCK_NAME):
+        return _launch_locked(cfg, cluster, stages, out)
+
+
+def _launch_locked(cfg: Config, cluster: str, stages: list[str], out: Callable[[str], None]) -> LaunchResult:
     if cluster != "debug":
         _check_stop_signal(cfg)
     check_compatible_run(cfg)
