@@ -16,6 +16,7 @@ How the train job stops and is requeued: hpcrnn/cluster/jobs.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sys
@@ -161,8 +162,15 @@ def launch(
     (or, here, runs them), so two launches never submit two pipelines."""
     cluster = resolve_cluster(cluster)
     stages = list(stages or STAGES)
-    with RunLock(cfg.run_dir, "launch", name=LAUNCH_LOCK_NAME):
-        return _launch_locked(cfg, cluster, stages, out)
+    fresh = not cfg.run_dir.exists()
+    try:
+        with RunLock(cfg.run_dir, "launch", name=LAUNCH_LOCK_NAME):
+            return _launch_locked(cfg, cluster, stages, out)
+    except HpcrnnError:
+        if fresh:  # a refused first launch leaves nothing behind, not even the folder for its lock
+            with contextlib.suppress(OSError):
+                cfg.run_dir.rmdir()
+        raise
 
 
 def _launch_locked(cfg: Config, cluster: str, stages: list[str], out: Callable[[str], None]) -> LaunchResult:
