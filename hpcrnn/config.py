@@ -72,7 +72,7 @@ class DataConfig:
     # documents from their start
     sequences: Literal["windows", "stream", "documents"] = "windows"
     # documents mode: tokens of a document per forward chunk; a longer one continues in the next chunk with
-    # its state carried (the default covers 98% of the shared corpus' recipes in one chunk)
+    # its state carried (the default holds 99% of the shared corpus' recipes in one chunk)
     max_len: int = _f(768, min=2)
     split: list[float] = _f(factory=lambda: [0.9, 0.05, 0.05])
     seed: int = 0
