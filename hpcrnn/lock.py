@@ -40,6 +40,19 @@ def process_start(pid: int) -> str | None:
     return fields[19]
 
 
+def _parse_holder(content: bytes) -> dict | None:
+    """The holder a lock file names, or None when it names no one (empty, torn, not JSON, not an object,
+    no host or no integer pid): such a lock can belong to no live process, so it is stale."""
+    try:
+        holder = json.loads(content)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    if not isinstance(holder, dict) or not isinstance(holder.get("host"), str):
+        return None
+    pid = holder.get("pid")
+    return holder if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
 class RunLock:
     """The run lock of one run directory for one stage; ``with RunLock(...)`` or acquire()/release()."""
 
@@ -58,7 +71,7 @@ class RunLock:
 
     def _stale_reason(self, holder: dict) -> str | None:
         if holder.get("host") == self.me["host"]:
-            start = process_start(int(holder.get("pid", -1)))
+            start = process_start(holder["pid"])
             if start is None or start != holder.get("start"):
                 return "its process is gone"
             return None
@@ -111,11 +124,8 @@ class RunLock:
         seen = self._read()
         if seen is None:
             return
-        try:
-            holder = json.loads(seen[1] or b"{}")
-        except ValueError:
-            holder = {}
-        reason = "its lock file is empty or unreadable" if not holder else self._stale_reason(holder)
+        holder = _parse_holder(seen[1])
+        reason = "its lock file is empty or unreadable" if holder is None else self._stale_reason(holder)
         if reason is None:
             who = f"{holder.get('stage', '?')} pid {holder.get('pid')} on {holder.get('host')}" + (
                 f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""
@@ -162,11 +172,12 @@ class RunLock:
     def release(self) -> None:
         if self.held:
             self._stop.set()
+            self._beat.join()  # no renewal after this point: a lock we no longer hold is not ours to renew
             try:
-                holder = json.loads(self.path.read_text())
-                if holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]:
+                holder = _parse_holder(self.path.read_bytes())
+                if holder and holder["pid"] == self.me["pid"] and holder["host"] == self.me["host"]:
                     self.path.unlink()
-            except (OSError, ValueError):
+            except OSError:
                 pass
             self.held = False
 

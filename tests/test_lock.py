@@ -46,9 +46,13 @@ def test_takeover_race_leaves_exactly_one_holder(tmp_path, monkeypatch):
     assert not lock.exists()
 
 
-@pytest.mark.parametrize("content", ["", "{", "\x00\x00"])
+@pytest.mark.parametrize(
+    "content",
+    ["", "{", "\x00\x00", "null", "[1]", '"x"', '{"x": 1}', '{"host": "HOST", "pid": "abc"}', '{"host": 1, "pid": 1}'],
+)
 def test_an_empty_or_unreadable_lock_is_stale(tmp_path, content):
-    (tmp_path / LOCK_NAME).write_text(content)
+    """JSON that names no holder (no object, no host, no integer pid) can belong to no live process."""
+    (tmp_path / LOCK_NAME).write_text(content.replace("HOST", socket.gethostname()))
     with RunLock(tmp_path, "train") as lk:
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid() and lk.held
 

@@ -164,7 +164,8 @@ def launch(
     stages = list(stages or STAGES)
     fresh = not cfg.run_dir.exists()
     try:
-        with RunLock(cfg.run_dir, "launch", name=LAUNCH_LOCK_NAME):
+        # a killed launcher must not block the next launch for long: its heartbeat thread renews every 15 s
+        with RunLock(cfg.run_dir, "launch", stale_after=300.0, name=LAUNCH_LOCK_NAME):
             return _launch_locked(cfg, cluster, stages, out)
     except HpcrnnError:
         if fresh:  # a refused first launch leaves nothing behind, not even the folder for its lock
