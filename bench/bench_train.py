@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header  # noqa: E402
 from hpcrnn.config import from_dict  # noqa: E402
 from hpcrnn.data.batches import WindowBatches, gather_windows  # noqa: E402
-from hpcrnn.data.build import open_corpus, run_preprocess  # noqa: E402
+from hpcrnn.data.build import run_preprocess  # noqa: E402
+from hpcrnn.data.corpus import open_corpus  # noqa: E402
 from hpcrnn.fsutil import read_jsonl  # noqa: E402
 from hpcrnn.train import checkpoint as ckpt  # noqa: E402
 from hpcrnn.train.loop import run_train  # noqa: E402

@@ -1,7 +1,7 @@
 """`python -m hpcrnn.preprocess CONFIG [key=value ...]`: corpus text -> <run dir>/corpus.h5.
 
 The first job of every pipeline. Running it again with the same inputs and settings does nothing and
-says so; a changed input file or data.* setting rebuilds. See hpcrnn/data/build.py for the file layout.
+says so; a changed input file or data.* setting rebuilds. See hpcrnn/data/corpus.py for the file layout.
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from hpcrnn.config import from_dict
-from hpcrnn.data.build import FORMAT_VERSION, SPLITS, clean_document, open_corpus, run_preprocess
+from hpcrnn.data.build import run_preprocess
+from hpcrnn.data.corpus import FORMAT_VERSION, open_corpus
+from hpcrnn.data.documents import clean_document
+from hpcrnn.data.sources import SPLITS
 from hpcrnn.errors import InputError
 from hpcrnn.text.tokenize import EOR, NL, UNK, tokenize
 
@@ -487,7 +490,7 @@ def test_split_mapping_errors_name_the_file(tmp_path):
 def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_docs):
     from conftest import FORMATS
 
-    from hpcrnn.data.build import detect_format
+    from hpcrnn.text.formats import detect_format
 
     src = FORMATS / name
     if not src.exists():
@@ -539,7 +542,7 @@ def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_doc
 def test_lecture_layout_round_trips_and_ingredients_are_found(tmp_path):
     from conftest import FORMATS
 
-    from hpcrnn.text.tokenize import detokenize
+    from hpcrnn.text.detokenize import detokenize
 
     src = FORMATS / "lecture-allrecipes-excerpt.txt"
     if not src.exists():
@@ -556,7 +559,7 @@ def test_lecture_layout_round_trips_and_ingredients_are_found(tmp_path):
 def test_mealmaster_layout_comes_back_in_its_columns(tmp_path):
     from conftest import FORMATS
 
-    from hpcrnn.text.tokenize import detokenize
+    from hpcrnn.text.detokenize import detokenize
 
     src = FORMATS / "gourmet-mealmaster_2_col.mmf"
     if not src.exists():
@@ -577,7 +580,7 @@ def test_char_tokenizer_stream_and_round_trip(tmp_path):
     src = tmp_path / "r.txt"
     docs = write_corpus(src, n=30)
     c = open_corpus(run_preprocess(cfg_for(tmp_path, src, tokenizer="char", split=[1.0, 0.0, 0.0])).path)
-    from hpcrnn.text.tokenize import detokenize
+    from hpcrnn.text.detokenize import detokenize
 
     assert c.attrs["counts"]["unk_tokens"] == 0 and "T" in c.stoi and " " in c.stoi  # case and spaces kept
     assert c.tokens().dtype == np.uint8

@@ -100,7 +100,7 @@ def test_a_run_without_checkpoint_is_a_one_line_error(tmp_path, tiny_corpus):
 
 
 def test_a_text_with_no_known_word_is_refused(tmp_path):
-    from hpcrnn.data.build import open_corpus
+    from hpcrnn.data.corpus import open_corpus
     from hpcrnn.errors import InputError
     from hpcrnn.train.evaluate import _score_file
 

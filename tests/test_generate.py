@@ -58,7 +58,7 @@ def write_config(tmp: Path, **sections) -> Path:
 def save_random_checkpoint(cfg, step: int = 5, seed: int = 0, eor_bias: float = 1.2, vocab_hash=None) -> Path:
     """A checkpoint of a random-weight model (so these tests do not need training). The end-of-recipe
     logit is raised so that recipes end at different lengths, some before max_tokens."""
-    from hpcrnn.data.build import open_corpus
+    from hpcrnn.data.corpus import open_corpus
 
     c = open_corpus(cfg.h5_path)
     torch.manual_seed(seed)
@@ -561,7 +561,7 @@ def test_prompts(tmp_path):
         assert text.decode().startswith("Title: Fig Jam\nCategories: Soups")
     cfg_r = with_(cfg_path, "generate.name=random", "generate.prompt=random")
     G.run_generate(cfg_r)
-    from hpcrnn.data.build import open_corpus
+    from hpcrnn.data.corpus import open_corpus
 
     c = open_corpus(cfg.h5_path)
     lo, hi = c.split_ranges["test"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcrnn.data.build import open_corpus
+from hpcrnn.data.corpus import open_corpus
 from tests.conftest import FORMATS, run_module, start_module, tiny_config
 
 

@@ -8,18 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcrnn.text.tokenize import (
-    DOC_SEP,
-    EOR,
-    EOS,
-    NL,
-    UNK,
-    detokenize,
-    ingredient_block,
-    repair_mojibake,
-    tokenize,
-    tokenize_documents_bytes,
-)
+from hpcrnn.text.detokenize import detokenize
+from hpcrnn.text.formats import ingredient_block
+from hpcrnn.text.repair import repair_mojibake
+from hpcrnn.text.tokenize import DOC_SEP, EOR, EOS, NL, UNK, tokenize, tokenize_documents_bytes
 
 
 def _recipes(path, n=None):

@@ -20,7 +20,7 @@ import signal
 import numpy as np
 import torch
 
-from hpcrnn.data.build import open_corpus
+from hpcrnn.data.corpus import open_corpus
 
 
 def gather_windows(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch.Tensor:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcrnn.data.build import open_corpus
+from hpcrnn.data.corpus import open_corpus
 from hpcrnn.errors import InputError
-from hpcrnn.text.tokenize import detokenize
+from hpcrnn.text.detokenize import detokenize
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 
 from hpcrnn.generate import quality as Q
 from hpcrnn.generate.corpus_view import CorpusView
-from hpcrnn.text.tokenize import detokenize
+from hpcrnn.text.detokenize import detokenize
 
 INGREDIENT_SAMPLE = 2000  # training recipes read to derive the ingredient words (a seeded sample)
 

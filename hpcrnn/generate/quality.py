@@ -4,25 +4,27 @@ Every figure is computed the same way for a generated recipe and for a held-out 
 
 ``structure``
     ``has_title`` (a ``Title:`` line with a word in it, or, for a headerless layout, a short first line),
-    ``has_ingredients`` (at least one ingredient line: the block that :func:`hpcrnn.text.tokenize.ingredient_block`
-    finds after the header) and ``has_instructions`` (at least :data:`MIN_INSTRUCTION_WORDS` words after
-    the ingredient block); ``structure`` is all three.
+    ``has_ingredients`` (at least one ingredient line: the block that
+    :func:`hpcrnn.text.formats.ingredient_block` finds after the header) and ``has_instructions`` (at least
+    :data:`MIN_INSTRUCTION_WORDS` words after the ingredient block); ``structure`` is all three.
 
 ``coherence`` (ingredient coherence)
-    The lecture's model writes instructions that use ingredients its list never named. The *ingredient
-    words* are derived from the training corpus (:func:`build_ingredient_words`): words of the ingredient
-    *names* in training recipes' ingredient lines (the part after amount and unit and before the first
-    ``,`` ``;`` ``--`` ``(``; ``1/2 c  Chopped parsley, fresh`` names ``chopped parsley``), normalised
-    (lower case, a plural ``s``/``es``/``ies`` folded to the singular), at least three letters long, not a
-    unit, size or preparation word (:data:`NOT_INGREDIENTS`), named in at least ``min_recipes`` training
-    recipes, and *mostly used as an ingredient*: in at least half the recipes whose instructions mention
-    the word, it is also in the ingredient names (this drops ``heat``, ``bowl``, ``minute`` without a hand
-    list). A recipe's coherence is the share of the distinct ingredient words its instructions mention that
-    appear anywhere in its own ingredient lines; ``None`` when its instructions mention none.
+    The lecture's model (the course's Keras script: an LSTM(256) on one-hot 50-word windows) writes
+    instructions that use ingredients its list never named. The *ingredient words* are derived from the
+    training corpus (:func:`build_ingredient_words`): words of the ingredient *names* in training recipes'
+    ingredient lines (the part after amount and unit and before the first ``,`` ``;`` ``--`` ``(``;
+    ``1/2 c  Chopped parsley, fresh`` names ``chopped parsley``), normalised (lower case, a plural
+    ``s``/``es``/``ies`` folded to the singular), at least three letters long, not a unit
+    (:data:`hpcrnn.text.formats.UNITS`), size or preparation word (:data:`NOT_INGREDIENTS`), named in at
+    least ``min_recipes`` training recipes, and *mostly used as an ingredient*: in at least half the recipes
+    whose instructions mention the word, it is also in the ingredient names (this drops ``heat``, ``bowl``,
+    ``minute`` without a hand list). A recipe's coherence is the share of the distinct ingredient words its
+    instructions mention that appear anywhere in its own ingredient lines; ``None`` when its instructions
+    mention none.
 
 ``repeated_4grams``
     The share of the token 4-grams that repeat an earlier 4-gram of the same token sequence:
-    ``1 - distinct / total`` (0 for fewer than four tokens). The greedy loop of the lecture scores high.
+    ``1 - distinct / total`` (0 for fewer than four tokens). Greedy decoding, which loops, scores high.
 
 ``longest_copy``
     Novelty: the longest run of tokens copied verbatim from the training split's token stream, exact
@@ -39,23 +41,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hpcrnn.text.formats import HEADER_START_RE, TITLE_RE, UNITS, ingredient_block
+
 MIN_INSTRUCTION_WORDS = 5
 
-_TITLE = re.compile(r"^\s*title\s*:\s*(.*)$", re.I)
-_HEADERISH = re.compile(r"^\s*(title|categories|yield|servings)\s*:", re.I)
 _WORD = re.compile(r"[^\W\d_]+")
 _AMOUNT = re.compile(r"^[\s\d/.,½¼¾⅓⅔⅛-]*")
 _NAME_END = re.compile(r"\s--|--|[,;(]")
-
-# MealMaster/MasterCook measure abbreviations and spelled-out units.
-UNITS = frozenset(
-    """x ea t ts tsp tb tbs tbsp c cup cups pt qt ga gal oz fl lb lbs g kg mg ml l dl cl pk pkg
-cn can cans sm md lg ds pn dr sl bn ct cb pinch dash pound pounds ounce ounces teaspoon teaspoons tablespoon
-tablespoons quart quarts pint pints gallon gallons liter liters litre litres gram grams package packages
-packet packets envelope envelopes jar jars bottle bottles box boxes bunch bunches stick sticks slice slices
-piece pieces clove cloves head heads sprig sprigs stalk stalks whole each inch inches large medium small
-container containers carton cartons bag bags""".split()
-)
 
 # Words of ingredient names that describe the ingredient rather than name it, and function words.
 NOT_INGREDIENTS = frozenset(
@@ -118,16 +110,14 @@ def parse_recipe(text: str) -> ParsedRecipe:
     """Split recipe text into title, ingredient lines and instructions.
 
     The corpus' layout (``Title:``/``Categories:``/``Yield:`` header, ingredient lines, instructions) is
-    found with :func:`hpcrnn.text.tokenize.ingredient_block`, the same rule the detokenizer uses to capitalise
+    found with :func:`hpcrnn.text.formats.ingredient_block`, the same rule the detokenizer uses to capitalise
     ingredient names. Text without that header (e.g. a generated fragment that starts mid-recipe) has no
     ingredient block; its first line counts as a title when it is short and not a sentence.
     """
-    from hpcrnn.text.tokenize import ingredient_block
-
     lines = text.split("\n")
     title = None
     for line in lines:
-        m = _TITLE.match(line)
+        m = TITLE_RE.match(line)
         if m:
             title = m.group(1).strip()
             break
@@ -143,9 +133,9 @@ def parse_recipe(text: str) -> ParsedRecipe:
         k = next((i for i, ln in enumerate(lines) if ln.strip()), None)  # the first non-blank line
         if title is None and k is not None:
             first = lines[k].strip()
-            if len(first) <= 80 and not first.endswith((".", "!", "?")) and not _HEADERISH.match(first):
+            if len(first) <= 80 and not first.endswith((".", "!", "?")) and not HEADER_START_RE.match(first):
                 title, body = first, lines[k + 1 :]
-        instructions = "\n".join(ln for ln in body if not _HEADERISH.match(ln))
+        instructions = "\n".join(ln for ln in body if not HEADER_START_RE.match(ln))
     return ParsedRecipe(title, ingredients, instructions)
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from hpcrnn.cli import make_parser, run_cli
-from hpcrnn.data.build import encode_file, open_corpus
+from hpcrnn.data.corpus import encode_file, open_corpus
 from hpcrnn.data.sequences import PAD, document_token_id, gather_rows, pad_documents, split_documents
 from hpcrnn.errors import InputError
 from hpcrnn.train import checkpoint as ckpt
@@ -244,7 +244,7 @@ def evaluate_split(
 def run_evaluate(cfg, checkpoint: str | None = None, texts: list[str] | tuple = ()) -> dict:
     """Figures of a checkpoint (newest complete by default) on its run's val and test splits, in the run's
     own protocol and the standard one; or, for each of ``texts``, by the standard protocol on that file
-    read exactly as preprocessing reads the corpus (``hpcrnn.data.build.encode_file``)."""
+    read exactly as preprocessing reads the corpus (``hpcrnn.data.corpus.encode_file``)."""
     corpus = open_corpus(cfg.h5_path)
     info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, checkpoint, "cpu")
     ckpt.check_compatible(

@@ -32,7 +32,7 @@ from hpcrnn import __version__
 from hpcrnn.cli import main_for
 from hpcrnn.config import Config, save_resolved
 from hpcrnn.data.batches import WindowBatches, batch_iterator
-from hpcrnn.data.build import Corpus, open_corpus
+from hpcrnn.data.corpus import Corpus, open_corpus
 from hpcrnn.data.sequences import PAD, DocumentBatches, StreamBatches, document_token_id, split_documents
 from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError, StorageError
 from hpcrnn.fsutil import append_jsonl
