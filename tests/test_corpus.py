@@ -111,7 +111,7 @@ def test_every_window_is_the_corpus_slice_it_encodes(tmp_path):
 
 def test_split_is_by_document_and_disjoint(tmp_path):
     src = tmp_path / "r.txt"
-    docs = write_corpus(src, n=100, extra=lambda i: f" uniq{i}")
+    write_corpus(src, n=100, extra=lambda i: f" uniq{i}")
     c = open_corpus(run_preprocess(cfg_for(tmp_path, src, split=[0.8, 0.1, 0.1], seed=3)).path)
     ds = c.document_split()
     assert [int((ds == k).sum()) for k in range(3)] == [80, 10, 10]
