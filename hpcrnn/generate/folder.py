@@ -74,12 +74,15 @@ def present_recipes(out: Path) -> dict[int, dict]:
 
 def write_recipe(out: Path, index_name: str, i: int, text: str, record: dict) -> None:
     """Recipe ``i``'s file, then its line in the shard's index (``record`` plus its number and file)."""
-    path = out / recipe_file_name(i)
+    path, index = out / recipe_file_name(i), out / index_name
     try:
         atomic_write_text(path, text)
-        append_jsonl(out / index_name, {"recipe": i, "file": path.name, **record}, fsync=True)
     except OSError as e:
         raise StorageError(f"{path}: cannot write: {e.strerror or e}") from None
+    try:
+        append_jsonl(index, {"recipe": i, "file": path.name, **record}, fsync=True)
+    except OSError as e:
+        raise StorageError(f"{index}: cannot append recipe {i}'s line: {e.strerror or e}") from None
 
 
 def remove_own_temporaries(out: Path, mine: set[int]) -> None:

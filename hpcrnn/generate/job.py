@@ -137,7 +137,10 @@ def _open_source(cfg: Config, out: Path) -> _Source:
     info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
     # the model is built in the checkpoint's own shape: only the vocabulary must be the corpus'
     ckpt.check_compatible(meta, cfg, cv.vocab_hash, info.path, vocab_size=len(cv.vocab), model_shape=False)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"{out}: cannot create: {e.strerror or e}") from None
     device = _device(cfg)
     precision = _agree_plan(cfg, out, info, cv, resolve_precision(cfg.generate.precision, device))
     return _Source(cv, prompt, info, model, device, precision)
