@@ -8,7 +8,7 @@ import torch
 
 from hpcrnn.config import ModelConfig
 from hpcrnn.data.sequences import PAD, DocumentBatches, StreamBatches
-from hpcrnn.train.evaluate import evaluate_documents, evaluate_stream, evaluate_windows
+from hpcrnn.train.evaluate import Scoring, evaluate_documents, evaluate_stream, evaluate_windows
 from hpcrnn.train.model import build_model
 
 
@@ -94,7 +94,7 @@ def test_standard_protocol_does_not_depend_on_the_chunk_length(model):
 def test_standard_protocol_over_two_ranks_sums_to_one(model):
     tokens = (np.arange(3000) * 7 % 100).astype(np.int32)
     one = evaluate_stream(model, tokens, 0, 3000)
-    parts = [evaluate_stream(model, tokens, 0, 3000, rank=r, world=2, reduce=lambda t: t) for r in range(2)]
+    parts = [evaluate_stream(model, tokens, 0, 3000, how=Scoring(rank=r, world=2)) for r in range(2)]
     assert sum(p["tokens"] for p in parts) == one["tokens"]
     loss = sum(p["loss"] * p["tokens"] for p in parts) / one["tokens"]
     assert loss == pytest.approx(one["loss"], rel=1e-6)
@@ -116,5 +116,5 @@ def test_padding_changes_neither_loss_nor_accuracy(model):
 
 def test_windows_protocol_scores_each_window_from_zero(model):
     tokens = (np.arange(500) % 100).astype(np.int32)
-    r = evaluate_windows(model, tokens, np.array([0, 50, 100]), window=10, batch=2, unk_id=0)
+    r = evaluate_windows(model, tokens, np.array([0, 50, 100]), window=10, batch=2, how=Scoring(unk_id=0))
     assert r["tokens"] == 30 and 0 <= r["unk"] <= 1 and r["ppl"] > 1

@@ -16,10 +16,14 @@ Every position is scored with the loss ``all`` (the next word everywhere); a ``w
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,6 +81,22 @@ def _no_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a split is scored: this rank's share of it, the device, the all-reduce that makes the sums
+    global, the ``<unk>`` id (for its rate), and the autocast context of the run."""
+
+    rank: int = 0
+    world: int = 1
+    device: Any = "cpu"
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _no_reduce
+    unk_id: int | None = None
+    autocast: Callable[[], Any] | None = None
+
+    def ctx(self):
+        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def evaluate_windows(
     model,
@@ -86,29 +106,24 @@ def evaluate_windows(
     window: int,
     batch: int,
     loss: str = "all",
-    rank: int = 0,
-    world: int = 1,
-    device="cpu",
-    reduce=_no_reduce,
-    unk_id=None,
     max_batches: int = 0,
-    autocast=None,
+    how: Scoring = Scoring(),
 ) -> dict:
     """Independent windows from a zero state (the ``windows`` mode's own protocol)."""
     n_batches = math.ceil(len(starts) / batch)
     if max_batches:
         n_batches = min(n_batches, max_batches)
-    sums = Sums(unk_id)
+    sums = Sums(how.unk_id)
     for b in range(n_batches):
-        mine = np.array_split(starts[b * batch : (b + 1) * batch], world)[rank]
+        mine = np.array_split(starts[b * batch : (b + 1) * batch], how.world)[how.rank]
         if len(mine) == 0:
             continue
-        x = gather_rows(tokens, mine, window + 1).to(device)
-        with _ctx(autocast):
+        x = gather_rows(tokens, mine, window + 1).to(how.device)
+        with how.ctx():
             logits, _ = model(x[:, :-1], last_only=loss == "last")
         y = x[:, -1] if loss == "last" else x[:, 1:].reshape(-1)
         sums.add(logits.reshape(-1, logits.shape[-1]), y)
-    return sums.result(reduce)
+    return sums.result(how.reduce)
 
 
 @torch.no_grad()
@@ -120,28 +135,23 @@ def evaluate_stream(
     *,
     streams: int = STANDARD_STREAMS,
     chunk: int = STANDARD_CHUNK,
-    rank: int = 0,
-    world: int = 1,
-    device="cpu",
-    reduce=_no_reduce,
-    unk_id=None,
-    autocast=None,
+    how: Scoring = Scoring(),
 ) -> dict:
     """The standard protocol: ``tokens[lo:hi]`` as ``streams`` contiguous streams, state carried."""
     streams = max(1, min(streams, (hi - lo) // 2))  # a short text: fewer streams, each of 2 tokens or more
     length = (hi - lo) // streams  # tokens of each stream; every stream predicts its tokens 1..length-1
-    rows = np.array_split(np.arange(streams, dtype=np.int64), world)[rank]
-    sums = Sums(unk_id)
+    rows = np.array_split(np.arange(streams, dtype=np.int64), how.world)[how.rank]
+    sums = Sums(how.unk_id)
     if len(rows) == 0 or length < 2:
-        return sums.result(reduce)
+        return sums.result(how.reduce)
     state = None
     for a in range(0, length - 1, chunk):
         n = min(chunk, length - 1 - a)
-        x = gather_rows(tokens, lo + rows * length + a, n + 1).to(device)
-        with _ctx(autocast):
+        x = gather_rows(tokens, lo + rows * length + a, n + 1).to(how.device)
+        with how.ctx():
             logits, state = model(x[:, :-1], state)
         sums.add(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-    return sums.result(reduce)
+    return sums.result(how.reduce)
 
 
 @torch.no_grad()
@@ -154,34 +164,25 @@ def evaluate_documents(
     bos: int,
     batch: int,
     chunk: int,
-    rank: int = 0,
-    world: int = 1,
-    device="cpu",
-    reduce=_no_reduce,
-    unk_id=None,
-    autocast=None,
+    how: Scoring = Scoring(),
 ) -> dict:
     """Every document from its start, preceded by ``bos``; batched by length, state carried over chunks."""
     lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
-    sums = Sums(unk_id)
+    sums = Sums(how.unk_id)
     for b in range(0, len(order), batch):
-        mine = np.array_split(order[b : b + batch], world)[rank]
+        mine = np.array_split(order[b : b + batch], how.world)[how.rank]
         if len(mine) == 0:
             continue
         width = int(lengths[mine].max()) + 1
-        rows = pad_documents(tokens, np.asarray(starts)[mine], lengths[mine], bos, width).to(device)
+        rows = pad_documents(tokens, np.asarray(starts)[mine], lengths[mine], bos, width).to(how.device)
         state = None
         for a in range(0, width - 1, chunk):
             part = rows[:, a : a + chunk + 1]
-            with _ctx(autocast):
+            with how.ctx():
                 logits, state = model(part[:, :-1].clamp_min(0), state)
             sums.add(logits.reshape(-1, logits.shape[-1]), part[:, 1:].reshape(-1))
-    return sums.result(reduce)
-
-
-def _ctx(autocast):
-    return autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
+    return sums.result(how.reduce)
 
 
 def mode_protocol(sequences: str) -> str:
@@ -197,17 +198,13 @@ def evaluate_split(
     protocol: str,
     cfg,
     *,
-    rank: int = 0,
-    world: int = 1,
-    device="cpu",
-    reduce=_no_reduce,
-    autocast=None,
+    how: Scoring = Scoring(),
     max_batches: int = 0,
 ) -> dict:
     """The figures of ``split`` of ``corpus`` by ``protocol`` (windows | documents | standard), in eval mode."""
     was_training = model.training
     model.eval()
-    common = dict(rank=rank, world=world, device=device, reduce=reduce, unk_id=corpus.unk_id, autocast=autocast)
+    common = dict(how=dataclasses.replace(how, unk_id=corpus.unk_id))
     try:
         if protocol == "windows":
             return evaluate_windows(
@@ -285,7 +282,7 @@ def _score_file(model, corpus, path: Path) -> dict:
     ]
     if len(words) == 0:
         raise InputError(f"{path}: holds no word the vocabulary of {corpus.path} knows (--text)")
-    return evaluate_stream(model, ids, 0, len(ids), unk_id=corpus.unk_id)
+    return evaluate_stream(model, ids, 0, len(ids), how=Scoring(unk_id=corpus.unk_id))
 
 
 def format_evaluation(res: dict) -> str:

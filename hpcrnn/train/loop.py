@@ -39,7 +39,7 @@ from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
-from hpcrnn.train.evaluate import evaluate_split, mode_protocol
+from hpcrnn.train.evaluate import Scoring, evaluate_split, mode_protocol
 from hpcrnn.train.model import build_model, count_parameters
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 
@@ -677,19 +677,9 @@ def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tenso
 
 def _evaluate(run: Training, split: str, protocol: str, max_batches: int = 0) -> dict:
     info = run.info
+    how = Scoring(info.rank, info.world_size, info.device, D.all_reduce, autocast=lambda: autocast(run.cfg, info))
     return evaluate_split(
-        run.state.model,
-        run.data.corpus,
-        run.data.tokens,
-        split,
-        protocol,
-        run.cfg,
-        rank=info.rank,
-        world=info.world_size,
-        device=info.device,
-        reduce=D.all_reduce,
-        autocast=lambda: autocast(run.cfg, info),
-        max_batches=max_batches,
+        run.state.model, run.data.corpus, run.data.tokens, split, protocol, run.cfg, how=how, max_batches=max_batches
     )
 
 
