@@ -552,13 +552,20 @@ def _wrap_ddp(model: torch.nn.Module, info: D.DistInfo) -> torch.nn.Module:
     )
 
 
+def _mode_text(cfg: Config) -> str:
+    d = cfg.data
+    if d.sequences == "documents":
+        return f"whole documents in chunks of {d.max_len}"
+    return f"{d.window}-token windows" if d.sequences == "windows" else f"streams, {d.window} tokens a step"
+
+
 def _announce(run: Training, last: ckpt.CheckpointInfo | None) -> None:
     cfg, info, data = run.cfg, run.info, run.data
     if info.is_main:
         run.progress.line(
             f"hpcrnn.train: {cfg.run.name}: {cfg.model.cell.upper()} {cfg.model.layers}x"
             f"{cfg.model.hidden}, {count_parameters(run.state.model):,} parameters, vocab {len(data.corpus.vocab):,}, "
-            f"{cfg.data.sequences} of {cfg.data.window if cfg.data.sequences != 'documents' else 'whole documents'}, "
+            f"{_mode_text(cfg)}, "
             f"{data.total} steps from step {run.state.step}, "
             f"{info.world_size} rank(s) on {info.device} ({info.launcher})"
             + (f", resumed from {last.path.name}" if last else "")
