@@ -508,7 +508,9 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
         tmp_path, generate={"num_recipes": 400, "batch_size": 2, "max_tokens": 40, "quality_sample": 0}
     )
     out = tmp_path / "scratch" / "tiny" / "generated" / "default"
-    p = start_module("hpcrnn.generate", str(cfg_path), stdout=subprocess.DEVNULL)
+    # one describing worker even on a one-CPU machine (where the default is none): it must die with the job
+    env = {"HPCRNN_QUALITY_WORKERS": "1"}
+    p = start_module("hpcrnn.generate", str(cfg_path), env=env, stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("recipe-*.txt"))) < 20 and p.poll() is None:
         time.sleep(0.02)
