@@ -143,7 +143,9 @@ def collect_status(cfg: Config) -> dict:
         "jobs_dir": str(cfg.jobs_dir),
         "stages": {stage: _stage_entry(cfg, stage, facts) for stage in STAGES},
         "checkpoint": facts.newest,
-        "val_ppl": {"ppl": val[-1]["ppl"], "step": val[-1].get("step")} if val else None,
+        "val_ppl": {"ppl": val[-1]["ppl"], "step": val[-1].get("step"), "protocol": val[-1].get("protocol")}
+        if val
+        else None,
         "recipes": _count_recipes(cfg),
         "recipes_wanted": cfg.generate.num_recipes,
         "generated_dir": str(output_dir(cfg)),
@@ -176,6 +178,7 @@ def format_status(s: dict) -> str:
     v = s["val_ppl"]
     lines.append(
         f"  validation perplexity: {v['ppl']:.2f} at step {v['step']}"
+        + (f" ({v['protocol']} protocol)" if v.get("protocol") else "")
         if v
         else "  validation perplexity: not measured yet"
     )
