@@ -35,6 +35,11 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="dotted overrides parsed as YAML, e.g. train.max_steps=200 model.cell=gru",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (base chain, overrides and ${VAR} applied, paths absolute) and exit",
+    )
     return p
 
 
@@ -44,6 +49,9 @@ def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | Non
     args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.print_config:  # nothing runs and nothing is written
+            sys.stdout.write(cfg.to_yaml())
+            return EXIT_OK
         result = fn(cfg, args)
         return int(getattr(result, "exit_code", EXIT_OK) or EXIT_OK)
     except HpcrnnError as e:

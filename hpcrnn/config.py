@@ -541,10 +541,58 @@ def from_dict(raw: dict, src: str = "<config>", default_name: str = "run") -> Co
     return validate(cfg, src)
 
 
+BASE_KEY = "base"
+
+
+def _merge(base: dict, child: dict, cls: type | None = None) -> dict:
+    """``child`` over ``base``: sections (dataclass-typed keys) merge key by key; every other value, lists
+    and mappings such as data.corpus or slurm.*.additional included, replaces the base's whole."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    out = dict(base)
+    for k, v in child.items():
+        tp = hints.get(k)
+        if tp is not None and dataclasses.is_dataclass(tp) and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, tp)
+        else:
+            out[k] = v
+    return out
+
+
+def read_composed(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The raw mapping of a config file with its ``base:`` chain merged in (each base relative to the file
+    that names it). Each file is checked on its own first, so an unknown key or a wrong type names the file
+    that holds it. ``run.name`` is not inherited: a run is its own file's (default: that file's stem)."""
+    raw = read_yaml(path)
+    here = Path(os.path.abspath(path))
+    chain = (*_chain, here)
+    if BASE_KEY not in raw:
+        _build(Config, raw, "", str(path))
+        return raw
+    ref = raw.pop(BASE_KEY)
+    if not isinstance(ref, str) or not ref.strip():
+        raise ConfigError(f"{path}: {BASE_KEY}: expected the path of another config file, got {ref!r}")
+    _build(Config, raw, "", str(path))
+    target = Path(os.path.abspath(here.parent / Path(expand_env(ref, BASE_KEY, str(path))).expanduser()))
+    if target in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(target) :], target))
+        raise ConfigError(f"{path}: {BASE_KEY}: {ref} makes a cycle ({cycle})")
+    if not target.is_file():
+        raise ConfigError(f"{path}: {BASE_KEY}: {target} is not a config file")
+    base = read_composed(target, chain)
+    run = base.get("run")
+    if isinstance(run, dict) and "name" in run:
+        base["run"] = {k: v for k, v in run.items() if k != "name"}
+    return _merge(base, raw)
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Load, override, expand, validate and resolve a config file. Raises ConfigError."""
+    """Load (with its ``base:`` chain), override, expand, validate and resolve a config file. Raises
+    ConfigError."""
+    if any(item.partition("=")[0].strip() == BASE_KEY for item in overrides or []):
+        raise ConfigError(f"override {BASE_KEY}=...: {BASE_KEY} is set in a config file, not on the command line")
     p = config_path_of(path)
-    raw = read_yaml(p)
+    raw = read_composed(p)
     raw = apply_overrides(raw, list(overrides or []))
     stem = p.parent.name if p.name == RESOLVED_NAME and p.parent.name else p.stem
     return from_dict(raw, str(p), default_name=stem)
