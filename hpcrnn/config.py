@@ -109,7 +109,10 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels: a resumed run is bitwise identical (CPU)
     threads: int = _f(0, min=0)  # torch CPU threads; 0: SLURM_CPUS_PER_TASK or torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True  # autocast on CUDA only
+    # CUDA only (the CPU trains in fp32): auto is bf16 where the GPU has it natively (Ampere and later),
+    # else fp16 with a gradient scaler (V100); bf16 on a GPU without it is refused before training
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    bf16: bool | None = None  # the older spelling: true is precision auto, false is fp32
     num_workers: int = _f(0, min=0)
     checkpoint_every: int = _f(500, min=1)
     eval_every: int = _f(500, min=1)
@@ -119,6 +122,8 @@ class TrainConfig:
     time_limit: float = _f(0.0, min=0.0)  # seconds of wall clock; 0: none
     stop_signal: str = "SIGUSR2"
     progress: Literal["auto", "bar", "lines"] = "auto"
+    # end training after this many validations without a better validation loss; 0: off
+    early_stop_patience: int = _f(0, min=0)
 
 
 @dataclass
@@ -434,6 +439,14 @@ def validate(cfg: Config, src: str) -> Config:
         raise ConfigError(
             f"{src}: model.tie_weights: needs model.embedding == model.hidden ({m.embedding} != {m.hidden})"
         )
+    if t.bf16 is not None:  # the older key: one spelling in the resolved config
+        fits = ("auto", "bf16") if t.bf16 else ("auto", "fp32")
+        if t.precision not in fits:
+            raise ConfigError(
+                f"{src}: train.bf16: {t.bf16} contradicts train.precision: {t.precision}; set only precision"
+            )
+        t.precision = t.precision if t.bf16 else "fp32"
+        t.bf16 = None
     if t.stop_signal not in signal.Signals.__members__:
         raise ConfigError(f"{src}: train.stop_signal: {t.stop_signal!r} is not a signal name like SIGUSR2")
     if t.stop_signal in _UNCATCHABLE:

@@ -61,6 +61,7 @@ def _newest_checkpoint(cfg: Config) -> dict | None:
         "path": str(c.path),
         "done": bool(c.meta.get("done")),
         "total_steps": c.meta.get("total_steps"),
+        "early_stop": c.meta.get("early_stop"),  # {step, best_step, best_val_loss, patience} or None
     }
 
 
@@ -172,7 +173,12 @@ def format_status(s: dict) -> str:
     c = s["checkpoint"]
     if c:
         of = f" of {c['total_steps']}" if c.get("total_steps") else ""
-        lines.append(f"  newest checkpoint: step {c['step']}{of}{' (final)' if c['done'] else ''}  {c['path']}")
+        final = " (final)" if c["done"] else ""
+        if c.get("early_stop"):
+            final = (
+                f" (final: stopped early, the weights of the best validation at step {c['early_stop']['best_step']})"
+            )
+        lines.append(f"  newest checkpoint: step {c['step']}{of}{final}  {c['path']}")
     else:
         lines.append("  newest checkpoint: none")
     v = s["val_ppl"]

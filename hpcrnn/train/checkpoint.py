@@ -242,13 +242,16 @@ def load_model(c: CheckpointInfo, device: Any = "cpu"):
 
 def retain(ckpt_dir: Path, keep_last: int) -> list[Path]:
     """Delete verified checkpoints beyond the newest ``keep_last`` verified ones, except the best by val
-    loss. A damaged checkpoint (marked, but failing its checksums) neither counts nor is deleted: it stays
-    for inspection, as do unmarked folders. Returns what was deleted."""
+    loss and the step of the best validation named by the newest. A damaged checkpoint (marked, but failing
+    its checksums) neither counts nor is deleted: it stays for inspection, as do unmarked folders. Returns
+    what was deleted."""
     good = [c for c in list_complete(ckpt_dir, check=False, warn=False) if verify(c.path) is None]
     keep = {c.path for c in good[-keep_last:]}
     scored = [c for c in good if c.meta.get("val_loss") is not None]
     if scored:
         keep.add(min(scored, key=lambda c: (c.meta["val_loss"], -c.step)).path)
+    if good and good[-1].meta.get("best_step") is not None:  # the trainer's best validation (early stopping)
+        keep.update(c.path for c in good if c.step == good[-1].meta["best_step"])
     gone = []
     for c in good:
         if c.path not in keep:
@@ -315,6 +318,8 @@ def training_done(cfg: Config) -> bool:
     c = latest(cfg.checkpoint_dir)
     if not (c and c.meta.get("done")):
         return False
+    if c.meta.get("early_stop"):  # stopped for want of a better validation loss: more steps would not help
+        return True
     if cfg.train.max_steps:
         return c.step >= cfg.train.max_steps
     old = c.meta.get("config", {}).get("train", {})

@@ -41,6 +41,7 @@ from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
 from hpcrnn.train.evaluate import Scoring, evaluate_split, mode_protocol
 from hpcrnn.train.model import build_model, count_parameters
+from hpcrnn.train.precision import autocast, grad_scaler, resolve_precision
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 
 # Called at every step boundary with (step, the stop flag) before the ranks agree on stopping, so it may
@@ -142,11 +143,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def autocast(cfg: Config, info: D.DistInfo):
-    on = cfg.train.bf16 and info.device.type == "cuda"
-    return torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=on)
 
 
 class Progress:
@@ -252,14 +248,18 @@ def make_batches(cfg: Config, corpus: Corpus, rank: int, world: int):
 
 @dataclass
 class TrainState:
-    """What a checkpoint restores besides the weights: optimizer, scheduler, step, best val loss, and in
-    stream mode the recurrent state carried into the next step (this rank's rows of it)."""
+    """What a checkpoint restores besides the weights: optimizer, scheduler, fp16's gradient scaler, step,
+    best val loss (its step, and the validations since: early stopping), and in stream mode the recurrent
+    state carried into the next step (this rank's rows of it)."""
 
     model: torch.nn.Module  # unwrapped: its state_dict loads without DDP
     opt: torch.optim.Optimizer
     sched: Any
+    scaler: torch.amp.GradScaler | None = None  # enabled for fp16 only
     step: int = 0
     best_val: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
     carry: Any = None  # stream mode: (h, c) or h, [layers, local rows, hidden]; None: a zero state
 
     def state_dict(self, batches, rngs: list[dict], carries: list) -> dict:
@@ -273,14 +273,21 @@ class TrainState:
             "position": pos,
             "rng": rngs,
             "best_val": self.best_val,
+            "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best,
             "carry": join_rows(carries),
+            # a disabled scaler's state is empty, and an empty state does not load into an enabled one
+            "scaler": self.scaler.state_dict() if self.scaler is not None and self.scaler.is_enabled() else {},
         }
 
     def load_state_dict(self, state: dict, rank: int, world: int, device) -> None:
-        # older files also hold a "scaler" entry: a disabled GradScaler, nothing to restore
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        # an fp16 run's scale; empty when saved in another precision (it then starts afresh)
+        if state.get("scaler") and self.scaler is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_val = state["step"], state.get("best_val")
+        self.best_step, self.evals_since_best = state.get("best_step"), int(state.get("evals_since_best", 0))
         self.carry = rows_of(state.get("carry"), rank, world, device)
 
 
@@ -309,13 +316,13 @@ def _cpu(carry):
     return tuple(c.cpu() for c in carry) if isinstance(carry, tuple) else carry.cpu()
 
 
-def build_state(cfg: Config, info: D.DistInfo, data: TrainData) -> TrainState:
-    """Model, optimizer and scheduler, seeded identically on every rank (DDP also broadcasts rank 0's
-    weights)."""
+def build_state(cfg: Config, info: D.DistInfo, data: TrainData, precision: str = "fp32") -> TrainState:
+    """Model, optimizer, scheduler and gradient scaler, seeded identically on every rank (DDP also
+    broadcasts rank 0's weights)."""
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, len(data.corpus.vocab)).to(info.device)
     opt = make_optimizer(cfg, model)
-    return TrainState(model, opt, make_scheduler(cfg, opt, data.total))
+    return TrainState(model, opt, make_scheduler(cfg, opt, data.total), grad_scaler(precision, info.device))
 
 
 # ------------------------------------------------------------------------------------ checkpoints, metrics
@@ -358,7 +365,14 @@ class Checkpointer:
         self.last_saved = last.step
         return last
 
-    def save(self, state: TrainState, done: bool = False, val: dict | None = None, final: dict | None = None):
+    def save(
+        self,
+        state: TrainState,
+        done: bool = False,
+        val: dict | None = None,
+        final: dict | None = None,
+        early_stop: dict | None = None,
+    ):
         """Write the checkpoint of ``state.step``; its folder on rank 0, None on the others. Raises
         StorageError on every rank when the write failed, naming the intact previous checkpoint."""
         started = time.time()
@@ -367,7 +381,7 @@ class Checkpointer:
         path, failed = None, None
         if self.info.is_main:
             try:
-                path = self._write(state, rngs, carries, done, val, final or {})
+                path = self._write(state, rngs, carries, done, val, final or {}, early_stop)
             except OSError as e:
                 failed = e
         ok = D.all_reduce(torch.tensor([0.0 if failed else 1.0]), op=torch.distributed.ReduceOp.MIN)
@@ -381,7 +395,16 @@ class Checkpointer:
         self.last_saved, self.seconds = state.step, time.time() - started
         return path
 
-    def _write(self, state: TrainState, rngs: list, carries: list, done: bool, val: dict | None, final: dict) -> Path:
+    def _write(
+        self,
+        state: TrainState,
+        rngs: list,
+        carries: list,
+        done: bool,
+        val: dict | None,
+        final: dict,
+        early_stop: dict | None = None,
+    ) -> Path:
         cfg, data = self.cfg, self.data
         epoch, pos = data.batches.position(state.step)
         meta = {
@@ -396,10 +419,13 @@ class Checkpointer:
             "corpus_fingerprint": data.corpus.fingerprint,
             "vocab_size": len(data.corpus.vocab),
             "val_loss": val["loss"] if val else None,
+            "best_step": state.best_step,  # retention keeps it
             "config": cfg.to_dict(),
             "final": final,
             "hpcrnn_version": __version__,
         }
+        if early_stop:
+            meta["early_stop"] = early_stop
         train_state = state.state_dict(data.batches, rngs, carries)
         path = ckpt.save_checkpoint(cfg.checkpoint_dir, state.step, state.model.state_dict(), train_state, meta)
         ckpt.retain(cfg.checkpoint_dir, cfg.train.keep_last)
@@ -500,6 +526,10 @@ class Training:
     saver: Checkpointer
     log: MetricsLog
     progress: Progress
+    precision: str = "fp32"  # train.precision as this device trains it (hpcrnn/train/precision.py)
+
+    def autocast(self):
+        return autocast(self.precision, self.info.device)
 
 
 def _train(
@@ -507,19 +537,21 @@ def _train(
 ) -> TrainResult:
     started = time.time()
     configure_torch(cfg)
+    precision = resolve_precision(cfg.train.precision, info.device, cfg.source)
     data = load_data(cfg, info)
-    state = build_state(cfg, info, data)
+    state = build_state(cfg, info, data, precision)
     saver = Checkpointer(cfg, info, data)
     last = saver.resume(state)
     if info.is_main:  # the run is ours and its inputs fit: only now does its config.yaml become this one
         save_resolved(cfg)
-    if last is not None and last.meta.get("done") and state.step >= data.total:
+    if last is not None and last.meta.get("done") and (state.step >= data.total or last.meta.get("early_stop")):
         if info.is_main:
-            print(f"hpcrnn.train: {cfg.run.name} already done at step {state.step} ({last.path})", flush=True)
+            how = "stopped early" if last.meta.get("early_stop") else "done"
+            print(f"hpcrnn.train: {cfg.run.name} already {how} at step {state.step} ({last.path})", flush=True)
         return TrainResult("done", state.step, EXIT_OK, last.path, last.meta.get("final", {}))
     net = _wrap_ddp(state.model, info)
     log = MetricsLog(cfg.metrics_path, info.is_main, lock)
-    run = Training(cfg, info, data, state, saver, log, Progress(cfg, data.total, info.is_main))
+    run = Training(cfg, info, data, state, saver, log, Progress(cfg, data.total, info.is_main), precision)
     _announce(run, last)
 
     # the loop: every iteration boundary is a safe point to stop
@@ -540,6 +572,12 @@ def _train(
         pace.tick(step_started, tokens)
         _log_step(run, pace, loss, logits, y)
         val = _validate(run) if state.step % t.eval_every == 0 and state.step < data.total else None
+        if val is not None and t.early_stop_patience and torch.isfinite(loss):
+            if state.evals_since_best >= t.early_stop_patience:
+                return _finish(run, started, early_stop=True)
+            if state.evals_since_best == 0:  # a new best: on disk, so that early stopping can keep it
+                saver.save(state, val=val)
+                continue
         if state.step % t.checkpoint_every == 0 and state.step < data.total and torch.isfinite(loss):
             saver.save(state, val=val)
 
@@ -620,17 +658,29 @@ def _optimise(run: Training, net: torch.nn.Module, batch: torch.Tensor):
         loss, logits, y = _documents_backward(run, net, batch)
     else:
         carry = None if run.data.batches.resets(state.step) else state.carry
-        with autocast(run.cfg, run.info):
+        with run.autocast():
             loss, logits, y, carry = lm_loss(net, batch, t.loss, carry)
-        loss.backward()
+        _backward(run, loss)
         state.carry = detach_state(carry) if run.cfg.data.sequences == "stream" else None
+    scaler = state.scaler
+    if scaler is not None and scaler.is_enabled():  # fp16: unscaled gradients are clipped, inf/nan steps skipped
+        scaler.unscale_(state.opt)
     if t.clip_grad:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.clip_grad)
-    state.opt.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.step(state.opt)
+        scaler.update()
+    else:
+        state.opt.step()
     if t.schedule != "plateau":
         state.sched.step()
     state.step += 1
     return loss, logits, y
+
+
+def _backward(run: Training, loss: torch.Tensor) -> None:
+    scaler = run.state.scaler
+    (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
 
 
 def _documents_backward(run: Training, net: torch.nn.Module, batch: torch.Tensor):
@@ -646,12 +696,12 @@ def _documents_backward(run: Training, net: torch.nn.Module, batch: torch.Tensor
     for i, a in enumerate(starts):
         part = batch[:, a : a + chunk + 1]
         sync = i == len(starts) - 1 or not hasattr(net, "no_sync")
-        with contextlib.nullcontext() if sync else net.no_sync(), autocast(run.cfg, run.info):
+        with contextlib.nullcontext() if sync else net.no_sync(), run.autocast():
             logits, state = net(part[:, :-1].clamp_min(0), state)
             logits = logits.reshape(-1, logits.shape[-1])
             y = part[:, 1:].reshape(-1)
             loss_sum = F.cross_entropy(logits.float(), y, ignore_index=PAD, reduction="sum")
-            (loss_sum * scale).backward()
+            _backward(run, loss_sum * scale)
         state = detach_state(state)
         total, count = total + loss_sum.detach(), count + int((y != PAD).sum())
     return total / max(count, 1), logits, y
@@ -684,7 +734,7 @@ def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tenso
 
 def _evaluate(run: Training, split: str, protocol: str, max_batches: int = 0) -> dict:
     info = run.info
-    how = Scoring(info.rank, info.world_size, info.device, D.all_reduce, autocast=lambda: autocast(run.cfg, info))
+    how = Scoring(info.rank, info.world_size, info.device, D.all_reduce, autocast=run.autocast)
     return evaluate_split(
         run.state.model, run.data.corpus, run.data.tokens, split, protocol, run.cfg, how=how, max_batches=max_batches
     )
@@ -692,12 +742,15 @@ def _evaluate(run: Training, split: str, protocol: str, max_batches: int = 0) ->
 
 def _validate(run: Training) -> dict:
     """The periodic validation, in the run's own protocol: recorded, fed to the plateau schedule, kept as
-    the best val loss."""
+    the best val loss (and its step) or counted as one more validation without a better one."""
     cfg, state = run.cfg, run.state
     val = _evaluate(run, "val", run.data.protocol, cfg.train.eval_batches)
     if cfg.train.schedule == "plateau":
         state.sched.step(val["loss"])
-    state.best_val = val["loss"] if state.best_val is None else min(state.best_val, val["loss"])
+    if state.best_val is None or val["loss"] < state.best_val:
+        state.best_val, state.best_step, state.evals_since_best = val["loss"], state.step, 0
+    else:
+        state.evals_since_best += 1
     _record_eval(run, "val", val, protocol=run.data.protocol)
     if run.info.is_main:
         run.progress.line(
@@ -719,10 +772,30 @@ def _record_eval(run: Training, split: str, result: dict, **extra) -> None:
     )
 
 
-def _finish(run: Training, started: float) -> TrainResult:
+def _restore_best(run: Training) -> dict:
+    """Early stopping: load the weights of the best validation into the model (every rank reads the best
+    checkpoint, which was written when it was found); what the done checkpoint records about it."""
+    state, t = run.state, run.cfg.train
+    best = ckpt.resolve(run.cfg.checkpoint_dir, str(state.best_step))
+    state.model.load_state_dict(ckpt.load_model_state(best, map_location=run.info.device))
+    info = {"step": state.step, "best_step": state.best_step, "best_val_loss": state.best_val}
+    info["patience"] = t.early_stop_patience
+    run.log.append(event="early_stop", **info)
+    if run.info.is_main:
+        run.progress.line(
+            f"hpcrnn.train: stopping early at step {state.step}: no better validation loss in "
+            f"{state.evals_since_best} evaluations; the best ({state.best_val:.4f}) was at step {state.best_step}, "
+            f"whose weights the final checkpoint keeps"
+        )
+    return info
+
+
+def _finish(run: Training, started: float, early_stop: bool = False) -> TrainResult:
     """Full val and test evaluation in the run's own protocol and in the standard one, then the final
     checkpoint, marked done. ``final[split]`` holds the run's own protocol, ``final["standard"][split]``
-    the standard protocol's figures, comparable with published word-LM results."""
+    the standard protocol's figures, comparable with published word-LM results. An early stop evaluates
+    and saves the best validation's weights (the best checkpoint itself stays too)."""
+    stopped = _restore_best(run) if early_stop else None
     final, standard = {}, {}
     for split in ("val", "test"):
         lo, hi = run.data.corpus.split_ranges[split]
@@ -737,7 +810,7 @@ def _finish(run: Training, started: float) -> TrainResult:
             final[split] = standard[split]
     final["standard"] = standard
     run.log.agree()
-    path = run.saver.save(run.state, done=True, val=final.get("val"), final=final)
+    path = run.saver.save(run.state, done=True, val=final.get("val"), final=final, early_stop=stopped)
     if run.info.is_main:
         msg = ", ".join(f"{k} ppl {v['ppl']:.2f} acc {v['acc']:.3f}" for k, v in final.items() if k != "standard")
         took = time.time() - started
