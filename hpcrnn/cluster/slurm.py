@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcrnn.config import Config
+from hpcrnn.train import heap
 
 # the directory that holds the hpcrnn package: a job imports hpcrnn from there to unpickle its callable
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -171,6 +172,8 @@ def setup_lines(cpus_per_task: int) -> list[str]:
         # one BLAS/OpenMP thread per allocated CPU, not one per core of the node; a local job (no
         # SLURM_CPUS_PER_TASK) gets the stage's cpus_per_task
         f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-{int(cpus_per_task)}}}}}",
+        # malloc keeps a training step's big tensors for the next step (hpcrnn/train/heap.py)
+        *heap.export_lines(),
     ]
 
 
