@@ -124,6 +124,7 @@ class TrainConfig:
     progress: Literal["auto", "bar", "lines"] = "auto"
     # end training after this many validations without a better validation loss; 0: off
     early_stop_patience: int = _f(0, min=0)
+    tensorboard: bool = False  # also write metrics.jsonl's scalars as TensorBoard events to <run dir>/tensorboard/
 
 
 @dataclass

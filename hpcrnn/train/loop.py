@@ -39,11 +39,11 @@ from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
-from hpcrnn.train import heap
 from hpcrnn.train.evaluate import Scoring, evaluate_split, mode_protocol
 from hpcrnn.train.model import build_model, count_parameters
 from hpcrnn.train.precision import autocast, grad_scaler, resolve_precision
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
+from hpcrnn.train.tensorboard import EventLog, summary_writer_class
 
 # Called at every step boundary with (step, the stop flag) before the ranks agree on stopping, so it may
 # request a stop there: tests stop a run at a chosen step this way.
@@ -443,6 +443,7 @@ class MetricsLog:
     is_main: bool
     lock: RunLock | None = None
     failure: str = ""
+    events: EventLog | None = None  # train.tensorboard: the same records as TensorBoard scalars
 
     def append(self, **rec) -> None:
         if not self.is_main or self.failure:
@@ -455,6 +456,16 @@ class MetricsLog:
             return
         if self.lock:
             self.lock.heartbeat()
+        if self.events:
+            try:
+                self.events.add(rec)
+            except OSError as e:  # a view of metrics.jsonl, which is intact: training goes on without it
+                print(f"hpcrnn.train: warning: TensorBoard events stop here: {e.strerror or e}", flush=True)
+                self.events = None
+
+    def close(self) -> None:
+        if self.events:
+            self.events.close()
 
     def raise_failure(self, failed_anywhere: bool) -> None:
         """Every rank calls it with the all-reduced "some rank failed": StorageError on all of them."""
@@ -539,6 +550,8 @@ def _train(
     started = time.time()
     configure_torch(cfg)
     precision = resolve_precision(cfg.train.precision, info.device, cfg.source)
+    if cfg.train.tensorboard:  # a missing optional package fails now, on every rank, not after set-up
+        summary_writer_class(cfg.source)
     data = load_data(cfg, info)
     state = build_state(cfg, info, data, precision)
     saver = Checkpointer(cfg, info, data)
@@ -551,11 +564,21 @@ def _train(
             print(f"hpcrnn.train: {cfg.run.name} already {how} at step {state.step} ({last.path})", flush=True)
         return TrainResult("done", state.step, EXIT_OK, last.path, last.meta.get("final", {}))
     net = _wrap_ddp(state.model, info)
-    log = MetricsLog(cfg.metrics_path, info.is_main, lock)
+    events = EventLog(cfg.run_dir, state.step, cfg.source) if cfg.train.tensorboard and info.is_main else None
+    log = MetricsLog(cfg.metrics_path, info.is_main, lock, events=events)
     run = Training(cfg, info, data, state, saver, log, Progress(cfg, data.total, info.is_main), precision)
     _announce(run, last)
+    try:
+        return _loop(run, net, flag, started, hook)
+    finally:
+        log.close()
 
-    # the loop: every iteration boundary is a safe point to stop
+
+def _loop(
+    run: Training, net: torch.nn.Module, flag: StopFlag, started: float, hook: StepBoundaryHook | None
+) -> TrainResult:
+    """The loop: every iteration boundary is a safe point to stop."""
+    cfg, data, state, saver = run.cfg, run.data, run.state, run.saver
     net.train()
     t = cfg.train
     batches = batch_iterator(data.tokens, data.batches, state.step, t.num_workers, str(cfg.h5_path))
@@ -607,7 +630,6 @@ def _announce(run: Training, last: ckpt.CheckpointInfo | None) -> None:
             f"{_mode_text(cfg)}, "
             f"{data.total} steps from step {run.state.step}, "
             f"{info.world_size} rank(s) on {info.device} ({info.launcher})"
-            + (", malloc heap tuned" if heap.heap_tuned() else "")
             + (f", resumed from {last.path.name}" if last else "")
         )
 
