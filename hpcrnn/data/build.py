@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcrnn import __version__
-from hpcrnn.data.corpus import FORMAT_VERSION, h5py_module, open_h5
+from hpcrnn.data.corpus import FORMAT_VERSION, create_h5, h5py_module, open_h5
 from hpcrnn.data.documents import prepared_documents
 from hpcrnn.data.sources import SPLITS, ReadStats, Source, resolve_sources
 from hpcrnn.errors import InputError, StorageError
@@ -604,7 +604,7 @@ def _write_h5(tmp: Path, built: _BuiltCorpus, settings: dict, fp: str, sources: 
     """Write ``built`` and its settings to ``tmp`` and fsync it (the caller renames it into place)."""
     tokens, n_tok = built.tokens, len(built.tokens)
     h5py = h5py_module()
-    with h5py.File(tmp, "w") as f:
+    with create_h5(tmp) as f:
         # gzip level 1 with byte shuffle: higher levels cost several times the time for a few percent.
         f.create_dataset(
             "tokens",

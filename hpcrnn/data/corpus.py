@@ -66,6 +66,18 @@ def open_h5(path: Path):
         return h5py.File(path, "r")
 
 
+def create_h5(path: Path):
+    """``path`` created for writing without HDF5 file locking: Lustre and NFS mounts without lock support
+    refuse the lock (errno 37 ENOLCK, 524 ENOTSUPP), and the writer needs none, since it writes a private
+    temporary file that is renamed into place when complete."""
+    h5py = h5py_module()
+    try:
+        return h5py.File(path, "w", locking=False)
+    except (TypeError, ValueError):  # an h5py or HDF5 library without the locking option
+        os.environ["HDF5_USE_FILE_LOCKING"] = "FALSE"
+        return h5py.File(path, "w")
+
+
 class Corpus:
     """A read-only view of ``corpus.h5`` (see the module docstring). Build with ``open_corpus``."""
 
