@@ -50,7 +50,16 @@ class RecurrentLM(nn.Module):
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> RecurrentLM:
-    return RecurrentLM(vocab_size, cfg)
+    """The model a new training run starts from, in the word-LM initialisation (Zaremba et al.,
+    pytorch/examples word_language_model, AWD-LSTM): small uniform embedding and output weights, zero output
+    bias. PyTorch's defaults (N(0, 1) embedding rows) start the softmax far from uniform, and SGD at the
+    field's lr 20 recovers from that slowly."""
+    model = RecurrentLM(vocab_size, cfg)
+    with torch.no_grad():
+        nn.init.uniform_(model.embed.weight, -0.1, 0.1)  # tied: the head's weight too
+        nn.init.uniform_(model.head.weight, -0.1, 0.1)
+        nn.init.zeros_(model.head.bias)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
