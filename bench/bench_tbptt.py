@@ -30,6 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hpcrnn.train.heap import reexec_with_tuned_heap  # noqa: E402
+
+reexec_with_tuned_heap()  # the malloc settings python -m hpcrnn.train runs with, for every loop here
 from bench.common import header  # noqa: E402
 from hpcrnn.config import from_dict  # noqa: E402
 from hpcrnn.data.build import run_preprocess  # noqa: E402
@@ -136,6 +139,7 @@ def hpcrnn_run(corpus: str, scratch: Path, h5: Path, epochs: int, steps_per_epoc
                 "log_every": 100,
                 "seed": 1111,
                 "progress": "lines",
+                "threads": torch.get_num_threads(),
             },
         }
     )
@@ -149,7 +153,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared/data/recipes/recipes-5k.txt"))
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     print(header("bench_tbptt"))
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
