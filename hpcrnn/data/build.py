@@ -39,6 +39,7 @@ from hpcrnn.data.sources import SPLITS, ReadStats, Source, resolve_sources
 from hpcrnn.errors import InputError, StorageError
 from hpcrnn.fsutil import fsync_dir
 from hpcrnn.lock import RunLock
+from hpcrnn.progress import Meter
 from hpcrnn.text.formats import ingredient_block
 from hpcrnn.text.tokenize import DOC_SEP, EOR, EOS, NL, TAB, TEXT_REVISION, UNK, tokenize_documents_bytes
 
@@ -381,6 +382,9 @@ def _read_stream(data, sources: list[Source], stats: ReadStats) -> _Stream:
     """Every document of the inputs, tokenized into a provisional stream. Memory: 4 bytes a token, and
     per-token Python objects for one batch of about ``_BATCH_CHARS`` of text at a time."""
     stream = _new_stream(data.tokenizer)
+    # bytes of text read against the files' sizes (compressed files: no fraction, the sizes are not text)
+    plain = all(not s.path.name.endswith((".xz", ".gz", ".bz2")) for s in sources)
+    meter = Meter("preprocess: read", sum(s.size for s in sources) / 1e6 if plain else None, "MB")
     for si, src in enumerate(sources):
         n_before = len(stream.doc_src)
         batch: list[str] = []
@@ -394,10 +398,12 @@ def _read_stream(data, sources: list[Source], stats: ReadStats) -> _Stream:
             if batch_chars >= _BATCH_CHARS:
                 _add_batch(stream, batch, structured)
                 batch, batch_chars = [], 0
+                meter.update(stats.bytes / 1e6, f"{len(stream.doc_src):,} documents")
         if len(stream.doc_src) == n_before:
             raise InputError(f"{src.path}: the corpus file is empty (no text)")
         if batch:  # batches hold one file's documents: one format, one tab rule
             _add_batch(stream, batch, structured)
+    meter.finish()
     if not stream.doc_src:
         raise InputError(f"{sources[0].path}: the corpus is empty")
     return stream

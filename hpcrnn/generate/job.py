@@ -70,6 +70,7 @@ from hpcrnn.generate.folder import (
 from hpcrnn.generate.memory import keep_freed_memory
 from hpcrnn.generate.prompts import PromptPlan, make_job, plan_prompt
 from hpcrnn.generate.stepper import resolve_precision
+from hpcrnn.progress import Meter
 from hpcrnn.train import checkpoint as ckpt
 
 
@@ -293,6 +294,7 @@ def _decode(
     model = src.model.to(src.device)
     written = tokens = 0
     t0 = time.perf_counter()
+    meter = Meter("hpcrnn.generate", len(todo), "recipes")
     for i, toks, stopped in generate_batched(
         model,
         jobs(),
@@ -310,6 +312,8 @@ def _decode(
         written += 1
         shown = prompts.pop(i)[hidden_of.pop(i) :]
         writer.put((i, len(shown), toks, stopped, describer.submit(shown, toks)))
+        meter.update(written, f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
+    meter.finish()
     return written, tokens, time.perf_counter() - t0
 
 

@@ -37,6 +37,7 @@ from hpcrnn.data.sequences import PAD, DocumentBatches, StreamBatches, document_
 from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError, StorageError
 from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
+from hpcrnn.progress import use_bar
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
 from hpcrnn.train.evaluate import Scoring, evaluate_split, mode_protocol
@@ -151,7 +152,7 @@ class Progress:
 
     def __init__(self, cfg: Config, total: int, enabled: bool):
         mode = cfg.train.progress
-        self.bar = enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty()))
+        self.bar = enabled and use_bar(mode)
         self.enabled, self.total = enabled, total
         self.last_loss = float("nan")  # shown by the bar between log points
 
