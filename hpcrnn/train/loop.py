@@ -40,6 +40,7 @@ from hpcrnn.lock import RunLock
 from hpcrnn.progress import use_bar
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
+from hpcrnn.train import heap
 from hpcrnn.train.evaluate import Scoring, evaluate_split, mode_protocol
 from hpcrnn.train.model import build_model, count_parameters
 from hpcrnn.train.precision import autocast, grad_scaler, resolve_precision
@@ -631,6 +632,7 @@ def _announce(run: Training, last: ckpt.CheckpointInfo | None) -> None:
             f"{_mode_text(cfg)}, "
             f"{data.total} steps from step {run.state.step}, "
             f"{info.world_size} rank(s) on {info.device} ({info.launcher})"
+            + (", malloc heap tuned" if heap.heap_tuned() else "")
             + (f", resumed from {last.path.name}" if last else "")
         )
 
