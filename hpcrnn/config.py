@@ -77,6 +77,9 @@ class DataConfig:
     split: list[float] = _f(factory=lambda: [0.9, 0.05, 0.05])
     seed: int = 0
     h5_path: str | None = None  # default: <run dir>/corpus.h5
+    # a run directory or model file whose vocabulary this corpus takes (words it lacks become <unk>;
+    # min_count is not used), so that train.init_from's weights fit
+    vocab_from: str | None = None
 
 
 @dataclass
@@ -122,6 +125,8 @@ class TrainConfig:
     time_limit: float = _f(0.0, min=0.0)  # seconds of wall clock; 0: none
     stop_signal: str = "SIGUSR2"
     progress: Literal["auto", "bar", "lines"] = "auto"
+    # a run directory (its newest complete checkpoint) or model file whose weights a new run starts from
+    init_from: str | None = None
     # end training after this many validations without a better validation loss; 0: off
     early_stop_patience: int = _f(0, min=0)
     tensorboard: bool = False  # also write metrics.jsonl's scalars as TensorBoard events to <run dir>/tensorboard/
@@ -139,7 +144,9 @@ class GenerateConfig:
     top_p: float = _f(1.0, gt=0.0, max=1.0)
     max_tokens: int = _f(600, min=1)
     seed: int = 0
-    prompt: str = ""  # "": the start of a recipe; "random": a random data.window-token window of test text
+    # "": the start of a recipe; "random": a random data.window-token window of test text; "file:PATH": the
+    # text of a file (read when the config is loaded: the resolved config holds the text)
+    prompt: str = ""
     shards: int = _f(1, min=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison
@@ -260,6 +267,35 @@ def _check_text(value: str, key: str, src: str) -> str:
     if bad:
         raise ConfigError(f"{src}: {key}: control character {bad.group()!r} not allowed in {value!r}")
     return value
+
+
+PROMPT_FILE = "file:"
+PROMPT_FILE_MAX = 1 << 20  # bytes: a prompt is a recipe's start, not a corpus
+
+
+def prompt_text(value: str, key: str, src: str) -> str:
+    """A prompt as given, or for ``file:PATH`` the text of that file (UTF-8, relative to the current
+    directory), checked like a prompt written in the config."""
+    if not value.startswith(PROMPT_FILE):
+        return _check_text(value, key, src)
+    name = value[len(PROMPT_FILE) :].strip()
+    _check_text(name, f"{key} (file name)", src)
+    if not name:
+        raise ConfigError(f"{src}: {key}: 'file:' needs a path, e.g. file:prompts/soup.txt")
+    path = Path(name).expanduser().absolute()
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{src}: {key}: {path}: no such file (or not a regular file)")
+        if path.stat().st_size > PROMPT_FILE_MAX:
+            raise ConfigError(f"{src}: {key}: {path}: larger than {PROMPT_FILE_MAX} bytes: not a prompt")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{src}: {key}: {path}: not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{src}: {key}: {path}: cannot read: {e.strerror or e}") from None
+    if text.startswith(PROMPT_FILE):
+        raise ConfigError(f"{src}: {key}: {path}: a prompt file that names another prompt file")
+    return _check_text(text, key, src)
 
 
 def _check_additional(extra: dict | None, key: str, src: str) -> None:
@@ -473,6 +509,9 @@ def validate(cfg: Config, src: str) -> Config:
         d.corpus = {k: _abs(v) for k, v in d.corpus.items()}
     if d.h5_path:
         d.h5_path = _abs(d.h5_path)
+    d.vocab_from = _abs(d.vocab_from) if d.vocab_from else None
+    t.init_from = _abs(t.init_from) if t.init_from else None
+    g.prompt = prompt_text(g.prompt, "generate.prompt", src)
     if g.checkpoint and not g.checkpoint.isdigit():
         g.checkpoint = _abs(g.checkpoint)
     return cfg

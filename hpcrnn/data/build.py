@@ -79,9 +79,11 @@ class _Interner(dict):
 
 
 def data_settings(cfg) -> dict:
-    """The ``data.*`` settings a corpus file depends on (its attributes and part of its fingerprint)."""
+    """The ``data.*`` settings a corpus file depends on (its attributes and part of its fingerprint). With
+    ``data.vocab_from`` the hash of that vocabulary is one of them (and only then: the fingerprints of
+    corpora built without it stay as they were)."""
     d = cfg.data
-    return {
+    settings = {
         "tokenizer": d.tokenizer,
         "min_count": int(d.min_count),
         "rare": d.rare,
@@ -93,6 +95,23 @@ def data_settings(cfg) -> dict:
         "split": [float(x) for x in d.split],
         "seed": int(d.seed),
     }
+    if d.vocab_from:
+        settings["vocab_from"] = fixed_vocabulary(cfg).vocab_hash
+    return settings
+
+
+def fixed_vocabulary(cfg):
+    """The vocabulary of ``data.vocab_from`` (hpcrnn/modelfile.py), refused when its tokenizer is not
+    ``data.tokenizer``: the same words would be other tokens."""
+    from hpcrnn.modelfile import load_vocabulary  # noqa: PLC0415 -- reads a model file with torch
+
+    v = load_vocabulary(cfg.data.vocab_from)
+    if v.tokenizer != cfg.data.tokenizer:
+        raise InputError(
+            f"data.vocab_from: {cfg.data.vocab_from} was tokenized with {v.tokenizer!r}, but "
+            f"data.tokenizer is {cfg.data.tokenizer!r}: set data.tokenizer: {v.tokenizer}"
+        )
+    return v
 
 
 def fingerprint_of(settings: dict, sources: list[Source]) -> str:
@@ -430,15 +449,41 @@ def _split_documents(sources: list[Source], doc_src: list[int], settings: dict) 
     return _assign_splits(len(doc_src), settings["split"], settings["seed"])
 
 
-def _vocabulary(stream: _Stream, layout: _Layout, doc_split: np.ndarray, min_count: int, sources: list[Source]):
-    """(vocabulary strings, their provisional ids, train counts per provisional id): from the train
-    documents only; the specials first, then by descending count, ties by string."""
-    interner, n_types = stream.interner, stream.interner.next_id
+def _train_counts(stream: _Stream, layout: _Layout, doc_split: np.ndarray) -> np.ndarray:
+    """Occurrences of each provisional id in the train documents."""
+    n_types = stream.interner.next_id
     train_counts = np.zeros(n_types, dtype=np.int64)
     for c, ids in enumerate(stream.chunks):
         a, b = layout.first_doc[c], layout.first_doc[c + 1]
         is_train = np.repeat(doc_split[a:b] == 0, layout.lengths[a:b])
         train_counts += np.bincount(ids[is_train], minlength=n_types)
+    return train_counts
+
+
+def _given_vocabulary(stream: _Stream, layout: _Layout, doc_split: np.ndarray, given, sources: list[Source]):
+    """As ``_vocabulary``, but the vocabulary of ``data.vocab_from`` in its own order: ids mean what they
+    meant to the model trained on it, and the words it lacks become ``<unk>`` (or are dropped)."""
+    train_counts = _train_counts(stream, layout, doc_split)
+    seen = train_counts > 0
+    interner = stream.interner
+    # a word of the given vocabulary this corpus never has gets a provisional id no token carries
+    final_prov = [interner[t.encode("utf-8")] for t in given.tokens]
+    train_counts = np.pad(train_counts, (0, interner.next_id - len(train_counts)))
+    specials, line_token = _specials(stream.tokenizer)
+    plain = [i for t, i in zip(given.tokens, final_prov) if t not in (*specials, line_token)]
+    if not any(seen[i] for i in plain if i < len(seen)):
+        raise InputError(
+            f"{_train_name(sources)}: no word of the train split is in the vocabulary of data.vocab_from "
+            f"({given.path}): another language, or another tokenization?"
+        )
+    return list(given.tokens), final_prov, train_counts
+
+
+def _vocabulary(stream: _Stream, layout: _Layout, doc_split: np.ndarray, min_count: int, sources: list[Source]):
+    """(vocabulary strings, their provisional ids, train counts per provisional id): from the train
+    documents only; the specials first, then by descending count, ties by string."""
+    interner = stream.interner
+    train_counts = _train_counts(stream, layout, doc_split)
     specials, line_token = _specials(stream.tokenizer)
     itos_prov = interner.itos()
     keep = train_counts >= min_count
@@ -550,7 +595,10 @@ def _build_corpus(cfg, settings: dict, sources: list[Source]) -> _BuiltCorpus:
     layout = _document_layout(stream)
     n_docs, n_types = len(stream.doc_src), stream.interner.next_id
     doc_split = _split_documents(sources, stream.doc_src, settings)
-    vocab, final_prov, train_counts = _vocabulary(stream, layout, doc_split, d.min_count, sources)
+    if d.vocab_from:
+        vocab, final_prov, train_counts = _given_vocabulary(stream, layout, doc_split, fixed_vocabulary(cfg), sources)
+    else:
+        vocab, final_prov, train_counts = _vocabulary(stream, layout, doc_split, d.min_count, sources)
     drop = d.rare == "drop"
     total_before = int(layout.lengths.sum())
     lut, drop_id = _map_to_vocabulary(stream, layout, final_prov, len(vocab), drop)

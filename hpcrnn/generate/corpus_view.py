@@ -30,6 +30,7 @@ class CorpusView:
     starts: np.ndarray  # document start offsets (the format stores one per document)
     ends: np.ndarray  # document ends, the closing end-of-recipe token excluded
     split: np.ndarray  # 0 train, 1 val, 2 test per document
+    title_ids: list[int] | None = None  # the ids that open a recipe; None: derived from the documents
 
     @classmethod
     def open(cls, path: Path) -> CorpusView:
@@ -61,6 +62,35 @@ class CorpusView:
             ends,
             np.asarray(c.document_split(), dtype=np.int64),
         )
+
+    @classmethod
+    def of_vocabulary(cls, v) -> CorpusView:
+        """A view with the vocabulary of a model file (``hpcrnn.modelfile.Vocabulary``) and no text: prompts
+        and decoding work, the figures that compare with real recipes and ``random`` prompts do not."""
+        eor = v.eor_id
+        boundary = eor if eor is not None else (v.eos_id if v.eos_id is not None else v.unk_id)
+        none = np.zeros(0, dtype=np.int64)
+        return cls(
+            Path(v.path),
+            list(v.tokens),
+            v.vocab_hash,
+            dict(v.stoi),
+            int(v.unk_id),
+            eor,
+            int(boundary),
+            v.tokenizer,
+            v.window,
+            none,
+            none,
+            none,
+            none,
+            list(v.title_ids or []),
+        )
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the corpus text is here (not so for a model file's vocabulary)."""
+        return len(self.tokens) > 0
 
     @property
     def stop_id(self) -> int:

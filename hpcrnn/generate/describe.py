@@ -35,13 +35,17 @@ def _log(msg: str) -> None:
 @dataclass
 class QualityContext:
     ingredient_words: frozenset
-    index: Q.CopyIndex  # over the train split's token stream
+    index: Q.CopyIndex | None  # over the train split's token stream; None without the corpus text
     train_tokens: int
 
 
 def build_quality_context(cv: CorpusView, seed: int = 0) -> QualityContext:
-    """Ingredient words from a seeded sample of training recipes, and the copy index over the train split."""
+    """Ingredient words from a seeded sample of training recipes, and the copy index over the train split;
+    neither without the corpus text (a model file): the figures that need them are then None."""
     t0 = time.time()
+    if not cv.has_text:
+        _log(f"quality: {cv.path} holds no corpus text: no ingredient words, no novelty, no real recipes")
+        return QualityContext(frozenset(), None, 0)
     train = cv.docs(0)
     rng = np.random.default_rng([seed % 2**64, 0x1E5])
     pick = train if len(train) <= INGREDIENT_SAMPLE else np.sort(rng.choice(train, INGREDIENT_SAMPLE, replace=False))
@@ -78,10 +82,14 @@ _DESCRIBE_CTX: tuple | None = None
 def describe_recipe(shown: list[int], toks: list[int]) -> tuple[str, str | None, dict]:
     """(text, title, quality figures) of one recipe: its shown prompt ids and its generated ids."""
     vocab, tokenizer, words, index = _DESCRIBE_CTX
-    text = detokenize([vocab[i] for i in shown + toks], tokenizer)
-    if not text.endswith("\n"):
-        text += "\n"
+    text = recipe_text(vocab, tokenizer, shown, toks)
     return text, Q.parse_recipe(text).title, Q.recipe_quality(text, toks, words, index)
+
+
+def recipe_text(vocab: list[str], tokenizer: str, shown: list[int], toks: list[int]) -> str:
+    """A recipe file's text: its shown prompt and generated ids, detokenized, ending with a newline."""
+    text = detokenize([vocab[i] for i in shown + toks], tokenizer)
+    return text if text.endswith("\n") else text + "\n"
 
 
 def available_cpus() -> int:

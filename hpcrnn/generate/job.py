@@ -5,7 +5,10 @@
 What ``run_generate`` does:
 
 * Loads the newest *complete* checkpoint of the run (or ``generate.checkpoint``: a step number or a
-  folder) and refuses one whose vocabulary differs from the corpus'.
+  folder) and refuses one whose vocabulary differs from the corpus'. ``generate.checkpoint`` may also
+  name a model file (``python -m hpcrnn.export``), which brings its own vocabulary: the run's corpus.h5 is
+  then used only if it is there with the same vocabulary (for ``random`` prompts and the real recipes'
+  figures in summary.json).
 * Agrees on a plan with the other tasks (``plan.json``, see :mod:`hpcrnn.generate.folder`): the checkpoint,
   the vocabulary and the settings that decide the recipes' content, ``generate.precision: auto`` resolved
   once. Recipes made from checkpoint step N are never mixed with another step's (a newer checkpoint asks
@@ -29,6 +32,7 @@ the batch shape, and a last-bit difference in the logits can, rarely, change a s
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -70,6 +74,7 @@ from hpcrnn.generate.folder import (
 from hpcrnn.generate.memory import keep_freed_memory
 from hpcrnn.generate.prompts import PromptPlan, make_job, plan_prompt
 from hpcrnn.generate.stepper import resolve_precision
+from hpcrnn.modelfile import ModelFile, read_model_file
 from hpcrnn.progress import Meter
 from hpcrnn.train import checkpoint as ckpt
 
@@ -129,15 +134,42 @@ def _device(cfg: Config) -> torch.device:
     return torch.device(want)
 
 
+def model_file_of(cfg: Config) -> ModelFile | None:
+    """The model file ``generate.checkpoint`` names, read and checked; None when it names a checkpoint."""
+    which = cfg.generate.checkpoint
+    if not which or which.isdigit() or not Path(which).is_file():
+        return None
+    return read_model_file(which)
+
+
+def view_for(cfg: Config, mf: ModelFile) -> CorpusView:
+    """What generation from a model file reads of a corpus: the run's corpus.h5 when it is there with the
+    file's vocabulary, else the file's vocabulary alone."""
+    h5 = Path(cfg.h5_path)
+    if h5.is_file():
+        try:
+            cv = CorpusView.open(h5)
+        except InputError:
+            cv = None
+        if cv is not None and cv.vocab_hash == mf.vocabulary.vocab_hash:
+            return cv
+        _log(f"{h5} has another vocabulary than {mf.path}: generating from the model file's own")
+    return CorpusView.of_vocabulary(mf.vocabulary)
+
+
 def _open_source(cfg: Config, out: Path) -> _Source:
     """Corpus, prompt and checkpoint, checked before anything is written; then the plan in ``out``."""
-    cv = CorpusView.open(cfg.h5_path)
+    mf = model_file_of(cfg)
+    cv = CorpusView.open(cfg.h5_path) if mf is None else view_for(cfg, mf)
     prompt = plan_prompt(cfg, cv)  # a bad prompt fails before anything is loaded or written
-    # read the weights right away: a trainer beside us may delete this checkpoint (retention) at any time;
-    # open_latest picks again if it vanished between choosing and reading
-    info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
-    # the model is built in the checkpoint's own shape: only the vocabulary must be the corpus'
-    ckpt.check_compatible(meta, cfg, cv.vocab_hash, info.path, vocab_size=len(cv.vocab), model_shape=False)
+    if mf is not None:
+        info, model = ckpt.CheckpointInfo(mf.step, mf.path, mf.meta), mf.build_model()
+    else:
+        # read the weights right away: a trainer beside us may delete this checkpoint (retention) at any
+        # time; open_latest picks again if it vanished between choosing and reading
+        info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
+        # the model is built in the checkpoint's own shape: only the vocabulary must be the corpus'
+        ckpt.check_compatible(meta, cfg, cv.vocab_hash, info.path, vocab_size=len(cv.vocab), model_shape=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -280,41 +312,49 @@ def _decode(
     cfg: Config, src: _Source, todo: list[int], describer: Describer, writer: RecipeWriter
 ) -> tuple[int, int, float]:
     """The decoding loop: each finished recipe goes to the describer and the writer thread at once."""
+    model = src.model.to(src.device)
+    written = tokens = 0
+    t0 = time.perf_counter()
+    meter = Meter("hpcrnn.generate", len(todo), "recipes")
+    for i, shown, toks, stopped in decode_recipes(cfg, src.cv, model, src.prompt, todo, src.device, src.precision):
+        tokens += len(toks) + int(stopped)
+        written += 1
+        writer.put((i, len(shown), toks, stopped, describer.submit(shown, toks)))
+        meter.update(written, f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
+    meter.finish()
+    return written, tokens, time.perf_counter() - t0
+
+
+def decode_recipes(
+    cfg: Config, cv: CorpusView, model, pp: PromptPlan, todo: list[int], device, precision: str
+) -> Iterator[tuple[int, list[int], list[int], bool]]:
+    """Recipes ``todo`` as they finish: (number, shown prompt ids, generated ids, stopped at the end of the
+    recipe). The job's decoding, and ``hpcrnn.load(...).generate``'s, so both make the same recipes."""
     g = cfg.generate
     hidden_of: dict[int, int] = {}
     prompts: dict[int, list[int]] = {}
 
     def jobs():
         for i in todo:
-            job, hidden = make_job(i, cfg, src.cv, src.prompt)
+            job, hidden = make_job(i, cfg, cv, pp)
             hidden_of[i] = hidden
             prompts[i] = job.prompt
             yield job
 
-    model = src.model.to(src.device)
-    written = tokens = 0
-    t0 = time.perf_counter()
-    meter = Meter("hpcrnn.generate", len(todo), "recipes")
     for i, toks, stopped in generate_batched(
         model,
         jobs(),
         batch_size=g.batch_size,
         max_tokens=g.max_tokens,
-        stop_id=src.cv.stop_id,
+        stop_id=cv.stop_id,
         temperature=g.temperature,
         top_k=g.top_k,
         top_p=g.top_p,
-        banned=[src.cv.unk_id],
-        device=src.device,
-        precision=src.precision,
+        banned=[cv.unk_id],
+        device=device,
+        precision=precision,
     ):
-        tokens += len(toks) + int(stopped)
-        written += 1
-        shown = prompts.pop(i)[hidden_of.pop(i) :]
-        writer.put((i, len(shown), toks, stopped, describer.submit(shown, toks)))
-        meter.update(written, f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
-    meter.finish()
-    return written, tokens, time.perf_counter() - t0
+        yield i, prompts.pop(i)[hidden_of.pop(i) :], toks, stopped
 
 
 def _write_one(cfg: Config, src: _Source, out: Path, index_name: str, item: tuple) -> None:
@@ -388,7 +428,8 @@ def generation_done(cfg: Config) -> bool:
         s = read_json(out / SUMMARY) or {}
         if s.get("num_recipes") != cfg.generate.num_recipes or s.get("settings") != generation_settings(cfg):
             return False
-        info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint)
+        mf = model_file_of(cfg)
+        info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint) if mf is None else mf
         if info.step != s.get("checkpoint", {}).get("step"):
             return False
         return all((out / recipe_file_name(i)).is_file() for i in range(1, cfg.generate.num_recipes + 1))

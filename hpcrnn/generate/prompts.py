@@ -47,7 +47,10 @@ def recipe_rng(seed: int, i: int) -> np.random.Generator:
 
 
 def title_prefix(cv: CorpusView) -> list[int]:
-    """The tokens of ``Title:`` when most training documents begin with them, else []."""
+    """The tokens of ``Title:`` when most training documents begin with them, else [] (a model file
+    records the answer of its corpus)."""
+    if cv.title_ids is not None:
+        return list(cv.title_ids)
     ids = cv.ids(tokenize(TITLE_TEXT, cv.tokenizer))
     # whitespace tokenization closes the line with EOS; only the words open a document
     ids = [i for i in ids if cv.vocab[i] != "<eos>"]
@@ -66,6 +69,11 @@ def title_prefix(cv: CorpusView) -> list[int]:
 
 def _random_plan(cv: CorpusView) -> PromptPlan:
     w = cv.window
+    if not cv.has_text:
+        raise InputError(
+            f"{cv.path}: generate.prompt: random draws a window of corpus text, and a model file holds none: "
+            f"give a prompt, or generate from the run that has the corpus"
+        )
     for split, name in ((2, "test"), (1, "val"), (0, "train")):
         reg = cv.split_region(split)
         if reg and reg[1] - reg[0] >= w:

@@ -196,7 +196,7 @@ def resolve(ckpt_dir: Path, which: str | None = None) -> CheckpointInfo:
             raise InputError(f"{ckpt_dir}: no complete checkpoint (train first)")
         return c
     path = ckpt_dir / step_dir_name(int(which)) if str(which).isdigit() else Path(which)
-    why = verify(path)
+    why = verify(path) if path.exists() else "not found"
     if why:
         raise InputError(f"{path}: not a usable checkpoint: {why}")
     meta = json.loads((path / "meta.json").read_text())

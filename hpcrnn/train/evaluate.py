@@ -270,7 +270,9 @@ def run_evaluate(cfg, checkpoint: str | None = None, texts: list[str] | tuple = 
     return {"run": cfg.run.name, "checkpoint": str(info.path), "step": info.step, "results": results}
 
 
-def _score_file(model, corpus, path: Path) -> dict:
+def _score_file(model, corpus, path: Path, device: Any = "cpu") -> dict:
+    """The standard protocol's figures of a text file read like ``corpus`` (a Corpus, or a model file's
+    Vocabulary: only the vocabulary and the reading settings are used)."""
     if not path.is_file():
         raise InputError(f"{path}: not a readable text file (--text)")
     try:
@@ -282,7 +284,7 @@ def _score_file(model, corpus, path: Path) -> dict:
     ]
     if len(words) == 0:
         raise InputError(f"{path}: holds no word the vocabulary of {corpus.path} knows (--text)")
-    return evaluate_stream(model, ids, 0, len(ids), how=Scoring(unk_id=corpus.unk_id))
+    return evaluate_stream(model, ids, 0, len(ids), how=Scoring(unk_id=corpus.unk_id, device=device))
 
 
 def format_evaluation(res: dict) -> str:

@@ -352,6 +352,10 @@ class Checkpointer:
         last = ckpt.latest(cfg.checkpoint_dir)
         rank_seed = cfg.train.seed + 1000003 * info.rank  # per-rank dropout streams
         if last is None:
+            if cfg.train.init_from:  # a new run starts from another run's (or a model file's) weights
+                from hpcrnn.api import initial_weights  # noqa: PLC0415
+
+                state.model.load_state_dict(initial_weights(cfg, self.data.corpus))
             seed_everything(rank_seed)
             return None
         corpus = self.data.corpus

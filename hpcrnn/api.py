@@ -1,0 +1,214 @@
+"""Use a trained model from Python: ``lm = hpcrnn.load(PATH)``, then ``lm.generate(...)``, ``lm.evaluate(text)``.
+
+    import hpcrnn
+    lm = hpcrnn.load("scratch/lstm256")              # a run directory, a config file or a model file
+    print(lm.generate(n=3, prompt="Chocolate cake", seed=1)[0])
+
+Nothing here decodes or scores by itself: ``generate`` runs the generation job's decoding
+(``hpcrnn.generate.job.decode_recipes``) and writes each recipe's text as the job writes its file
+(``hpcrnn.generate.describe.recipe_text``), so the same settings and seed give the job's recipes;
+``evaluate`` scores text as ``python -m hpcrnn.evaluate --text`` does (``hpcrnn.train.evaluate``).
+``initial_weights`` is ``train.init_from``: another run's (or a model file's) weights, checked to fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpcrnn.config import Config, GenerateConfig, _build, from_dict, load_config, prompt_text
+from hpcrnn.errors import ConfigError, InputError
+from hpcrnn.modelfile import Vocabulary, is_model_file, read_model_file
+from hpcrnn.train import checkpoint as ckpt
+
+__all__ = ["LanguageModel", "load", "initial_weights"]
+
+_GENERATE_KEYS = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size")
+
+
+def _device(device: Any) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"hpcrnn.load: device={device!r}: no GPU is visible")
+    return d
+
+
+class LanguageModel:
+    """A trained model with its vocabulary and config (build with :func:`load`).
+
+    ``model``: the torch module (``RecurrentLM``, eval mode); ``vocab``: a :class:`~hpcrnn.modelfile.Vocabulary`
+    (tokens by id, ``encode``/``decode``); ``config``: the run's :class:`~hpcrnn.config.Config` (its
+    ``generate`` section gives ``generate``'s defaults); ``step``: the training step of the weights;
+    ``source``: the checkpoint folder or model file they came from."""
+
+    def __init__(self, model, vocab: Vocabulary, config: Config, step: int, source: Path, meta: dict, corpus_path=None):
+        self.model = model
+        self.vocab = vocab
+        self.config = config
+        self.step = step
+        self.source = Path(source)
+        self.meta = meta
+        self._corpus_path = corpus_path  # the run's corpus.h5; None for a model file
+        self._view = None
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        return (
+            f"LanguageModel({m.cell.upper()} {m.layers}x{m.hidden}, vocab {len(self.vocab):,}, "
+            f"step {self.step}, {str(self.source)!r})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _corpus_view(self):
+        from hpcrnn.generate.corpus_view import CorpusView  # noqa: PLC0415
+
+        if self._view is None:
+            if self._corpus_path is not None:
+                self._view = CorpusView.open(self._corpus_path)
+            else:
+                self._view = CorpusView.of_vocabulary(self.vocab)
+        return self._view
+
+    def generate(
+        self,
+        n: int = 1,
+        prompt: str | None = None,
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> list[str]:
+        """``n`` recipes as text, recipe *i* of ``python -m hpcrnn.generate`` with the same settings (those
+        not given: the config's ``generate`` section). ``prompt``: as ``generate.prompt`` ("" the start of
+        a recipe, one line a title, several lines fed as is, ``file:PATH`` a file's text, ``random`` a
+        window of test text)."""
+        from hpcrnn.generate.describe import recipe_text  # noqa: PLC0415
+        from hpcrnn.generate.job import decode_recipes  # noqa: PLC0415
+        from hpcrnn.generate.prompts import plan_prompt  # noqa: PLC0415
+        from hpcrnn.generate.stepper import resolve_precision  # noqa: PLC0415
+
+        src = "lm.generate"
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"{src}: n: {n!r} is not a positive number of recipes")
+        values = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        values["batch_size"] = batch_size
+        given = {k: v for k, v in values.items() if v is not None}
+        # the config's own checks (types, ranges), so a value the job refuses is refused here too
+        g: GenerateConfig = _build(
+            GenerateConfig, {"num_recipes": n, **given}, "generate", src, base=self.config.generate
+        )
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise ConfigError(f"{src}: prompt: expected a string, got {type(prompt).__name__}")
+            g = dataclasses.replace(g, prompt=prompt_text(prompt, "generate.prompt", src))
+        cfg = dataclasses.replace(self.config, generate=g)
+        cv = self._corpus_view()
+        pp = plan_prompt(cfg, cv)
+        device = self.device
+        precision = resolve_precision(g.precision, device)
+        texts: dict[int, str] = {}
+        for i, shown, toks, _ in decode_recipes(cfg, cv, self.model, pp, list(range(1, n + 1)), device, precision):
+            texts[i] = recipe_text(cv.vocab, cv.tokenizer, shown, toks)
+        return [texts[i] for i in range(1, n + 1)]
+
+    def evaluate(self, text: str | os.PathLike) -> dict:
+        """What ``python -m hpcrnn.evaluate --text FILE`` reports for ``text`` (a string of text, or a
+        path as a ``pathlib.Path``), read exactly as the corpus was: ``loss``, ``ppl``, ``acc``, ``top5``,
+        ``unk`` and ``tokens`` by the standard protocol."""
+        from hpcrnn.train.evaluate import _score_file  # noqa: PLC0415
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if isinstance(text, os.PathLike):
+                path = Path(text)
+                return {
+                    "source": str(path),
+                    "protocol": "standard",
+                    **_score_file(self.model, self.vocab, path, self.device),
+                }
+            if not isinstance(text, str):
+                raise InputError(f"lm.evaluate: expected text (str) or a path, got {type(text).__name__}")
+            with tempfile.TemporaryDirectory(prefix="hpcrnn-evaluate-") as d:
+                path = Path(d) / "text.txt"  # read like a .txt corpus file
+                path.write_text(text, encoding="utf-8")
+                try:
+                    figures = _score_file(self.model, self.vocab, path, self.device)
+                except InputError as e:  # name the text, not the temporary file it was read from
+                    raise InputError(str(e).replace(str(path), "lm.evaluate: the text")) from None
+            return {"source": "<text>", "protocol": "standard", **figures}
+        finally:
+            self.model.train(was_training)
+
+
+def load(path: str | os.PathLike, *, checkpoint: int | str | None = None, device: Any = "auto") -> LanguageModel:
+    """A trained model from ``path``: a run directory or config file (its newest complete checkpoint, or
+    ``checkpoint``: a step or checkpoint folder), or a model file of ``python -m hpcrnn.export``, which
+    needs no corpus.h5. ``device``: "auto" (CUDA when present), "cpu", "cuda" or a torch.device.
+    Problems are ``hpcrnn.errors.HpcrnnError`` with a one-line message."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: not found (a run directory, a config file or a model file)")
+    dev = _device(device)
+    if is_model_file(p):
+        if checkpoint is not None:
+            raise InputError(f"{p}: a model file holds one checkpoint: checkpoint={checkpoint!r} is for a run")
+        mf = read_model_file(p)
+        config = from_dict(mf.config, f"{p} (config)", default_name=p.stem)
+        config.model = mf.model_config()
+        return LanguageModel(mf.build_model(dev), mf.vocabulary, config, mf.step, p, mf.meta)
+    from hpcrnn.data.corpus import open_corpus  # noqa: PLC0415
+
+    cfg = load_config(p)
+    corpus = open_corpus(cfg.h5_path)
+    which = None if checkpoint is None else str(checkpoint)
+    info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, which, "cpu")
+    ckpt.check_compatible(
+        meta,
+        cfg,
+        corpus.vocab_hash,
+        info.path,
+        len(corpus.vocab),
+        model_shape=False,
+        corpus_fingerprint=corpus.fingerprint,
+    )
+    # the model is built in the checkpoint's own shape; the config says so too
+    cfg.model = type(cfg.model)(**meta["config"]["model"])
+    return LanguageModel(model.to(dev), Vocabulary.from_corpus(corpus), cfg, info.step, info.path, meta, corpus.path)
+
+
+def initial_weights(cfg: Config, corpus) -> dict:
+    """``train.init_from``'s weights for a run of ``cfg`` on ``corpus``: the source's tokenizer, vocabulary
+    and model shape must be this run's (dropout aside), else a one-line InputError naming both sides."""
+    src = cfg.train.init_from
+    lm = load(src, device="cpu")
+    key = "train.init_from"
+    if lm.vocab.tokenizer != corpus.tokenizer:
+        raise InputError(
+            f"{key}: {src} was trained on {lm.vocab.tokenizer!r} tokens, this run's corpus {cfg.h5_path} has "
+            f"{corpus.tokenizer!r} tokens"
+        )
+    if lm.vocab.vocab_hash != corpus.vocab_hash:
+        raise InputError(
+            f"{key}: {src} has vocabulary {lm.vocab.vocab_hash[:12]} ({len(lm.vocab)} tokens), this run's corpus "
+            f"{cfg.h5_path} has {corpus.vocab_hash[:12]} ({len(corpus.vocab)} tokens): preprocess with "
+            f"data.vocab_from: {src}"
+        )
+    theirs, ours = dataclasses.asdict(lm.config.model), dataclasses.asdict(cfg.model)
+    diff = [f"model.{k}: {theirs[k]!r} there, {v!r} here" for k, v in ours.items() if k != "dropout" and theirs[k] != v]
+    if diff:
+        raise InputError(f"{key}: {src} is another model shape ({'; '.join(diff)})")
+    return lm.model.state_dict()

@@ -1,0 +1,104 @@
+"""`python -m hpcrnn.export CONFIG|RUN_DIR [--checkpoint STEP] -o FILE`: one self-contained model file.
+
+The file (layout: hpcrnn/modelfile.py) holds the weights of the run's newest complete checkpoint (or
+``--checkpoint``), its vocabulary, how text becomes tokens, the model config and where it came from
+(run, step, corpus fingerprint, metrics). ``hpcrnn.load(FILE)``, ``generate.checkpoint: FILE`` and
+``train.init_from: FILE`` use it without the run's corpus.h5; ``torch.load(FILE, weights_only=True)``
+reads it as plain values and tensors.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcrnn import __version__
+from hpcrnn.cli import make_parser, run_cli
+from hpcrnn.config import Config
+from hpcrnn.errors import EXIT_OK, InputError
+
+__all__ = ["ExportResult", "run_export", "main"]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    step: int
+    checkpoint: Path
+    exit_code: int = EXIT_OK
+
+
+def run_export(cfg: Config, out, checkpoint: str | None = None) -> ExportResult:
+    """Write the model file of the run of ``cfg`` to ``out``; the checkpoint must fit the run's corpus."""
+    from hpcrnn.data.corpus import open_corpus  # noqa: PLC0415 -- torch and h5py only once arguments are good
+    from hpcrnn.generate.corpus_view import CorpusView  # noqa: PLC0415
+    from hpcrnn.generate.prompts import title_prefix  # noqa: PLC0415
+    from hpcrnn.modelfile import Vocabulary, write_model_file  # noqa: PLC0415
+    from hpcrnn.train import checkpoint as ckpt  # noqa: PLC0415
+
+    out = Path(out).expanduser().absolute()
+    if out.is_dir():
+        raise InputError(f"-o {out}: a directory; give the model file's name, e.g. {out / (cfg.run.name + '.pt')}")
+    corpus = open_corpus(cfg.h5_path)
+    info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, checkpoint, "cpu")
+    ckpt.check_compatible(
+        meta,
+        cfg,
+        corpus.vocab_hash,
+        info.path,
+        len(corpus.vocab),
+        model_shape=False,
+        corpus_fingerprint=corpus.fingerprint,
+    )
+    config = cfg.to_dict()
+    config["model"] = dict(meta["config"]["model"])  # the shape the weights have
+    provenance = {
+        "run": cfg.run.name,
+        "step": info.step,
+        "checkpoint": str(info.path),
+        "done": bool(meta.get("done")),
+        "corpus": str(cfg.h5_path),
+        "corpus_fingerprint": corpus.fingerprint,
+        "corpus_sources": list(corpus.attrs.get("sources") or []),
+        "metrics": {"val_loss": meta.get("val_loss"), "final": meta.get("final") or {}},
+        "trained_with": meta.get("hpcrnn_version"),
+        "hpcrnn_version": __version__,
+        "init_from": cfg.train.init_from,
+    }
+    title = title_prefix(CorpusView.open(cfg.h5_path))
+    write_model_file(
+        out,
+        weights=model.state_dict(),
+        vocabulary=Vocabulary.from_corpus(corpus),
+        title_ids=title,
+        config=config,
+        provenance=provenance,
+    )
+    size = out.stat().st_size
+    print(
+        f"hpcrnn.export: wrote {out} ({size / 1e6:.1f} MB): {cfg.run.name} step {info.step}, "
+        f"{cfg.model.cell.upper()} vocab {len(corpus.vocab):,}",
+        flush=True,
+    )
+    return ExportResult(out, info.step, info.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(
+        "hpcrnn.export",
+        "Write a run's checkpoint as one self-contained model file (weights, vocabulary, tokenizer settings, "
+        "model config, provenance).",
+    )
+    parser.add_argument("-o", "--output", metavar="FILE", required=True, help="the model file to write")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="STEP",
+        default=None,
+        help="a step or checkpoint folder (default: the newest complete checkpoint)",
+    )
+    return run_cli(parser, lambda cfg, args: run_export(cfg, args.output, args.checkpoint), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
