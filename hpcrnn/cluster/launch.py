@@ -164,8 +164,7 @@ def launch(
     stages = list(stages or STAGES)
     fresh = not cfg.run_dir.exists()
     try:
-        # a killed launcher must not block the next launch for long: its heartbeat thread renews every 15 s
-        with RunLock(cfg.run_dir, "launch", stale_after=300.0, name=LAUNCH_LOCK_NAME):
+        with launch_lock(cfg):
             return _launch_locked(cfg, cluster, stages, out)
     except HpcrnnError:
         if fresh:  # a refused first launch leaves nothing behind, not even the folder for its lock
@@ -174,13 +173,24 @@ def launch(
         raise
 
 
-def _launch_locked(cfg: Config, cluster: str, stages: list[str], out: Callable[[str], None]) -> LaunchResult:
+def launch_lock(cfg: Config) -> RunLock:
+    """The lock one launch of a run holds (hpcrnn/cluster/sweep.py holds those of all its runs at once)."""
+    # a killed launcher must not block the next launch for long: its heartbeat thread renews every 15 s
+    return RunLock(cfg.run_dir, "launch", stale_after=300.0, name=LAUNCH_LOCK_NAME)
+
+
+def check_and_plan(cfg: Config, cluster: str, stages: list[str]) -> list[StagePlan]:
+    """A launch's checks (refusals before anything is written) and its plan; the caller holds launch_lock."""
     if cluster != "debug":
         _check_stop_signal(cfg)
     check_compatible_run(cfg)
     if cluster == "slurm":
         check_not_in_flight(cfg)
-    plans = plan_stages(cfg, stages)
+    return plan_stages(cfg, stages)
+
+
+def _launch_locked(cfg: Config, cluster: str, stages: list[str], out: Callable[[str], None]) -> LaunchResult:
+    plans = check_and_plan(cfg, cluster, stages)
     save_resolved(cfg)  # only now: a refused launch leaves the run's config.yaml as it was
     res = LaunchResult(cluster, cfg.run_dir, plans)
     out(f"run {cfg.run.name}: {cfg.run_dir}")

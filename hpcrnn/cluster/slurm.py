@@ -93,7 +93,11 @@ def _squeue_states(ids: list[str]) -> dict[str, str]:
         return {}
     try:
         r = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30
+            # -r: one line per array task, pending ones too (else "12_[0-3]"), so a task id is looked up as itself
+            ["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -118,14 +122,35 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def job_state(states: dict[str, str], job_id: str) -> str | None:
-    """The state of one job in ``job_states``'s answer; an array job's is its most active task's."""
+    """The state of one job in ``job_states``'s answer; an array job's is its most active task's; an array
+    task's (``ID_TASK``, as a sweep records each run's share of an array) its own."""
     if job_id in states:
         return states[job_id]
+    base, _, task = job_id.partition("_")
+    if task.isdigit():  # sacct still folds pending tasks into one line, "12_[0-3%2]"
+        for j, st in states.items():
+            if j.startswith(f"{base}_[") and int(task) in _task_indices(j[len(base) + 2 :].rstrip("]")):
+                return st
+        return None
     tasks = [s for j, s in states.items() if j.split("_")[0] == job_id]
     for st in _ARRAY_STATE_ORDER:
         if st in tasks:
             return st
     return tasks[0] if tasks else None
+
+
+def _task_indices(spec: str) -> set[int]:
+    """The task indices of a folded array spec such as ``0-3,7%2`` (``%2``: at most 2 at once)."""
+    out: set[int] = set()
+    for part in spec.split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        step = 1
+        if ":" in hi:
+            hi, _, st = hi.partition(":")
+            step = int(st) if st.isdigit() and int(st) > 0 else 1
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            out.update(range(int(lo), int(hi or lo) + 1, step))
+    return out
 
 
 def job_on_node(job_id: str) -> bool | None:
