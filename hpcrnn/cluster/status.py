@@ -1,5 +1,7 @@
 """`python -m hpcrnn.status CONFIG|RUN_DIR [key=value ...] [--json]`: where does this run stand?
 
+(`python -m hpcrnn.status SWEEP_DIR`: a sweep's table, hpcrnn/cluster/sweep.py.)
+
 For each stage: done, queued, running, failed or not started — with the Slurm job id and state where the
 launcher submitted one, and the number of requeues and their reasons; the newest complete checkpoint and
 its step; the latest validation perplexity; how many recipes were generated; where the logs are.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +204,11 @@ def format_status(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a sweep's directory gets the sweep's table (imported here: hpcrnn/cluster/sweep.py imports this module)
+    from hpcrnn.cluster import sweep  # noqa: PLC0415
+
+    if sweep.status_target(sys.argv[1:] if argv is None else argv):
+        return sweep.status_main(argv)
     parser = make_parser(
         "hpcrnn.status",
         "Show where a run stands: each stage done, queued, running or "

@@ -1,0 +1,8 @@
+"""`python -m hpcrnn.sweep CONFIG key=v1,v2 [key=...] [--cluster auto|slurm|local|debug]` (hpcrnn/cluster/sweep.py)."""
+
+import sys
+
+from hpcrnn.cluster.sweep import main
+
+if __name__ == "__main__":
+    sys.exit(main())
