@@ -61,6 +61,12 @@ def test_product_in_order_named_after_values(tmp_path, tiny_corpus):
     assert [r.name for r in sw2.runs] == ["exp2-hidden_8", "exp2-hidden_16"] and sw2.dir.name == "exp2-sweep"
 
 
+def test_list_values_are_swept_whole(tmp_path, tiny_corpus):
+    sw = S.expand(tiny_config(tmp_path, tiny_corpus), ["data.split=[0.8,0.1,0.1],[0.9,0.05,0.05]"])
+    assert [r.cfg.data.split for r in sw.runs] == [[0.8, 0.1, 0.1], [0.9, 0.05, 0.05]]
+    assert all(SAFE_NAME.fullmatch(r.name) for r in sw.runs) and len(sw.corpus_groups()) == 2
+
+
 def test_labels_are_the_shortest_tails_that_tell_keys_apart():
     assert S.labels(["model.hidden", "train.lr"]) == {"model.hidden": "hidden", "train.lr": "lr"}
     assert S.labels(["train.seed", "data.seed", "model.layers"]) == {

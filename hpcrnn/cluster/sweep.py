@@ -103,9 +103,14 @@ def parse_args(items: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     plain: list[str] = []
     swept: dict[str, list[str]] = {}
     for item in items:
-        parse_override(item)  # the loader's own check of the key's form (one line naming the item)
+        if "=" not in item:
+            parse_override(item)  # the loader's one-line error for an item that is no key=value
         key, _, text = item.partition("=")
         key = key.strip()
+        try:  # the loader's check of the key's form; each value is parsed when its run's config is loaded
+            parse_override(f"{key}=0")
+        except ConfigError:
+            raise ConfigError(f"override {item!r}: {key!r} is not a dotted key like train.max_steps") from None
         values = split_values(text)
         if len(values) == 1:
             plain.append(item)
