@@ -65,6 +65,30 @@ def test_text_of_a_split_scores_what_the_split_scores(trained):
         assert r["ppl"] == pytest.approx(splits[split]["ppl"], rel=1e-9) and r["acc"] == splits[split]["acc"]
 
 
+def test_chosen_protocols_and_windows_of_another_length(trained):
+    """--protocol picks the protocols; windows of another data.window are laid like the corpus' own (every
+    window tokens inside the split), so the lecture's 50-token windows can score a stream-trained run."""
+    import numpy as np
+
+    from hpcrnn.data.corpus import open_corpus
+    from hpcrnn.train.evaluate import window_starts
+
+    cfg, _ = trained
+    res = _evaluate(cfg.run_dir, "--protocol", "documents", "--protocol", "windows", "data.window=7")
+    assert [(r["source"], r["protocol"]) for r in res["results"]] == [
+        ("val", "documents"),
+        ("val", "windows"),
+        ("test", "documents"),
+        ("test", "windows"),
+    ]
+    c = open_corpus(cfg.h5_path)
+    lo, hi = c.split_ranges["val"]
+    assert np.array_equal(window_starts(c, "val", c.window), c.windows("val"))
+    assert np.array_equal(window_starts(c, "val", 7), np.arange(lo, hi - 7, 7))
+    val = next(r for r in res["results"] if r["protocol"] == "windows")
+    assert val["tokens"] == 7 * len(np.arange(lo, hi - 7, 7))  # every window scored, whole
+
+
 def test_an_earlier_checkpoint_by_step(trained):
     cfg, _ = trained
     assert _evaluate(cfg.run_dir, "--checkpoint", "5")["step"] == 5

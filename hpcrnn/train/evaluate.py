@@ -185,6 +185,19 @@ def evaluate_documents(
     return sums.result(how.reduce)
 
 
+PROTOCOLS = ("windows", "documents", "standard")
+
+
+def window_starts(corpus, split: str, window: int) -> np.ndarray:
+    """Start offsets of ``split``'s windows of ``window`` tokens: the corpus' own when it was built with that
+    window, else laid the same way (every ``window`` tokens inside the split), so that a run trained on
+    other sequences can still be scored as the lecture scored its model (``data.window=50``)."""
+    if window == corpus.window:
+        return corpus.windows(split)
+    lo, hi = corpus.split_ranges[split]
+    return np.arange(lo, hi - window, window, dtype=np.int64)
+
+
 def mode_protocol(sequences: str) -> str:
     """The protocol that scores a run in its own training mode (``stream`` is the standard protocol)."""
     return {"windows": "windows", "stream": "standard", "documents": "documents"}[sequences]
@@ -210,7 +223,7 @@ def evaluate_split(
             return evaluate_windows(
                 model,
                 tokens,
-                corpus.windows(split),
+                window_starts(corpus, split, cfg.data.window),
                 window=cfg.data.window,
                 batch=cfg.train.batch_size,
                 loss=cfg.train.loss,
@@ -238,10 +251,12 @@ def evaluate_split(
 # ------------------------------------------------------------------------------ `python -m hpcrnn.evaluate`
 
 
-def run_evaluate(cfg, checkpoint: str | None = None, texts: list[str] | tuple = ()) -> dict:
+def run_evaluate(
+    cfg, checkpoint: str | None = None, texts: list[str] | tuple = (), protocols: list[str] | tuple = ()
+) -> dict:
     """Figures of a checkpoint (newest complete by default) on its run's val and test splits, in the run's
-    own protocol and the standard one; or, for each of ``texts``, by the standard protocol on that file
-    read exactly as preprocessing reads the corpus (``hpcrnn.data.corpus.encode_file``)."""
+    own protocol and the standard one (or in ``protocols``); or, for each of ``texts``, by the standard
+    protocol on that file read exactly as preprocessing reads the corpus (``hpcrnn.data.corpus.encode_file``)."""
     corpus = open_corpus(cfg.h5_path)
     info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, checkpoint, "cpu")
     ckpt.check_compatible(
@@ -264,7 +279,7 @@ def run_evaluate(cfg, checkpoint: str | None = None, texts: list[str] | tuple = 
             lo, hi = corpus.split_ranges[split]
             if hi - lo < 2:
                 continue
-            for protocol in dict.fromkeys([mode_protocol(sequences), "standard"]):
+            for protocol in dict.fromkeys(protocols or [mode_protocol(sequences), "standard"]):
                 r = evaluate_split(model, corpus, tokens, split, protocol, cfg)
                 results.append({"source": split, "protocol": protocol, **r})
     return {"run": cfg.run.name, "checkpoint": str(info.path), "step": info.step, "results": results}
@@ -319,10 +334,18 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="score these files instead of the splits, read like the corpus",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        action="append",
+        default=[],
+        help="score the splits by this protocol (repeatable; default: the run's own and standard); windows "
+        "uses data.window, e.g. data.window=50 for the lecture's 50-token windows",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     def fn(cfg, args) -> None:
-        res = run_evaluate(cfg, args.checkpoint, args.text)
+        res = run_evaluate(cfg, args.checkpoint, args.text, args.protocol)
         print(json.dumps(res, indent=2) if args.json else format_evaluation(res), flush=True)
 
     return run_cli(parser, fn, argv)
