@@ -181,6 +181,8 @@ class _FakeSlurm:
         monkeypatch.setattr(L, "make_executor", self.make_executor)
         monkeypatch.setattr(L, "_submit", self.submit)
         monkeypatch.setattr(L, "resolve_cluster", lambda c: c)
+        # the fake ids mean nothing to a real Slurm on this machine: every recorded job has left the queue
+        monkeypatch.setattr(L.slurm, "job_states", lambda ids: {})
 
     def make_executor(self, cfg, stage, cluster, dependency=None):
         assert cluster == "slurm"
