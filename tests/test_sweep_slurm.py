@@ -63,6 +63,11 @@ def test_two_value_sweep_runs_as_one_array_per_stage(slurm, tmp_path, tiny_corpu
     script = (tmp_path / "jobs" / "sw-sweep" / "generate" / f"{gen}_submission.sh").read_text()
     assert f"#SBATCH --dependency=aftercorr:{train}" in script and "#SBATCH --array=0-1" in script
     assert f"array {train} of 2" in r.stdout and f"array {gen} of 2" in r.stdout
+    # while queued: each run's status reads its own tasks, and launching the sweep again is refused
+    early = json.loads(run_module("hpcrnn.status", str(sw.dir), "--json").stdout)
+    assert all(row["state"].split()[-1] in ("queued", "running") for row in early["runs"]), early["runs"]
+    busy = run_module("hpcrnn.sweep", *args, timeout=120)
+    assert busy.returncode == 2 and "still has jobs in Slurm" in busy.stderr, busy.stderr
 
     # preempt train task 0 once it has a complete checkpoint: it alone is requeued and resumes
     first = sw.runs[0].cfg
