@@ -7,13 +7,19 @@ One code path for 1 process, N processes on one machine and N x M across nodes:
   of a job agrees without talking;
 - submitit's local executor sets SUBMITIT_LOCAL_GLOBALID / _NTASKS / _LOCALID;
 - otherwise a single process, and no process group at all (collectives become no-ops).
-NCCL on CUDA, gloo on CPU.
+NCCL on CUDA, gloo on CPU. gloo binds to the address this host's name resolves to; where that is a loopback
+address (Debian's "127.0.1.1 host" line) and the master is elsewhere, ``gloo_interface`` picks the interface
+that routes to the master instead. ``GLOO_SOCKET_IFNAME``, when set, always wins.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
+import ipaddress
 import os
+import socket
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -64,6 +70,37 @@ def master_port(job_id: str | int) -> int:
     return 20000 + int(digits) % 20000
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return True  # a name that does not resolve is no address gloo could bind to either
+
+
+def gloo_interface(master: str) -> str | None:
+    """The network interface gloo should use to reach ``master``, or None where gloo's own choice (the
+    address of this host's name) works: that name resolves to a routable address, or the master is this
+    machine's loopback anyway. Found as the interface holding the local address the kernel picks for a
+    route to the master (a UDP connect sends nothing)."""
+    if not _is_loopback(socket.gethostname()) or _is_loopback(master):
+        return None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(master), 9))
+            local = s.getsockname()[0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _, name in socket.if_nameindex():
+                try:  # SIOCGIFADDR: the interface's IPv4 address
+                    raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                except OSError:
+                    continue
+                if socket.inet_ntoa(raw[20:24]) == local:
+                    return name
+    except OSError:
+        pass
+    return None
+
+
 def detect() -> tuple[int, int, int, str]:
     """(rank, world_size, local_rank, launcher) from the environment, without side effects."""
     env = os.environ
@@ -100,6 +137,19 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
             job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "0"
             os.environ["MASTER_PORT"] = str(master_port(job))
         info.backend = "nccl" if use_cuda else "gloo"
+        master = os.environ["MASTER_ADDR"]
+        if not use_cuda and "GLOO_SOCKET_IFNAME" not in os.environ:
+            ifname = gloo_interface(master)
+            if ifname:
+                os.environ["GLOO_SOCKET_IFNAME"] = ifname
+        # one line per rank in its job log: where each rank is and whom it waits for, should the rendezvous hang
+        print(
+            f"hpcrnn: rank {rank} of {world} on {socket.gethostname()}: {info.backend} rendezvous at "
+            f"{master}:{os.environ['MASTER_PORT']}"
+            + (f" via {os.environ['GLOO_SOCKET_IFNAME']}" if os.environ.get("GLOO_SOCKET_IFNAME") else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         dist.init_process_group(
             info.backend,
             init_method="env://",
