@@ -183,6 +183,7 @@ class _FakeSlurm:
         monkeypatch.setattr(L, "resolve_cluster", lambda c: c)
         # the fake ids mean nothing to a real Slurm on this machine: every recorded job has left the queue
         monkeypatch.setattr(L.slurm, "job_states", lambda ids: {})
+        monkeypatch.setattr(L.slurm, "job_nodes", lambda ids: {})
 
     def make_executor(self, cfg, stage, cluster, dependency=None):
         assert cluster == "slurm"

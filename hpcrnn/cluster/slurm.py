@@ -112,6 +112,30 @@ def _squeue_states(ids: list[str]) -> dict[str, str]:
     return states
 
 
+def job_nodes(job_ids: list[str]) -> dict[str, str]:
+    """{job id: its nodes as Slurm writes them ("n[1-2]")} for jobs that have (had) nodes, from sacct (which
+    knows running jobs too); {} without sacct or on error."""
+    ids = sorted({str(j).split("_")[0] for j in job_ids if j})
+    if not ids or not shutil.which("sacct"):
+        return {}
+    try:
+        r = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    nodes = {}
+    if r.returncode == 0:
+        for line in r.stdout.splitlines():
+            jid, _, nl = line.partition("|")
+            if jid and nl.strip() and nl.strip() != "None assigned":
+                nodes[jid.strip()] = nl.strip()
+    return nodes
+
+
 def job_states(job_ids: list[str]) -> dict[str, str]:
     """{job id: state} from sacct (finished jobs), overridden by squeue (the live truth for jobs it still
     lists). Array jobs report one state per task, keyed "ID_TASK"; missing tools or errors give {}."""

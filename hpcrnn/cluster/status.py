@@ -15,7 +15,7 @@ import json
 import socket
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class _RunFacts:
     newest: dict | None  # the newest complete checkpoint
     requeues: list[dict]  # metrics.jsonl "requeue" records
     refused: list[dict]  # metrics.jsonl "requeue-refused" records
+    nodes: dict[str, str] = field(default_factory=dict)  # Slurm job id -> its nodes ("n[1-2]")
 
 
 def _stage_entry(cfg: Config, stage: str, facts: _RunFacts) -> dict[str, Any]:
@@ -91,6 +92,8 @@ def _stage_entry(cfg: Config, stage: str, facts: _RunFacts) -> dict[str, Any]:
             entry[k] = rec[k]
     if on_slurm:
         entry["slurm_state"] = slurm.job_state(facts.states, rec["job_id"])
+        if facts.nodes.get(rec["job_id"]):
+            entry["nodes"] = facts.nodes[rec["job_id"]]
         if rec.get("array"):
             entry["array"] = {j: facts.states.get(j) for j in rec["array"]}
     if done:
@@ -139,6 +142,7 @@ def collect_status(cfg: Config) -> dict:
         newest=_newest_checkpoint(cfg),
         requeues=[r for r in metrics if r.get("event") == "requeue"],
         refused=[r for r in metrics if r.get("event") == "requeue-refused"],
+        nodes=slurm.job_nodes(on_slurm),
     )
     val = [r for r in metrics if r.get("split") == "val" and r.get("ppl") is not None]
     return {
@@ -165,7 +169,8 @@ def format_status(s: dict) -> str:
     for stage, entry in s["stages"].items():
         parts = []
         if entry.get("job_id") and entry.get("cluster") == "slurm":
-            parts.append(f"job {entry['job_id']} {entry.get('slurm_state') or '?'}")
+            on = f" on {entry['nodes']}" if entry.get("nodes") else ""
+            parts.append(f"job {entry['job_id']} {entry.get('slurm_state') or '?'}{on}")
         elif entry.get("job_id"):
             parts.append(f"{entry.get('cluster')} job {entry['job_id']}")
         if stage == "train" and entry.get("requeues"):
