@@ -121,6 +121,9 @@ class TrainConfig:
     eval_every: int = _f(500, min=1)
     eval_batches: int = _f(0, min=0)  # 0: the whole val split
     log_every: int = _f(50, min=1)
+    # read the device-side non-finite-loss flag every N steps (and before every checkpoint and the end);
+    # 0: every step on the CPU, every log_every steps on CUDA (no host sync per step)
+    nonfinite_check_every: int = _f(0, min=0)
     keep_last: int = _f(2, min=2)
     time_limit: float = _f(0.0, min=0.0)  # seconds of wall clock; 0: none
     stop_signal: str = "SIGUSR2"

@@ -331,6 +331,55 @@ def build_state(cfg: Config, info: D.DistInfo, data: TrainData, precision: str =
 # ------------------------------------------------------------------------------------ checkpoints, metrics
 
 
+def nonfinite_check_every(cfg: Config, device: torch.device) -> int:
+    """train.nonfinite_check_every resolved: 0 (auto) is every step on the CPU, where reading the loss costs
+    nothing, and every train.log_every steps on CUDA, where the loss is read back for the log anyway."""
+    n = cfg.train.nonfinite_check_every
+    return n if n else (cfg.train.log_every if device.type == "cuda" else 1)
+
+
+@dataclass
+class FiniteWatch:
+    """The non-finite-loss guard without a host sync at every step (on CUDA a sync stalls the queue of
+    kernels). Each step's loss is folded into one device tensor, the first step whose loss was not finite
+    (-1: none); the host reads it every ``every`` steps, before every checkpoint is written and before the
+    final evaluation, so a checkpoint never holds weights trained past a non-finite loss: the run raises
+    DivergedError instead, and its newest checkpoint stays the last good one."""
+
+    every: int = 1
+    first: torch.Tensor | None = None
+
+    def note(self, loss: torch.Tensor, step: int) -> None:
+        """``loss``: that of the step that brought the run to ``step`` (no sync)."""
+        bad = torch.isfinite(loss.detach()).logical_not()
+        if self.first is None:
+            self.first = torch.full((), -1, dtype=torch.int64, device=loss.device)
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every <= 1 or step % self.every == 0 or step >= total
+
+    def read(self) -> int:
+        """The first step of this rank whose loss was not finite, -1: none (a host sync)."""
+        return -1 if self.first is None else int(self.first.item())
+
+
+def diverged_error(cfg: Config, state: TrainState, first: int, every: int) -> DivergedError:
+    """The one-line DivergedError: the step of the non-finite loss (``first``; -1: another rank's) and,
+    when found later (train.nonfinite_check_every), the step where it was found."""
+    step = state.step
+    at = f"at step {first if first >= 0 else step}"
+    if 0 <= first < step:
+        at += f" (found at step {step}: train.nonfinite_check_every {every})"
+    elif first < 0:
+        at += " (on another rank)"
+    good = ckpt.latest(cfg.checkpoint_dir)
+    return DivergedError(
+        f"non-finite loss {at} (lr {state.opt.param_groups[0]['lr']:.3g}); the last good checkpoint is "
+        f"{good.path if good else 'none'}: lower train.lr or set train.clip_grad"
+    )
+
+
 @dataclass
 class Checkpointer:
     """Resumes from and saves the run's checkpoints. A save is collective: every rank hands in its RNG state
@@ -341,6 +390,14 @@ class Checkpointer:
     data: TrainData
     last_saved: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
     seconds: float = 0.0  # how long the last save took: the time-limit check leaves room for one
+    finite: FiniteWatch = field(default_factory=FiniteWatch)  # read before every save
+
+    def check_finite(self, state: TrainState) -> None:
+        """Collective: DivergedError on every rank when any rank has seen a non-finite loss since the start."""
+        first = self.finite.read()
+        bad = D.all_reduce(torch.tensor([1.0 if first >= 0 else 0.0]), op=torch.distributed.ReduceOp.MAX)
+        if bad.item() > 0:
+            raise diverged_error(self.cfg, state, first, self.finite.every)
 
     def resume(self, state: TrainState) -> ckpt.CheckpointInfo | None:
         """Load the newest complete checkpoint into ``state`` and set this rank's RNG streams; None when the
@@ -381,7 +438,9 @@ class Checkpointer:
         early_stop: dict | None = None,
     ):
         """Write the checkpoint of ``state.step``; its folder on rank 0, None on the others. Raises
-        StorageError on every rank when the write failed, naming the intact previous checkpoint."""
+        StorageError on every rank when the write failed, naming the intact previous checkpoint, and
+        DivergedError, writing nothing, when a loss since the start was not finite."""
+        self.check_finite(state)
         started = time.time()
         rngs = D.all_gather_object(rng_state())
         carries = D.all_gather_object(_cpu(state.carry))
@@ -545,6 +604,7 @@ class Training:
     log: MetricsLog
     progress: Progress
     precision: str = "fp32"  # train.precision as this device trains it (hpcrnn/train/precision.py)
+    finite: FiniteWatch = field(default_factory=FiniteWatch)  # the non-finite-loss guard (the saver's too)
 
     def autocast(self):
         return autocast(self.precision, self.info.device)
@@ -560,7 +620,8 @@ def _train(
         summary_writer_class(cfg.source)
     data = load_data(cfg, info)
     state = build_state(cfg, info, data, precision)
-    saver = Checkpointer(cfg, info, data)
+    finite = FiniteWatch(nonfinite_check_every(cfg, info.device))
+    saver = Checkpointer(cfg, info, data, finite=finite)
     last = saver.resume(state)
     if info.is_main:  # the run is ours and its inputs fit: only now does its config.yaml become this one
         save_resolved(cfg)
@@ -572,7 +633,7 @@ def _train(
     net = _wrap_ddp(state.model, info)
     events = EventLog(cfg.run_dir, state.step, cfg.source) if cfg.train.tensorboard and info.is_main else None
     log = MetricsLog(cfg.metrics_path, info.is_main, lock, events=events)
-    run = Training(cfg, info, data, state, saver, log, Progress(cfg, data.total, info.is_main), precision)
+    run = Training(cfg, info, data, state, saver, log, Progress(cfg, data.total, info.is_main), precision, finite)
     _announce(run, last)
     try:
         return _loop(run, net, flag, started, hook)
@@ -589,9 +650,8 @@ def _loop(
     t = cfg.train
     batches = batch_iterator(data.tokens, data.batches, state.step, t.num_workers, str(cfg.h5_path))
     pace = Pace()
-    loss = None
     while True:
-        code = _agree_on_stop(run, flag, loss, pace, started, hook)
+        code = _agree_on_stop(run, flag, pace, started, hook)
         if code:
             return _stop(run, code, flag.reason)
         if state.step >= data.total:
@@ -599,16 +659,18 @@ def _loop(
         step_started = time.time()
         tokens = data.tokens_of_step(state.step, t.batch_size, t.loss)
         loss, logits, y = _optimise(run, net, next(batches))
+        run.finite.note(loss, state.step)
         pace.tick(step_started, tokens)
         _log_step(run, pace, loss, logits, y)
         val = _validate(run) if state.step % t.eval_every == 0 and state.step < data.total else None
-        if val is not None and t.early_stop_patience and torch.isfinite(loss):
+        # a save (and _finish) first reads the non-finite guard: weights past a non-finite loss are never saved
+        if val is not None and t.early_stop_patience:
             if state.evals_since_best >= t.early_stop_patience:
                 return _finish(run, started, early_stop=True)
             if state.evals_since_best == 0:  # a new best: on disk, so that early stopping can keep it
                 saver.save(state, val=val)
                 continue
-        if state.step % t.checkpoint_every == 0 and state.step < data.total and torch.isfinite(loss):
+        if state.step % t.checkpoint_every == 0 and state.step < data.total:
             saver.save(state, val=val)
 
 
@@ -641,27 +703,23 @@ def _announce(run: Training, last: ckpt.CheckpointInfo | None) -> None:
         )
 
 
-def _agree_on_stop(
-    run: Training, flag: StopFlag, loss: torch.Tensor | None, pace: Pace, started: float, hook: StepBoundaryHook | None
-) -> int:
+def _agree_on_stop(run: Training, flag: StopFlag, pace: Pace, started: float, hook: StepBoundaryHook | None) -> int:
     """The stop code every rank agrees on at this step boundary (0: go on): the flag of any rank, the hook
-    or the time budget stops all of them. A non-finite loss on any rank raises DivergedError on all."""
+    or the time budget stops all of them. A non-finite loss on any rank raises DivergedError on all, at the
+    first boundary where the guard is read (FiniteWatch: every step on the CPU)."""
     t, step = run.cfg.train, run.state.step
     if hook is not None:
         hook(step, flag)
     if t.time_limit and time.time() - started + 2 * pace.step_s + run.saver.seconds + 5 >= t.time_limit:
         flag.request(STOP_REQUEUE, "time_limit")
-    diverged = 0.0 if loss is None or torch.isfinite(loss) else 1.0
+    first = run.finite.read() if run.finite.due(step, run.data.total) else -1
+    diverged = 1.0 if first >= 0 else 0.0
     agreed = torch.tensor([float(flag.code), diverged, 1.0 if run.log.failure else 0.0], dtype=torch.float64)
     if run.info.distributed:
         D.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
     run.log.raise_failure(agreed[2] > 0)
     if agreed[1] > 0:
-        good = ckpt.latest(run.cfg.checkpoint_dir)
-        raise DivergedError(
-            f"non-finite loss at step {step} (lr {run.state.opt.param_groups[0]['lr']:.3g}); the last "
-            f"good checkpoint is {good.path if good else 'none'}: lower train.lr or set train.clip_grad"
-        )
+        raise diverged_error(run.cfg, run.state, first, run.finite.every)
     return int(agreed[0])
 
 
@@ -826,6 +884,7 @@ def _finish(run: Training, started: float, early_stop: bool = False) -> TrainRes
     checkpoint, marked done. ``final[split]`` holds the run's own protocol, ``final["standard"][split]``
     the standard protocol's figures, comparable with published word-LM results. An early stop evaluates
     and saves the best validation's weights (the best checkpoint itself stays too)."""
+    run.saver.check_finite(run.state)  # not a word of evaluation for weights past a non-finite loss
     stopped = _restore_best(run) if early_stop else None
     final, standard = {}, {}
     for split in ("val", "test"):
