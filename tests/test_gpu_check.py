@@ -1,0 +1,38 @@
+"""bench/gpu_check.py: its CPU mode runs every check and passes (so the GPU script cannot rot), and without
+CUDA the default invocation is one line and exit 0."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_python
+
+
+@pytest.mark.slow
+def test_cpu_mode_runs_and_passes_every_check(tmp_path, tiny_corpus):
+    out = tmp_path / "results.json"
+    r = run_python("bench/gpu_check.py", "--device", "cpu", "--quick", "--corpus", str(tiny_corpus), "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(out.read_text())
+    from bench.gpu_check import CHECKS
+
+    assert list(results) == [name for name, _ in CHECKS]
+    assert {n: x["status"] for n, x in results.items()} == {n: "pass" for n, _ in CHECKS}, r.stdout
+    assert "# gpu_check — " in r.stdout and "no GPU" in r.stdout  # bench/common.py's header: machine, date
+    assert "| check | result | figures |" in r.stdout
+    assert "bitwise" in results["resume"]["figures"]
+    assert "found at step 8" in results["divergence"]["figures"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here: the default runs the checks")
+def test_without_cuda_one_line_and_exit_0():
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 1 and "no CUDA GPU" in r.stdout and not r.stderr
+
+
+def test_unknown_check_is_a_usage_error():
+    r = run_python("bench/gpu_check.py", "--device", "cpu", "--only", "nope")
+    assert r.returncode == 2 and "unknown check" in r.stderr
