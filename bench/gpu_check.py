@@ -354,9 +354,9 @@ def check_process_group(device: str, opts: Options) -> Result:
     from hpcrnn.train import distributed as D  # noqa: PLC0415
     from hpcrnn.train.loop import run_train  # noqa: PLC0415
 
-    backend = "nccl" if device == "cuda" else "gloo"
-    if not dist.is_available() or (backend == "nccl" and not dist.is_nccl_available()):
-        return Result("skipped", reason=f"torch has no {backend}")
+    backend = D.backend_for(device == "cuda")  # the trainer's own choice
+    if not dist.is_available() or (device == "cuda" and not dist.is_nccl_available()):
+        return Result("skipped", reason="torch has no nccl")
     cfg = run_config(device, opts, f"group-{device}", "train.max_steps=6", "train.checkpoint_every=3")
     done = []
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)

@@ -36,3 +36,11 @@ def test_without_cuda_one_line_and_exit_0():
 def test_unknown_check_is_a_usage_error():
     r = run_python("bench/gpu_check.py", "--device", "cpu", "--only", "nope")
     assert r.returncode == 2 and "unknown check" in r.stderr
+
+
+def test_a_gpu_group_also_reduces_cpu_tensors():
+    """The loop all-reduces CPU tensors (stop agreement, lock and checkpoint checks) on GPUs too: a plain
+    "nccl" group has no backend for them, so the group must name gloo for CPU beside NCCL for CUDA."""
+    from hpcrnn.train.distributed import backend_for
+
+    assert backend_for(True) == "cpu:gloo,cuda:nccl" and backend_for(False) == "gloo"

@@ -136,9 +136,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         if "MASTER_PORT" not in os.environ:
             job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "0"
             os.environ["MASTER_PORT"] = str(master_port(job))
-        info.backend = "nccl" if use_cuda else "gloo"
+        info.backend = backend_for(use_cuda)
         master = os.environ["MASTER_ADDR"]
-        if not use_cuda and "GLOO_SOCKET_IFNAME" not in os.environ:
+        if "GLOO_SOCKET_IFNAME" not in os.environ:
             ifname = gloo_interface(master)
             if ifname:
                 os.environ["GLOO_SOCKET_IFNAME"] = ifname
@@ -160,6 +160,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         global _GROUP_USED
         _GROUP_USED = True
     return info
+
+
+def backend_for(use_cuda: bool) -> str:
+    """The process group's backend: on GPUs, NCCL for CUDA tensors and gloo for the CPU tensors the loop
+    also reduces (the stop agreement, the lock and checkpoint checks), which a plain "nccl" group refuses."""
+    return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
 
 
 _GROUP_USED = False  # this process ran a multi-rank process group (see exit_process)
