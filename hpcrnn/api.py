@@ -175,16 +175,7 @@ def load(path: str | os.PathLike, *, checkpoint: int | str | None = None, device
     cfg = load_config(p)
     corpus = open_corpus(cfg.h5_path)
     which = None if checkpoint is None else str(checkpoint)
-    info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, which, "cpu")
-    ckpt.check_compatible(
-        meta,
-        cfg,
-        corpus.vocab_hash,
-        info.path,
-        len(corpus.vocab),
-        model_shape=False,
-        corpus_fingerprint=corpus.fingerprint,
-    )
+    info, model, meta = ckpt.open_checked(cfg, corpus, which)
     # the model is built in the checkpoint's own shape; the config says so too
     cfg.model = type(cfg.model)(**meta["config"]["model"])
     return LanguageModel(model.to(dev), Vocabulary.from_corpus(corpus), cfg, info.step, info.path, meta, corpus.path)

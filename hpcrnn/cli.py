@@ -43,34 +43,44 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def guarded(prog: str, debug: bool, body: Callable[[], int | None]) -> int:
+    """Run ``body`` and map its outcome to the documented exit statuses: a user error is one line naming
+    the culprit, a bug one line too (``--debug`` shows the traceback of either)."""
+    try:
+        return int(body() or EXIT_OK)
+    except HpcrnnError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(
+            f"{prog}: internal error: {e.__class__.__name__}: {msg} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
 def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None) -> int:
     """Parse, load, call ``fn(cfg, args)``; return the exit status (never raises for user errors)."""
     # options may stand anywhere among the overrides: `launch CONFIG --cluster local train.lr=0.1`
     args = parser.parse_intermixed_args(argv)
-    try:
+
+    def body() -> int:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:  # nothing runs and nothing is written
             sys.stdout.write(cfg.to_yaml())
             return EXIT_OK
         result = fn(cfg, args)
         return int(getattr(result, "exit_code", EXIT_OK) or EXIT_OK)
-    except HpcrnnError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug: one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(
-            f"{parser.prog}: internal error: {e.__class__.__name__}: {msg} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
+
+    return guarded(parser.prog, args.debug, body)
 
 
 def main_for(prog: str, description: str, fn: Callable, argv: list[str] | None = None) -> int:

@@ -41,16 +41,7 @@ def run_export(cfg: Config, out, checkpoint: str | None = None) -> ExportResult:
     if out.is_dir():
         raise InputError(f"-o {out}: a directory; give the model file's name, e.g. {out / (cfg.run.name + '.pt')}")
     corpus = open_corpus(cfg.h5_path)
-    info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, checkpoint, "cpu")
-    ckpt.check_compatible(
-        meta,
-        cfg,
-        corpus.vocab_hash,
-        info.path,
-        len(corpus.vocab),
-        model_shape=False,
-        corpus_fingerprint=corpus.fingerprint,
-    )
+    info, model, meta = ckpt.open_checked(cfg, corpus, checkpoint)
     config = cfg.to_dict()
     config["model"] = dict(meta["config"]["model"])  # the shape the weights have
     provenance = {

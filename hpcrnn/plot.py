@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
+from hpcrnn.cli import guarded
 from hpcrnn.config import load_config
-from hpcrnn.errors import EXIT_OK, EXIT_USAGE, ConfigError, HpcrnnError
+from hpcrnn.errors import EXIT_OK, ConfigError, StorageError
 from hpcrnn.fsutil import read_jsonl
 
 METRICS = (("loss", "loss (nats/token)"), ("ppl", "perplexity"), ("acc", "top-1 accuracy"))
@@ -81,19 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="PNG file to write (default: curves.png in the first run's directory)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         runs = [run_curves(a) for a in args.runs]
         out = Path(args.output) if args.output else Path(load_config(args.runs[0]).run_dir) / "curves.png"
-        print(draw(runs, out))
+        try:
+            print(draw(runs, out))
+        except OSError as e:
+            raise StorageError(f"{out}: cannot write: {e.strerror or e}") from None
         return EXIT_OK
-    except HpcrnnError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"hpcrnn.plot: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:
-        print(f"hpcrnn.plot: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+
+    return guarded("hpcrnn.plot", args.debug, body)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import math
 import re
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import Any
 import yaml
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from hpcrnn.cli import EPILOG, make_parser
+from hpcrnn.cli import EPILOG, guarded, make_parser
 from hpcrnn.cluster import launch as L
 from hpcrnn.cluster import slurm
 from hpcrnn.cluster.jobs import StageJob, stage_jobs
@@ -56,7 +55,7 @@ from hpcrnn.cluster.plan import STAGES, StagePlan, parse_stages
 from hpcrnn.cluster.records import write_launch
 from hpcrnn.cluster.status import collect_status
 from hpcrnn.config import RESOLVED_NAME, Config, RunConfig, load_config, parse_override, save_resolved
-from hpcrnn.errors import EXIT_ERROR, EXIT_OK, ConfigError, HpcrnnError, InputError
+from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, InputError
 from hpcrnn.fsutil import atomic_write_text, read_jsonl
 from hpcrnn.generate.folder import SUMMARY, output_dir, read_json
 from hpcrnn.lock import RunLock
@@ -784,25 +783,13 @@ def main(argv: list[str] | None = None) -> int:
         "--stages", default="all", metavar="LIST", help="comma-separated subset of preprocess,train,generate"
     )
     args = parser.parse_intermixed_args(argv)
-    try:
+
+    def body() -> int:
         sw = expand(args.config, args.overrides)
         if args.print_config:
             for r in sw.runs:
                 sys.stdout.write(f"# run {r.name}: {' '.join(r.overrides)}\n{r.cfg.to_yaml()}---\n")
             return EXIT_OK
-        res = launch_sweep(sw, args.cluster, parse_stages(args.stages))
-        return res.exit_code
-    except HpcrnnError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"hpcrnn.sweep: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("hpcrnn.sweep: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug: one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"hpcrnn.sweep: internal error: {e.__class__.__name__}: {msg} (rerun with --debug)", file=sys.stderr)
-        return EXIT_ERROR
+        return launch_sweep(sw, args.cluster, parse_stages(args.stages)).exit_code
+
+    return guarded("hpcrnn.sweep", args.debug, body)

@@ -270,6 +270,23 @@ def clean_temporaries(ckpt_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def open_checked(cfg: Config, corpus, which: str | None = None, device: Any = "cpu"):
+    """A complete checkpoint of ``cfg``'s run (the newest, or ``which``) in its own model shape, refused
+    unless it was trained on ``corpus`` (vocabulary, size, fingerprint): (info, model, meta). What every
+    reader of a finished run (evaluate, export, ``hpcrnn.load``) opens."""
+    info, model, meta = open_latest(cfg.checkpoint_dir, which, device)
+    check_compatible(
+        meta,
+        cfg,
+        corpus.vocab_hash,
+        info.path,
+        len(corpus.vocab),
+        model_shape=False,
+        corpus_fingerprint=corpus.fingerprint,
+    )
+    return info, model, meta
+
+
 def check_compatible(
     meta: dict,
     cfg: Config,

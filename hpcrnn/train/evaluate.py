@@ -258,16 +258,7 @@ def run_evaluate(
     own protocol and the standard one (or in ``protocols``); or, for each of ``texts``, by the standard
     protocol on that file read exactly as preprocessing reads the corpus (``hpcrnn.data.corpus.encode_file``)."""
     corpus = open_corpus(cfg.h5_path)
-    info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, checkpoint, "cpu")
-    ckpt.check_compatible(
-        meta,
-        cfg,
-        corpus.vocab_hash,
-        info.path,
-        len(corpus.vocab),
-        model_shape=False,
-        corpus_fingerprint=corpus.fingerprint,
-    )
+    info, model, meta = ckpt.open_checked(cfg, corpus, checkpoint)
     results = []
     if texts:
         for path in texts:
