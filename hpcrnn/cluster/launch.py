@@ -250,11 +250,16 @@ def _submit_stage(cfg: Config, stage: str, dep: str | None, res: LaunchResult) -
             f"{cfg.source}: slurm.{stage}: sbatch refused the {stage} job ({why})"
             + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued else "")
         ) from None
+    return submitted_record(jobs, jobs[0].job_id.split("_")[0], dep, ex.folder)
+
+
+def submitted_record(jobs: list, job_id: str, dependency: str | None, folder) -> dict:
+    """A run's jobs.json record of one stage's submitted job (or its tasks of an array)."""
     rec = {
         "action": "submitted",
-        "job_id": jobs[0].job_id.split("_")[0],
-        "dependency": dep,
-        "folder": str(ex.folder),
+        "job_id": job_id,
+        "dependency": dependency,
+        "folder": str(folder),
         "stdout": str(jobs[0].paths.stdout),
         "stderr": str(jobs[0].paths.stderr),
         "tasks": len(jobs),

@@ -65,50 +65,37 @@ _ARRAY_STATE_ORDER = (
 # ------------------------------------------------------------------------------------------ asking Slurm
 
 
+def _ask(argv: list[str]) -> list[str]:
+    """The output lines of a Slurm query (sacct, squeue); [] without the command, on error or failure."""
+    if not shutil.which(argv[0]):
+        return []
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return r.stdout.splitlines() if r.returncode == 0 else []
+
+
 def _sacct_states(ids: list[str]) -> dict[str, str]:
     """Finished (and live) jobs from accounting; {} without sacct or on error."""
-    if not shutil.which("sacct"):
-        return {}
-    try:
-        r = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
     states = {}
-    if r.returncode == 0:
-        for line in r.stdout.splitlines():
-            jid, _, st = line.partition("|")
-            if jid and st:
-                states[jid.strip()] = st.split()[0]  # "CANCELLED by 0" -> CANCELLED
+    for line in _ask(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)]):
+        jid, _, st = line.partition("|")
+        if jid and st:
+            states[jid.strip()] = st.split()[0]  # "CANCELLED by 0" -> CANCELLED
     return states
 
 
 def _squeue_states(ids: list[str]) -> dict[str, str]:
     """Jobs Slurm still holds; {} without squeue or on error."""
-    if not shutil.which("squeue"):
-        return {}
-    try:
-        r = subprocess.run(
-            # -r: one line per array task, pending ones too (else "12_[0-3]"), so a task id is looked up as itself
-            ["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(ids)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
     states = {}
-    if r.returncode == 0:
-        for line in r.stdout.splitlines():
-            jid, st, reason = (line.split("|") + ["", ""])[:3]
-            if jid and st:
-                # a job whose afterok job failed waits forever: it is dead, not queued
-                dead = st.strip() == "PENDING" and reason.strip() == "DependencyNeverSatisfied"
-                states[jid.strip()] = DEPENDENCY_NEVER_SATISFIED if dead else st.strip()
+    # -r: one line per array task, pending ones too (else "12_[0-3]"), so a task id is looked up as itself
+    for line in _ask(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(ids)]):
+        jid, st, reason = (line.split("|") + ["", ""])[:3]
+        if jid and st:
+            # a job whose afterok job failed waits forever: it is dead, not queued
+            dead = st.strip() == "PENDING" and reason.strip() == "DependencyNeverSatisfied"
+            states[jid.strip()] = DEPENDENCY_NEVER_SATISFIED if dead else st.strip()
     return states
 
 
@@ -116,23 +103,13 @@ def job_nodes(job_ids: list[str]) -> dict[str, str]:
     """{job id: its nodes as Slurm writes them ("n[1-2]")} for jobs that have (had) nodes, from sacct (which
     knows running jobs too); {} without sacct or on error."""
     ids = sorted({str(j).split("_")[0] for j in job_ids if j})
-    if not ids or not shutil.which("sacct"):
-        return {}
-    try:
-        r = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList", "-j", ",".join(ids)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
+    if not ids:
         return {}
     nodes = {}
-    if r.returncode == 0:
-        for line in r.stdout.splitlines():
-            jid, _, nl = line.partition("|")
-            if jid and nl.strip() and nl.strip() != "None assigned":
-                nodes[jid.strip()] = nl.strip()
+    for line in _ask(["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList", "-j", ",".join(ids)]):
+        jid, _, nl = line.partition("|")
+        if jid and nl.strip() and nl.strip() != "None assigned":
+            nodes[jid.strip()] = nl.strip()
     return nodes
 
 

@@ -506,18 +506,8 @@ class _ArraySubmitter:
         for _, js in entries:
             mine = jobs[i : i + len(js)]
             i += len(js)
-            rec = {
-                "action": "submitted",
-                "job_id": mine[0].job_id if len(jobs) > 1 and len(mine) == 1 else array,
-                "dependency": dep,
-                "folder": str(ex.folder),
-                "stdout": str(mine[0].paths.stdout),
-                "stderr": str(mine[0].paths.stderr),
-                "tasks": len(mine),
-            }
-            if len(mine) > 1:
-                rec["array"] = [j.job_id for j in mine]
-            out.append(rec)
+            job_id = mine[0].job_id if len(jobs) > 1 and len(mine) == 1 else array
+            out.append(L.submitted_record(mine, job_id, dep, ex.folder))
         return out
 
     def _refused(self, stage: str, cfg: Config, e: Exception) -> None:
