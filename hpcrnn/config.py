@@ -90,6 +90,9 @@ class ModelConfig:
     embedding: int = _f(256, min=1)
     dropout: float = _f(0.0, min=0.0, lt=1.0)
     tie_weights: bool = False  # needs embedding == hidden
+    # positions of the document so far that a pointer may copy a word from (hpcrnn/train/pointer.py:
+    # pointer sentinel mixture); 0: no pointer, the plain recurrent LM
+    pointer: int = _f(0, min=0)
 
 
 @dataclass

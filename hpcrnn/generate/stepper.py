@@ -24,10 +24,15 @@ nonlinearities and the recurrent state stay fp32; the logits come out bf16 (roun
 The logits are returned in a buffer that the next call (with the same batch size) overwrites.
 
 The state layout is ``nn.LSTM``'s: ``(h, c)`` of shape ``[layers, B, H]`` (``h`` alone for GRU/RNN).
+A model with a pointer (hpcrnn/train/pointer.py) adds its memory as a ring per slot, ``keys [1, B, M, H]``,
+``tokens [1, B, M]``, ``count [1, B]`` (rows on dim 1, so a slot is reset or dropped like ``(h, c)``); its
+step mixes the pointer into the probabilities, so the temperature and the banned tokens are applied to
+the mixture's log-probabilities instead of being folded into the output layer.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -73,6 +78,11 @@ class Stepper:
         self.hidden = rnn.hidden_size
         self.layers = rnn.num_layers
         self.mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        pointer = getattr(model, "pointer", None)
+        self.pointer = None if pointer is None else copy.deepcopy(pointer).to(device=device, dtype=torch.float32)
+        self.temperature, self.banned = temperature, sorted(set(int(t) for t in banned))
+        if self.pointer is not None:  # sampling constants go on the mixture, not the raw logits
+            temperature, banned = 0.0, ()
         with torch.no_grad():
             w_ih0_t = self._recurrent_weights(rnn, device)
             emb = model.embed.weight.detach().to(device=device, dtype=torch.float32)
@@ -145,7 +155,11 @@ class Stepper:
 
     def zero_state(self, batch: int):
         z = torch.zeros(self.layers, batch, self.hidden, device=self.device)
-        return (z, z.clone()) if self.cell == "lstm" else z
+        state = (z, z.clone()) if self.cell == "lstm" else z
+        if self.pointer is None:
+            return state
+        ring = self.pointer.zero_ring(batch, self.hidden, self.device)
+        return (*(state if isinstance(state, tuple) else (state,)), *ring)
 
     def _mm(self, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor | None = None):
         """``bias + x @ w_t`` in fp32; the product in the stepper's precision."""
@@ -159,7 +173,7 @@ class Stepper:
         if state is None:
             state = self.zero_state(tokens.shape[0])
         H = self.hidden
-        hs = state[0] if self.cell == "lstm" else state
+        hs = state[0] if self.cell == "lstm" or self.pointer is not None else state
         x = None
         for layer in range(self.layers):
             if layer == 0 and self.table is not None:
@@ -187,7 +201,19 @@ class Stepper:
                 self._mm(None, h, self.w_hh_t[layer], out=gates)
                 h.copy_(self.act(gates))
             x = h
-        return self._head(x), state
+        if self.pointer is None:
+            return self._head(x), state
+        return self._point(tokens, x, state), state
+
+    def _point(self, tokens: torch.Tensor, x: torch.Tensor, state) -> torch.Tensor:
+        """The pointer's mixture as sampling-ready logits: log p / temperature, banned tokens -inf."""
+        ring = state[2:] if self.cell == "lstm" else state[1:]
+        logp = self.pointer.step(x, tokens, self._head(x), ring, limit=self.device.type == "cpu")
+        if self.temperature > 0:
+            logp.div_(self.temperature)
+        if self.banned:
+            logp[:, self.banned] = float("-inf")
+        return logp
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] into a buffer reused at the next step of the same batch size (a fresh tensor of

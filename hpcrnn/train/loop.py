@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hpcrnn import __version__
 from hpcrnn.cli import main_for
@@ -42,7 +41,7 @@ from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
 from hpcrnn.train import heap
 from hpcrnn.train.evaluate import Scoring, evaluate_split, mode_protocol
-from hpcrnn.train.model import build_model, count_parameters
+from hpcrnn.train.model import build_model, count_parameters, token_loss
 from hpcrnn.train.precision import autocast, grad_scaler, resolve_precision
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 from hpcrnn.train.tensorboard import EventLog, summary_writer_class
@@ -109,7 +108,7 @@ def lm_loss(model, batch: torch.Tensor, loss_mode: str, state=None):
     else:
         logits, state = model(x, state)
         logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-    return F.cross_entropy(logits.float(), y), logits, y, state
+    return token_loss(model, logits, y), logits, y, state
 
 
 def detach_state(state):
@@ -323,7 +322,7 @@ def build_state(cfg: Config, info: D.DistInfo, data: TrainData, precision: str =
     """Model, optimizer, scheduler and gradient scaler, seeded identically on every rank (DDP also
     broadcasts rank 0's weights)."""
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, len(data.corpus.vocab)).to(info.device)
+    model = build_model(cfg.model, len(data.corpus.vocab), document_token_id(data.corpus)).to(info.device)
     opt = make_optimizer(cfg, model)
     return TrainState(model, opt, make_scheduler(cfg, opt, data.total), grad_scaler(precision, info.device))
 
@@ -789,7 +788,7 @@ def _documents_backward(run: Training, net: torch.nn.Module, batch: torch.Tensor
             logits, state = net(part[:, :-1].clamp_min(0), state)
             logits = logits.reshape(-1, logits.shape[-1])
             y = part[:, 1:].reshape(-1)
-            loss_sum = F.cross_entropy(logits.float(), y, ignore_index=PAD, reduction="sum")
+            loss_sum = token_loss(net, logits, y, ignore_index=PAD, reduction="sum")
             _backward(run, loss_sum * scale)
         state = detach_state(state)
         total, count = total + loss_sum.detach(), count + int((y != PAD).sum())
