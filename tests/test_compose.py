@@ -98,3 +98,24 @@ def test_print_config_runs_nothing(tmp_path, tiny_corpus, module):
     assert printed["model"]["cell"] == "rnn" and printed["train"]["lr"] == 0.5
     assert printed["data"]["corpus"] == str(tiny_corpus) and printed["run"]["name"] == "child"
     assert not scratch.exists() and not (tmp_path / "j").exists()
+
+
+def test_recipes_best_is_lstm256_widened_with_a_pointer():
+    """recipes-best.yaml trains as lstm256.yaml does (mode, optimizer, schedule, data) and differs only in
+    the network, the epochs and the sampling that docs/results.md measured."""
+    lstm = load_config(ROOT / "configs" / "lstm256.yaml").to_dict()
+    best = load_config(ROOT / "configs" / "recipes-best.yaml").to_dict()
+    assert best["model"] == {
+        **lstm["model"],
+        "hidden": 512,
+        "embedding": 512,
+        "tie_weights": True,
+        "dropout": 0.4,
+        "pointer": 512,
+    }
+    assert best["data"] == lstm["data"]
+    assert {k: v for k, v in best["train"].items() if k != "epochs"} == {
+        k: v for k, v in lstm["train"].items() if k != "epochs"
+    }
+    assert best["train"]["epochs"] == 10
+    assert (best["generate"]["temperature"], best["generate"]["top_p"]) == (1.0, 0.98)

@@ -19,6 +19,10 @@ torch.set_num_threads(1)
 MODES = {
     "stream": dict(data={"sequences": "stream", "window": 12}, model={"dropout": 0.2, "layers": 2}),
     "documents": dict(data={"sequences": "documents", "max_len": 16}, model={"dropout": 0.2, "layers": 2}),
+    # the pointer's memory is carried state too (checkpointed, split by rank, reset with the stream)
+    "stream+pointer": dict(
+        data={"sequences": "stream", "window": 12}, model={"dropout": 0.2, "layers": 2, "pointer": 20}
+    ),
 }
 
 
@@ -90,7 +94,7 @@ def test_windows_mode_carries_nothing(tmp_path, tiny_corpus, monkeypatch):
 @pytest.mark.parametrize("mode", MODES)
 def test_two_ranks_match_one_rank_and_resume_at_another_world_size(tmp_path, tiny_corpus, mode):
     # no dropout: each rank draws its own masks, so only the dropout-free runs can match
-    extra = {**MODES[mode], "model": {"layers": 2}, "train": {"max_steps": 10}}
+    extra = {**MODES[mode], "model": {**MODES[mode]["model"], "dropout": 0.0}, "train": {"max_steps": 10}}
     one_path = tiny_config(tmp_path / "one", tiny_corpus, **extra)
     two_path, two = prepared(tmp_path / "two", tiny_corpus, **extra)
     _, one = prepared(tmp_path / "one", tiny_corpus, **extra)

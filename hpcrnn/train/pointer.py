@@ -1,8 +1,9 @@
 """A pointer over the document so far: lets the recurrent LM copy a word it has already read.
 
 Pointer sentinel mixture (Merity et al. 2016, "Pointer sentinel mixture models"). At every position the
-last layer's output ``h_t`` asks ``q_t = tanh(W h_t + b)``; it scores the outputs ``h_j`` of the earlier
-positions of the same document (the newest ``memory`` of them and the current one) and a learned sentinel:
+last layer's output ``h_t`` asks ``q_t = tanh(W h_t + b)``; it scores the outputs ``h_j`` of the positions
+read so far in the same document (the current one included; the newest ``memory`` before the current
+chunk, plus the chunk's own up to ``t``) and a learned sentinel:
 ``a = softmax([q_t . h_j ..., q_t . s + b_s])``. The sentinel's weight ``g`` is the share left to the
 softmax over the vocabulary; the rest points at the words read at those positions:
 
