@@ -46,17 +46,13 @@ class Pointer(nn.Module):
         # -1: none, the memory is one document
         self.register_buffer("boundary", torch.tensor(int(boundary)))
 
-    def empty(self, batch: int, hidden: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            torch.zeros(self.memory, batch, hidden, device=device),
-            torch.zeros(self.memory, batch, dtype=torch.long, device=device),
-        )
-
     def forward(self, h: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, mem=None, last_only: bool = False):
         """h [B, T, H]: last-layer outputs; x [B, T]: the tokens read; logits [B, T, V] ([B, V] with
         ``last_only``: the last position only) -> (log p of the same shape, the new memory)."""
         B, T, H = h.shape
-        keys_m, toks_m = self.empty(B, H, h.device) if mem is None else mem
+        # no memory yet (windows mode, a stream's first step): score the chunk alone rather than a memory
+        # of empty places, which would be masked out anyway
+        keys_m, toks_m = self._none(B, H, h.device) if mem is None else mem
         M = keys_m.shape[0]
         h = h.float()
         keys = torch.cat([keys_m.transpose(0, 1).float(), h], 1)  # [B, M + T, H]
@@ -66,8 +62,20 @@ class Pointer(nn.Module):
             h, valid, logits = h[:, -1:], valid[:, -1:], logits[:, None]
         with torch.autocast(h.device.type, enabled=False):
             logp = self.mix(torch.tanh(self.query(h)), keys, toks, valid, logits.float())
-        new = (keys[:, -M:].detach().transpose(0, 1).contiguous(), toks[:, -M:].t().contiguous())
-        return (logp[:, 0] if last_only else logp), new
+        return (logp[:, 0] if last_only else logp), self._newest(keys.detach(), toks)
+
+    def _none(self, batch: int, hidden: int, device):
+        return torch.zeros(0, batch, hidden, device=device), torch.zeros(0, batch, dtype=torch.long, device=device)
+
+    def _newest(self, keys: torch.Tensor, toks: torch.Tensor):
+        """The carried memory: the newest ``memory`` places of [B, L, ...], empty places first when L is
+        shorter (the carry keeps one shape from step to step: checkpoints join it by rows)."""
+        short = self.memory - keys.shape[1]
+        if short > 0:
+            keys = torch.nn.functional.pad(keys, (0, 0, short, 0))
+            toks = torch.nn.functional.pad(toks, (short, 0))
+        keys, toks = keys[:, -self.memory :], toks[:, -self.memory :]
+        return keys.transpose(0, 1).contiguous(), toks.t().contiguous()
 
     def _valid(self, toks: torch.Tensor, M: int, T: int) -> torch.Tensor:
         """Which remembered position each query may point at: filled, not after the query, and in the
