@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ from hpcrnn.train import checkpoint as ckpt
 __all__ = ["LanguageModel", "load", "initial_weights"]
 
 _GENERATE_KEYS = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size")
+
+
+def _warn_once(msg: str) -> None:
+    warnings.warn(f"hpcrnn: {msg}", stacklevel=3)
 
 
 def _device(device: Any) -> torch.device:
@@ -98,7 +103,7 @@ class LanguageModel:
         from hpcrnn.generate.describe import recipe_text  # noqa: PLC0415
         from hpcrnn.generate.job import decode_recipes  # noqa: PLC0415
         from hpcrnn.generate.prompts import plan_prompt  # noqa: PLC0415
-        from hpcrnn.generate.stepper import resolve_precision  # noqa: PLC0415
+        from hpcrnn.model.precision import resolve_precision  # noqa: PLC0415
 
         src = "lm.generate"
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -118,7 +123,7 @@ class LanguageModel:
         cv = self._corpus_view()
         pp = plan_prompt(cfg, cv)
         device = self.device
-        precision = resolve_precision(g.precision, device)
+        precision = resolve_precision(g.precision, device, "generate", src, say=_warn_once)
         texts: dict[int, str] = {}
         for i, shown, toks, _ in decode_recipes(cfg, cv, self.model, pp, list(range(1, n + 1)), device, precision):
             texts[i] = recipe_text(cv.vocab, cv.tokenizer, shown, toks)

@@ -24,6 +24,7 @@ from hpcrnn.generate import prompts as P
 from hpcrnn.generate import sampling as S
 from hpcrnn.generate import stepper as ST
 from hpcrnn.generate.corpus_view import CorpusView
+from hpcrnn.model import precision as MP
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.model import RecurrentLM, build_model
 from tests.conftest import make_recipes, run_module, start_module, tiny_config
@@ -317,12 +318,32 @@ def test_other_tokenizers(tmp_path, tokenizer):
         assert text.decode().startswith("Title: FIG JAM\n")
 
 
+def test_bf16_on_a_cpu_without_bf16_kernels_generates_fp32_and_says_so(tmp_path, monkeypatch, capsys):
+    """The AMD path, forced on any machine (HPCRNN_CPU_BF16=0): generate.precision=bf16 is one line and
+    fp32 recipes, the same files as fp32's, never an internal error."""
+    monkeypatch.setenv("HPCRNN_CPU_BF16", "0")
+    cfg_path, _ = prepared_run(tmp_path)
+    gen = tmp_path / "scratch" / "tiny" / "generated"
+    assert G.run_generate(with_(cfg_path, "generate.name=b", "generate.precision=bf16")).complete
+    out = capsys.readouterr().out
+    assert out.count("generate.precision: bf16: this CPU has no native bf16 kernels; generating in fp32") == 1
+    assert json.loads((gen / "b" / "summary.json").read_text())["precision"] == "fp32"
+    G.run_generate(with_(cfg_path, "generate.name=f", "generate.precision=fp32"))
+    assert files_of(gen / "b") == files_of(gen / "f")
+
+
 def test_precision_auto_is_resolved_once_and_pinned(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.delenv("HPCRNN_CPU_BF16", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert ST.resolve_precision("auto", cpu) == "bf16" and ST.resolve_precision("fp32", cpu) == "fp32"
+    assert MP.resolve_precision("auto", cpu, "generate") == "bf16"
+    assert MP.resolve_precision("fp32", cpu, "generate") == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert ST.resolve_precision("auto", cpu) == "fp32" and ST.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    said = []
+    assert MP.resolve_precision("auto", cpu, "generate", say=said.append) == "fp32" and not said
+    assert MP.resolve_precision("bf16", cpu, "generate", say=said.append) == "fp32"  # no kernels: fp32, said
+    assert said == ["generate.precision: bf16: this CPU has no native bf16 kernels; generating in fp32"]
     cfg_path, cfg = prepared_run(tmp_path)
     gen = tmp_path / "scratch" / "tiny" / "generated"
     # shard 1 of 2 starts on a machine without AMX: auto -> fp32, pinned in plan.json ...

@@ -73,7 +73,7 @@ from hpcrnn.generate.folder import (
 )
 from hpcrnn.generate.memory import keep_freed_memory
 from hpcrnn.generate.prompts import PromptPlan, make_job, plan_prompt
-from hpcrnn.generate.stepper import resolve_precision
+from hpcrnn.model.precision import resolve_precision
 from hpcrnn.modelfile import ModelFile, read_model_file
 from hpcrnn.progress import Meter
 from hpcrnn.train import checkpoint as ckpt
@@ -175,7 +175,8 @@ def _open_source(cfg: Config, out: Path) -> _Source:
     except OSError as e:
         raise StorageError(f"{out}: cannot create: {e.strerror or e}") from None
     device = _device(cfg)
-    precision = _agree_plan(cfg, out, info, cv, resolve_precision(cfg.generate.precision, device))
+    want = resolve_precision(cfg.generate.precision, device, "generate", cfg.source, say=_log)
+    precision = _agree_plan(cfg, out, info, cv, want)
     return _Source(cv, prompt, info, model, device, precision)
 
 

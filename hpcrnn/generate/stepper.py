@@ -19,7 +19,7 @@ rearrangements that change no result beyond float rounding:
 recurrent and output products take bf16 inputs and sum in fp32 (many times faster where the hardware
 multiplies bf16 natively: AMX on a CPU, a GPU's tensor cores), while the input table, the gate
 nonlinearities and the recurrent state stay fp32; the logits come out bf16 (rounded once, after summing).
-``resolve_precision`` picks ``bf16`` where the hardware has it.
+Which precision a job uses is decided once, in hpcrnn/model/precision.py.
 
 The logits are returned in a buffer that the next call (with the same batch size) overwrites.
 
@@ -38,20 +38,6 @@ from collections.abc import Sequence
 import torch
 
 TABLE_LIMIT_BYTES = 512 * 2**20  # larger input tables (huge vocabularies) multiply per step instead
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the hardware multiplies bf16 natively — a CUDA GPU that supports it, or a CPU
-    with AMX tiles — else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return "bf16" if amx is not None and amx() else "fp32"
-    except Exception:  # a private probe: never let it fail a job
-        return "fp32"
 
 
 class Stepper:

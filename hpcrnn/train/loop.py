@@ -36,13 +36,14 @@ from hpcrnn.data.sequences import PAD, DocumentBatches, StreamBatches, document_
 from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, DivergedError, InputError, LockedError, StorageError
 from hpcrnn.fsutil import append_jsonl
 from hpcrnn.lock import RunLock
+from hpcrnn.model.precision import autocast, resolve_precision
 from hpcrnn.progress import use_bar
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
 from hpcrnn.train import heap
 from hpcrnn.train.evaluate import Scoring, evaluate_split, mode_protocol
 from hpcrnn.train.model import build_model, count_parameters, token_loss
-from hpcrnn.train.precision import autocast, grad_scaler, resolve_precision
+from hpcrnn.train.precision import grad_scaler
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
 from hpcrnn.train.tensorboard import EventLog, summary_writer_class
 
@@ -602,7 +603,7 @@ class Training:
     saver: Checkpointer
     log: MetricsLog
     progress: Progress
-    precision: str = "fp32"  # train.precision as this device trains it (hpcrnn/train/precision.py)
+    precision: str = "fp32"  # train.precision as this device trains it (hpcrnn/model/precision.py)
     finite: FiniteWatch = field(default_factory=FiniteWatch)  # the non-finite-loss guard (the saver's too)
 
     def autocast(self):
@@ -614,7 +615,7 @@ def _train(
 ) -> TrainResult:
     started = time.time()
     configure_torch(cfg)
-    precision = resolve_precision(cfg.train.precision, info.device, cfg.source)
+    precision = resolve_precision(cfg.train.precision, info.device, "train", cfg.source)
     if cfg.train.tensorboard:  # a missing optional package fails now, on every rank, not after set-up
         summary_writer_class(cfg.source)
     data = load_data(cfg, info)
