@@ -157,8 +157,8 @@ class GenerateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison
     # the matrix products (most of a step's work) in bf16 where the hardware multiplies bf16 natively
-    # (CUDA, CPUs with AMX or AVX512-BF16; bf16 elsewhere runs fp32 and says so), as autocast does; state and sampling stay fp32. auto resolves once per output
-    # folder (generated/<name>/plan.json)
+    # (CUDA, CPUs with AMX or AVX512-BF16; bf16 elsewhere runs fp32 and says so), as autocast does; state
+    # and sampling stay fp32. auto resolves once per output folder (generated/<name>/plan.json)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
