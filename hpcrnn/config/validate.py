@@ -1,0 +1,150 @@
+"""Validation of a built config: cross-field checks, then paths resolved against the current directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+from hpcrnn.config.schema import Config
+from hpcrnn.config.strings import _check_text, expand_env, prompt_text
+from hpcrnn.errors import ConfigError
+
+_ADDITIONAL_KEY = re.compile(r"[a-z0-9][a-z0-9_-]*")  # sbatch option names (_ is written as -)
+_UNCATCHABLE = {"SIGKILL", "SIGSTOP"}
+
+
+def _check_additional(extra: dict | None, key: str, src: str) -> None:
+    """sbatch parameters: option names and plain values only (a newline would add #SBATCH lines)."""
+    for k, v in (extra or {}).items():
+        if not _ADDITIONAL_KEY.fullmatch(k):
+            raise ConfigError(f"{src}: {key}.{k}: an sbatch option name holds only a-z, 0-9, - and _")
+        if isinstance(v, str):
+            _check_text(expand_env(v, f"{key}.{k}", src), f"{key}.{k}", src)
+        elif not isinstance(v, (int, float, bool)):
+            raise ConfigError(f"{src}: {key}.{k}: expected a string or number, got {type(v).__name__} {v!r}")
+
+
+def _check_corpus(corpus: Any, src: str) -> Any:
+    key = "data.corpus"
+    if isinstance(corpus, str):
+        return _check_text(expand_env(corpus, key, src), key, src)
+    if isinstance(corpus, list):
+        if not corpus or not all(isinstance(c, str) for c in corpus):
+            raise ConfigError(f"{src}: {key}: a list of corpus paths must be non-empty strings")
+        return [_check_text(expand_env(c, f"{key}[{i}]", src), f"{key}[{i}]", src) for i, c in enumerate(corpus)]
+    if isinstance(corpus, dict):
+        want = {"train", "val", "test"}
+        if set(corpus) != want:
+            raise ConfigError(
+                f"{src}: {key}: a split mapping needs exactly the keys train, val, test "
+                f"(got {', '.join(map(str, corpus)) or 'none'})"
+            )
+        out = {}
+        for k in ("train", "val", "test"):
+            if not isinstance(corpus[k], str):
+                raise ConfigError(f"{src}: {key}.{k}: expected a path, got {corpus[k]!r}")
+            out[k] = _check_text(expand_env(corpus[k], f"{key}.{k}", src), f"{key}.{k}", src)
+        return out
+    raise ConfigError(f"{src}: {key}: expected a path, a list of paths or {{train, val, test}}, got {corpus!r}")
+
+
+def _check_name(name: str, key: str, src: str) -> None:
+    """A run or folder name is one path component inside its parent: never '.', '..' or a separator."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise ConfigError(f"{src}: {key}: {name!r} may hold only letters, digits and _ . + -")
+    if set(name) == {"."}:
+        raise ConfigError(f"{src}: {key}: {name!r} would name a folder outside the run's own")
+
+
+def _abs(p: str) -> str:
+    return str(Path(p).expanduser().absolute()) if p else p
+
+
+def validate(cfg: Config, src: str) -> Config:
+    """Cross-field checks and path resolution (relative to the current working directory)."""
+    _check_data(cfg, src)
+    _check_model_and_train(cfg, src)
+    _check_names(cfg, src)
+    _resolve_paths(cfg, src)
+    return cfg
+
+
+def _check_data(cfg: Config, src: str) -> None:
+    """The data section, and what its sequences mode asks of training; fills in min_count's default."""
+    d, t = cfg.data, cfg.train
+    d.corpus = _check_corpus(d.corpus, src)
+    if d.min_count is None:
+        d.min_count = 1 if d.tokenizer == "char" else 5
+    if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1.0) > 1e-6 or d.split[0] <= 0:
+        raise ConfigError(
+            f"{src}: data.split: expected three non-negative fractions (train, val, test) "
+            f"summing to 1 with train > 0, got {d.split}"
+        )
+    if d.document_start is not None:
+        try:
+            re.compile(d.document_start, re.M)
+        except re.error as e:
+            raise ConfigError(f"{src}: data.document_start: invalid regex {d.document_start!r}: {e}") from None
+    if d.sequences != "windows" and t.loss != "all":
+        raise ConfigError(
+            f"{src}: train.loss: 'last' scores only the word after a window; data.sequences: {d.sequences} "
+            f"needs train.loss: all"
+        )
+
+
+def _check_model_and_train(cfg: Config, src: str) -> None:
+    """Tied weights' shapes, the one spelling of train.precision, and a stop signal that can be caught."""
+    m, t = cfg.model, cfg.train
+    if m.tie_weights and m.embedding != m.hidden:
+        raise ConfigError(
+            f"{src}: model.tie_weights: needs model.embedding == model.hidden ({m.embedding} != {m.hidden})"
+        )
+    if t.bf16 is not None:  # the older key: one spelling in the resolved config
+        fits = ("auto", "bf16") if t.bf16 else ("auto", "fp32")
+        if t.precision not in fits:
+            raise ConfigError(
+                f"{src}: train.bf16: {t.bf16} contradicts train.precision: {t.precision}; set only precision"
+            )
+        t.precision = t.precision if t.bf16 else "fp32"
+        t.bf16 = None
+    if t.stop_signal not in signal.Signals.__members__:
+        raise ConfigError(f"{src}: train.stop_signal: {t.stop_signal!r} is not a signal name like SIGUSR2")
+    if t.stop_signal in _UNCATCHABLE:
+        raise ConfigError(
+            f"{src}: train.stop_signal: {t.stop_signal} cannot be caught, so it cannot stop training "
+            f"with a checkpoint: use SIGUSR2 (or another catchable signal)"
+        )
+
+
+def _check_names(cfg: Config, src: str) -> None:
+    """Run and output folder names, and the extra sbatch parameters of every stage."""
+    _check_name(cfg.run.name or "x", "run.name", src)
+    _check_name(cfg.generate.name, "generate.name", src)
+    for stage in ("defaults", "preprocess", "train", "generate"):
+        _check_additional(getattr(cfg.slurm, stage).additional, f"slurm.{stage}.additional", src)
+
+
+def _resolve_paths(cfg: Config, src: str) -> None:
+    """Make every path absolute (and read a ``file:`` prompt) now, so the saved config is cwd-independent."""
+    d, t, g = cfg.data, cfg.train, cfg.generate
+    cfg.paths.scratch = _abs(cfg.paths.scratch)
+    cfg.paths.jobs = _abs(cfg.paths.jobs)
+    for key, path in (("paths.scratch", cfg.paths.scratch), ("paths.jobs", cfg.paths.jobs)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"{src}: {key}: {path} exists and is not a directory")
+    if isinstance(d.corpus, str):
+        d.corpus = _abs(d.corpus)
+    elif isinstance(d.corpus, list):
+        d.corpus = [_abs(c) for c in d.corpus]
+    elif isinstance(d.corpus, dict):
+        d.corpus = {k: _abs(v) for k, v in d.corpus.items()}
+    if d.h5_path:
+        d.h5_path = _abs(d.h5_path)
+    d.vocab_from = _abs(d.vocab_from) if d.vocab_from else None
+    t.init_from = _abs(t.init_from) if t.init_from else None
+    g.prompt = prompt_text(g.prompt, "generate.prompt", src)
+    if g.checkpoint and not g.checkpoint.isdigit():
+        g.checkpoint = _abs(g.checkpoint)
