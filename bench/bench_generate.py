@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import header, peak_rss_mb  # noqa: E402
 from hpcrnn.config import ModelConfig, load_config  # noqa: E402
 from hpcrnn.generate.decode import Job, generate_batched  # noqa: E402
-from hpcrnn.generate.memory import keep_freed_memory  # noqa: E402
 from hpcrnn.generate.sampling import uniforms_per_token  # noqa: E402
+from hpcrnn.model.rnn import build_model  # noqa: E402
+from hpcrnn.process import keep_freed_memory  # noqa: E402
 from hpcrnn.train import checkpoint as ckpt  # noqa: E402
-from hpcrnn.train.model import build_model  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hpcrnn.train.heap import reexec_with_tuned_heap  # noqa: E402
+from hpcrnn.process import reexec_with_tuned_heap  # noqa: E402
 
 reexec_with_tuned_heap()  # the malloc settings python -m hpcrnn.train runs with, for every loop here
 from bench.common import header  # noqa: E402

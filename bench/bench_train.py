@@ -31,9 +31,9 @@ from hpcrnn.data.batches import WindowBatches, gather_windows  # noqa: E402
 from hpcrnn.data.build import run_preprocess  # noqa: E402
 from hpcrnn.data.corpus import open_corpus  # noqa: E402
 from hpcrnn.fsutil import read_jsonl  # noqa: E402
+from hpcrnn.model.rnn import build_model  # noqa: E402
 from hpcrnn.train import checkpoint as ckpt  # noqa: E402
 from hpcrnn.train.loop import run_train  # noqa: E402
-from hpcrnn.train.model import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -227,8 +227,8 @@ def _cpu_autocast(opts: Options, note: str) -> Result:
     from hpcrnn.data.batches import gather_windows  # noqa: PLC0415
     from hpcrnn.data.corpus import open_corpus  # noqa: PLC0415
     from hpcrnn.model.precision import autocast  # noqa: PLC0415
+    from hpcrnn.model.rnn import build_model  # noqa: PLC0415
     from hpcrnn.train.loop import lm_loss  # noqa: PLC0415
-    from hpcrnn.train.model import build_model  # noqa: PLC0415
 
     if not bf16_ok("cpu"):  # oneDNN has no bf16 LSTM there: the trainer's fp32 rule is what runs
         return Result("pass", note, NO_CPU_BF16)
@@ -298,7 +298,7 @@ def check_resume(device: str, opts: Options) -> Result:
 
 
 def _recipes(out: Path, n: int) -> list[str]:
-    from hpcrnn.generate.folder import recipe_file_name  # noqa: PLC0415
+    from hpcrnn.run.generated import recipe_file_name  # noqa: PLC0415
 
     return [(out / recipe_file_name(i)).read_text(encoding="utf-8") for i in range(1, n + 1)]
 
@@ -484,7 +484,7 @@ def check_speed_train(device: str, opts: Options) -> Result:
 def check_speed_generate(device: str, opts: Options) -> Result:
     from bench.bench_generate import hpcrnn_loop, lecture_loop  # noqa: PLC0415
     from hpcrnn.config import ModelConfig  # noqa: PLC0415
-    from hpcrnn.train.model import build_model  # noqa: PLC0415
+    from hpcrnn.model.rnn import build_model  # noqa: PLC0415
 
     vocab, window = 8000, 50
     batch, n, lec_n = (32, 20, 10) if opts.quick else (1024, 200, 60)

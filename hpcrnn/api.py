@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from hpcrnn.config import Config, GenerateConfig, _build, from_dict, load_config, prompt_text
+from hpcrnn.config import Config, GenerateConfig, _build, prompt_text
 from hpcrnn.errors import ConfigError, InputError
-from hpcrnn.modelfile import Vocabulary, is_model_file, read_model_file
-from hpcrnn.train import checkpoint as ckpt
+from hpcrnn.model.file import Vocabulary
+from hpcrnn.model.trained import open_trained
 
 __all__ = ["LanguageModel", "load", "initial_weights"]
 
@@ -133,7 +133,7 @@ class LanguageModel:
         """What ``python -m hpcrnn.evaluate --text FILE`` reports for ``text`` (a string of text, or a
         path as a ``pathlib.Path``), read exactly as the corpus was: ``loss``, ``ppl``, ``acc``, ``top5``,
         ``unk`` and ``tokens`` by the standard protocol."""
-        from hpcrnn.train.evaluate import _score_file  # noqa: PLC0415
+        from hpcrnn.evaluate.metrics import score_file  # noqa: PLC0415
 
         was_training = self.model.training
         self.model.eval()
@@ -143,7 +143,7 @@ class LanguageModel:
                 return {
                     "source": str(path),
                     "protocol": "standard",
-                    **_score_file(self.model, self.vocab, path, self.device),
+                    **score_file(self.model, self.vocab, path, self.device),
                 }
             if not isinstance(text, str):
                 raise InputError(f"lm.evaluate: expected text (str) or a path, got {type(text).__name__}")
@@ -151,7 +151,7 @@ class LanguageModel:
                 path = Path(d) / "text.txt"  # read like a .txt corpus file
                 path.write_text(text, encoding="utf-8")
                 try:
-                    figures = _score_file(self.model, self.vocab, path, self.device)
+                    figures = score_file(self.model, self.vocab, path, self.device)
                 except InputError as e:  # name the text, not the temporary file it was read from
                     raise InputError(str(e).replace(str(path), "lm.evaluate: the text")) from None
             return {"source": "<text>", "protocol": "standard", **figures}
@@ -164,47 +164,13 @@ def load(path: str | os.PathLike, *, checkpoint: int | str | None = None, device
     ``checkpoint``: a step or checkpoint folder), or a model file of ``python -m hpcrnn.export``, which
     needs no corpus.h5. ``device``: "auto" (CUDA when present), "cpu", "cuda" or a torch.device.
     Problems are ``hpcrnn.errors.HpcrnnError`` with a one-line message."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: not found (a run directory, a config file or a model file)")
     dev = _device(device)
-    if is_model_file(p):
-        if checkpoint is not None:
-            raise InputError(f"{p}: a model file holds one checkpoint: checkpoint={checkpoint!r} is for a run")
-        mf = read_model_file(p)
-        config = from_dict(mf.config, f"{p} (config)", default_name=p.stem)
-        config.model = mf.model_config()
-        return LanguageModel(mf.build_model(dev), mf.vocabulary, config, mf.step, p, mf.meta)
-    from hpcrnn.data.corpus import open_corpus  # noqa: PLC0415
-
-    cfg = load_config(p)
-    corpus = open_corpus(cfg.h5_path)
-    which = None if checkpoint is None else str(checkpoint)
-    info, model, meta = ckpt.open_checked(cfg, corpus, which)
-    # the model is built in the checkpoint's own shape; the config says so too
-    cfg.model = type(cfg.model)(**meta["config"]["model"])
-    return LanguageModel(model.to(dev), Vocabulary.from_corpus(corpus), cfg, info.step, info.path, meta, corpus.path)
+    t = open_trained(path, checkpoint, dev)
+    return LanguageModel(t.model, t.vocab, t.config, t.step, t.source, t.meta, t.corpus_path)
 
 
 def initial_weights(cfg: Config, corpus) -> dict:
-    """``train.init_from``'s weights for a run of ``cfg`` on ``corpus``: the source's tokenizer, vocabulary
-    and model shape must be this run's (dropout aside), else a one-line InputError naming both sides."""
-    src = cfg.train.init_from
-    lm = load(src, device="cpu")
-    key = "train.init_from"
-    if lm.vocab.tokenizer != corpus.tokenizer:
-        raise InputError(
-            f"{key}: {src} was trained on {lm.vocab.tokenizer!r} tokens, this run's corpus {cfg.h5_path} has "
-            f"{corpus.tokenizer!r} tokens"
-        )
-    if lm.vocab.vocab_hash != corpus.vocab_hash:
-        raise InputError(
-            f"{key}: {src} has vocabulary {lm.vocab.vocab_hash[:12]} ({len(lm.vocab)} tokens), this run's corpus "
-            f"{cfg.h5_path} has {corpus.vocab_hash[:12]} ({len(corpus.vocab)} tokens): preprocess with "
-            f"data.vocab_from: {src}"
-        )
-    theirs, ours = dataclasses.asdict(lm.config.model), dataclasses.asdict(cfg.model)
-    diff = [f"model.{k}: {theirs[k]!r} there, {v!r} here" for k, v in ours.items() if k != "dropout" and theirs[k] != v]
-    if diff:
-        raise InputError(f"{key}: {src} is another model shape ({'; '.join(diff)})")
-    return lm.model.state_dict()
+    """``train.init_from``'s weights (hpcrnn/train/init_from.py), kept here for old callers."""
+    from hpcrnn.train.init_from import initial_weights as weights  # noqa: PLC0415
+
+    return weights(cfg, corpus)

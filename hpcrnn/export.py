@@ -34,14 +34,14 @@ def run_export(cfg: Config, out, checkpoint: str | None = None) -> ExportResult:
     from hpcrnn.data.corpus import open_corpus  # noqa: PLC0415 -- torch and h5py only once arguments are good
     from hpcrnn.generate.corpus_view import CorpusView  # noqa: PLC0415
     from hpcrnn.generate.prompts import title_prefix  # noqa: PLC0415
-    from hpcrnn.modelfile import Vocabulary, write_model_file  # noqa: PLC0415
-    from hpcrnn.train import checkpoint as ckpt  # noqa: PLC0415
+    from hpcrnn.model.file import Vocabulary, write_model_file  # noqa: PLC0415
+    from hpcrnn.model.restore import open_checked  # noqa: PLC0415
 
     out = Path(out).expanduser().absolute()
     if out.is_dir():
         raise InputError(f"-o {out}: a directory; give the model file's name, e.g. {out / (cfg.run.name + '.pt')}")
     corpus = open_corpus(cfg.h5_path)
-    info, model, meta = ckpt.open_checked(cfg, corpus, checkpoint)
+    info, model, meta = open_checked(cfg, corpus, checkpoint)
     config = cfg.to_dict()
     config["model"] = dict(meta["config"]["model"])  # the shape the weights have
     provenance = {

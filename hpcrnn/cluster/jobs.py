@@ -12,6 +12,7 @@ newest complete checkpoint. SIGTERM ("stopped") ends the job without a requeue.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -22,13 +23,24 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from hpcrnn.cluster import submitit_internals as internals
 from hpcrnn.config import Config
-from hpcrnn.data.build import run_preprocess
 from hpcrnn.errors import EXIT_STOPPED, HpcrnnError
 from hpcrnn.fsutil import append_jsonl, read_jsonl
-from hpcrnn.generate.job import run_generate
-from hpcrnn.train.checkpoint import list_complete
-from hpcrnn.train.distributed import master_port
-from hpcrnn.train.loop import run_train
+from hpcrnn.process import master_port
+from hpcrnn.run.checkpoints import list_complete
+
+
+def stage_function(name: str) -> Any:
+    """A stage's ``run_<stage>`` function, imported when a job runs it: on the compute node, in the job's
+    own process, so the launcher (on a login node) never imports torch or the stages."""
+    module, func = STAGE_FUNCTIONS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+STAGE_FUNCTIONS = {
+    "preprocess": "hpcrnn.data.build:run_preprocess",
+    "train": "hpcrnn.train.loop:run_train",
+    "generate": "hpcrnn.generate.job:run_generate",
+}
 
 
 class StageStopped(HpcrnnError):
@@ -94,7 +106,7 @@ class PreprocessJob(StageJob):
     stage = "preprocess"
 
     def run(self) -> Any:
-        return run_preprocess(self.cfg)
+        return stage_function("preprocess")(self.cfg)
 
 
 class GenerateJob(StageJob):
@@ -105,7 +117,7 @@ class GenerateJob(StageJob):
         self.shard, self.num_shards = shard, num_shards
 
     def run(self) -> Any:
-        return run_generate(self.cfg, shard=self.shard, num_shards=self.num_shards)
+        return stage_function("generate")(self.cfg, shard=self.shard, num_shards=self.num_shards)
 
 
 # submitit's handler as found when the train job started (the trainer swaps it out while it trains)
@@ -124,6 +136,7 @@ class TrainJob(StageJob, Checkpointable):
         env = _job_env()
         rank = env.global_rank if env is not None else 0
         restarts, last_step = 0, None
+        run_train = stage_function("train")
         while True:
             result = run_train(self.cfg)
             if result.status == "done":

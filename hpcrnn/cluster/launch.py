@@ -38,7 +38,7 @@ from hpcrnn.cluster.records import latest_jobs, write_launch
 from hpcrnn.cluster.submitit_internals import preemption_signal_name
 from hpcrnn.config import Config, save_resolved
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, LockedError
-from hpcrnn.lock import LAUNCH_LOCK_NAME, RunLock
+from hpcrnn.run.lock import LAUNCH_LOCK_NAME, RunLock
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
 
@@ -235,22 +235,26 @@ def _submit_stage(cfg: Config, stage: str, dep: str | None, res: LaunchResult) -
     try:
         jobs = _submit(ex, stage_jobs(cfg, stage))
     except (FailedJobError, FailedSubmissionError, OSError) as e:  # sbatch refused (partition, account, limits)
-        queued = [r["job_id"] for r in res.jobs.values()]
-        if queued:
-            slurm.cancel(queued)
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else repr(e))
+        local = f"`python -m hpcrnn.launch {cfg.source} --cluster local` runs the pipeline here instead"
+        err = sbatch_refused(cfg, stage, e, [r["job_id"] for r in res.jobs.values()], local)
         res.jobs.clear()
-        if slurm.controller_unreachable(str(e)):
-            raise ConfigError(
-                f"sbatch cannot reach a Slurm controller from this machine ({why}): "
-                f"`python -m hpcrnn.launch {cfg.source} --cluster local` runs the pipeline here instead"
-            ) from None
-        raise ConfigError(
-            f"{cfg.source}: slurm.{stage}: sbatch refused the {stage} job ({why})"
-            + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued else "")
-        ) from None
+        raise err from None
     return submitted_record(jobs, jobs[0].job_id.split("_")[0], dep, ex.folder)
+
+
+def sbatch_refused(cfg: Config, stage: str, e: Exception, queued: list[str], local: str) -> ConfigError:
+    """sbatch refused ``stage``'s job: cancel ``queued`` (what this launch, or sweep, submitted before it);
+    the one-line error to raise. ``local`` says what runs it on this machine when no controller answers."""
+    if queued:
+        slurm.cancel(queued)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else repr(e))
+    if slurm.controller_unreachable(str(e)):
+        return ConfigError(f"sbatch cannot reach a Slurm controller from this machine ({why}): {local}")
+    return ConfigError(
+        f"{cfg.source}: slurm.{stage}: sbatch refused the {stage} job ({why})"
+        + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued else "")
+    )
 
 
 def submitted_record(jobs: list, job_id: str, dependency: str | None, folder) -> dict:

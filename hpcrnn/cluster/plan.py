@@ -8,31 +8,19 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hpcrnn.config import Config
+from hpcrnn.config import CORPUS_KEYS, Config
 from hpcrnn.data.build import is_current
 from hpcrnn.errors import ConfigError, HpcrnnError
-from hpcrnn.generate.folder import PLAN, output_dir, present_recipes
-from hpcrnn.generate.job import generation_done
-from hpcrnn.train.checkpoint import list_complete, training_done
+from hpcrnn.model.source import generation_done
+from hpcrnn.run.checkpoints import list_complete, training_done
+from hpcrnn.run.compat import shape_diff_text
+from hpcrnn.run.generated import PLAN, output_dir, present_recipes
 
 STAGES = ("preprocess", "train", "generate")
 
-# Settings a checkpoint depends on: changing any of them makes the run's checkpoints meaningless.
-_DATA_KEYS = (
-    "corpus",
-    "format",
-    "document_start",
-    "tokenizer",
-    "min_count",
-    "rare",
-    "repair",
-    "window",
-    "stride",
-    "split",
-    "seed",
-    "sequences",
-    "max_len",
-)
+# Settings a checkpoint depends on: the corpus' own (hpcrnn/config/schema.py), its inputs, and how training
+# reads it. Changing any of them makes the run's checkpoints meaningless.
+_DATA_KEYS = ("corpus", *CORPUS_KEYS, "sequences", "max_len")
 
 
 @dataclass
@@ -149,10 +137,7 @@ def check_compatible_run(cfg: Config) -> None:
     newest = done[-1]
     old = newest.meta.get("config") or {}
     new = cfg.to_dict()
-    diffs = []
-    for k, v in new["model"].items():
-        if k != "dropout" and k in old.get("model", {}) and old["model"][k] != v:
-            diffs.append(f"model.{k}: {old['model'][k]!r} -> {v!r}")
+    diffs = shape_diff_text(old.get("model", {}), new["model"])
     for k in _DATA_KEYS:
         if k not in old.get("data", {}):
             continue

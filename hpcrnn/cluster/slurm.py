@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from hpcrnn import process as heap
 from hpcrnn.config import Config
-from hpcrnn.train import heap
 
 # the directory that holds the hpcrnn package: a job imports hpcrnn from there to unpickle its callable
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,6 @@ STATE_OF_SLURM = {  # Slurm job state (squeue's long names) -> what a user wants
 ACTIVE_STATES = frozenset(s for s, what in STATE_OF_SLURM.items() if what in ("queued", "running", "suspended"))
 
 # states in which a job's processes may still be alive on its nodes (a run lock it holds is not stale)
-ON_NODE_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"})
 
 # an array job's state is that of its most active task, in this order
 _ARRAY_STATE_ORDER = (
@@ -154,17 +153,6 @@ def _task_indices(spec: str) -> set[int]:
     return out
 
 
-def job_on_node(job_id: str) -> bool | None:
-    """Whether Slurm lists the job in one of ON_NODE_STATES; None when Slurm cannot be asked."""
-    try:
-        r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if r.returncode != 0:
-        return False if "Invalid job id" in r.stderr else None
-    return r.stdout.strip() in ON_NODE_STATES
-
-
 # what sbatch/squeue print when no controller answers (Slurm down, a login node cut off, a laptop with the
 # client only), as opposed to a refusal of the job itself
 _UNREACHABLE = (
@@ -198,7 +186,7 @@ def setup_lines(cpus_per_task: int) -> list[str]:
         # one BLAS/OpenMP thread per allocated CPU, not one per core of the node; a local job (no
         # SLURM_CPUS_PER_TASK) gets the stage's cpus_per_task
         f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-${{SLURM_CPUS_PER_TASK:-{int(cpus_per_task)}}}}}",
-        # malloc keeps a training step's big tensors for the next step (hpcrnn/train/heap.py)
+        # malloc keeps a training step's big tensors for the next step (hpcrnn/process.py)
         *heap.export_lines(),
     ]
 

@@ -2,13 +2,13 @@
 
 ``python -m hpcrnn.sweep CONFIG model.hidden=64,128 train.lr=0.001,0.003 [k=v ...] [--cluster ...]``
 
-- **Expansion**: every ``key=v1,v2,...`` (comma-separated YAML scalars; commas inside ``[...]``, ``{...}`` or
-  quotes do not split) is swept, the runs being the product of the lists in the order given; ``key=v`` with
-  one value is a plain override of every run. Each run is an ordinary run named
-  ``<run.name>-<label>_<value>[-...]`` (the label: the shortest dotted tail of the key that tells the swept
-  keys apart, e.g. ``hidden``), in ``<paths.scratch>/<name>/`` as a launch would make it, so everything
+- **Expansion** (hpcrnn/cluster/sweep_dir.py): every ``key=v1,v2,...`` (comma-separated YAML scalars;
+  commas inside ``[...]``, ``{...}`` or quotes do not split) is swept, the runs being the product of the lists
+  in the order given; ``key=v`` with one value is a plain override of every run. Each run is an ordinary run
+  named ``<run.name>-<label>_<value>[-...]`` (the label: the shortest dotted tail of the key that tells the
+  swept keys apart, e.g. ``hidden``), in ``<paths.scratch>/<name>/`` as a launch would make it, so everything
   that works on a run (status, evaluate, export, load, relaunch) works on it.
-- **The sweep directory** ``<paths.scratch>/<run.name>-sweep/`` holds ``sweep.yaml`` (config, plain
+- **The sweep directory** ``<paths.scratch>/<run.name>-sweep/`` (sweep_dir.py) holds ``sweep.yaml`` (config, plain
   overrides, swept keys and values, runs) and the shared corpora ``corpus-<hash>.h5``: runs whose resolved
   ``data`` section is equal get the same ``data.h5_path`` and one preprocess between them.
 - **Launch** goes through the launcher's own code (hpcrnn/cluster/launch.py): locally (``local``, ``debug``)
@@ -21,279 +21,95 @@
   own task (``<array id>_<task>``), so ``check_not_in_flight``, per-run status and the next launch read it
   as they read a launch's. Runs whose resources for a stage differ (``slurm.*`` swept) get one array per
   distinct set; a run with ``generate.shards > 1`` gets its own generate array after its train task.
-- **Status**: ``python -m hpcrnn.status <sweep dir> [--sort COLUMN] [--desc] [--json|--csv]`` prints one
-  table from each run's ``collect_status`` and files.
+- **Status** (hpcrnn/cluster/sweep_table.py): ``python -m hpcrnn.status <sweep dir> [--sort COLUMN] [--desc]
+  [--json|--csv]`` prints one table from each run's ``collect_status`` and files.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
 import dataclasses
-import hashlib
-import io
-import itertools
 import json
-import math
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from hpcrnn.cli import EPILOG, guarded, make_parser
+from hpcrnn.cli import guarded, make_parser
 from hpcrnn.cluster import launch as L
 from hpcrnn.cluster import slurm
 from hpcrnn.cluster.jobs import StageJob, stage_jobs
 from hpcrnn.cluster.plan import STAGES, StagePlan, parse_stages
 from hpcrnn.cluster.records import write_launch
-from hpcrnn.cluster.status import collect_status
-from hpcrnn.config import RESOLVED_NAME, Config, RunConfig, load_config, parse_override, save_resolved
-from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, InputError
-from hpcrnn.fsutil import atomic_write_text, read_jsonl
-from hpcrnn.generate.folder import SUMMARY, output_dir, read_json
-from hpcrnn.lock import RunLock
+from hpcrnn.cluster.sweep_dir import (
+    SWEEP_FILE,
+    SWEEP_LOCK_NAME,
+    SWEEP_SUFFIX,
+    Sweep,
+    SweepRun,
+    check_sweep_dir,
+    data_hash,
+    expand,
+    labels,
+    parse_args,
+    read_sweep_file,
+    run_name,
+    split_values,
+    sweep_dir_of,
+    value_label,
+    write_sweep_file,
+)
+from hpcrnn.cluster.sweep_table import (
+    FIXED_COLUMNS,
+    format_csv,
+    format_table,
+    is_sweep_dir,
+    run_row,
+    sort_rows,
+    status_main,
+    status_target,
+    sweep_status,
+)
+from hpcrnn.config import Config, RunConfig, save_resolved
+from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError
+from hpcrnn.run.lock import RunLock
 
-SWEEP_FILE = "sweep.yaml"
-SWEEP_SUFFIX = "-sweep"
-SWEEP_LOCK_NAME = "sweep.lock.json"
-# keys that say where a run lives: the sweep names and places its runs itself
-_NOT_SWEPT = ("run", "paths", "data.h5_path")
-_VALUE_MAX = 40  # characters of a value kept in a run name; longer ones are cut and hashed
-_NAME_MAX = 200  # a run name is a directory name (255 bytes on most file systems) and a Slurm job name
+# the expansion (sweep_dir.py) and the table (sweep_table.py) are imported from here as well
+__all__ = [
+    "FIXED_COLUMNS",
+    "SWEEP_FILE",
+    "SWEEP_LOCK_NAME",
+    "SWEEP_SUFFIX",
+    "Sweep",
+    "SweepResult",
+    "SweepRun",
+    "data_hash",
+    "expand",
+    "format_csv",
+    "format_table",
+    "is_sweep_dir",
+    "labels",
+    "launch_sweep",
+    "main",
+    "parse_args",
+    "read_sweep_file",
+    "run_name",
+    "run_row",
+    "sort_rows",
+    "split_values",
+    "status_main",
+    "status_target",
+    "sweep_dir_of",
+    "sweep_status",
+    "value_label",
+    "write_sweep_file",
+]
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------ arguments
-
-
-def split_values(text: str) -> list[str]:
-    """``v1,v2,...`` split at commas outside brackets and quotes, each stripped (a YAML scalar or flow value)."""
-    out, cur, depth, quote = [], [], 0, ""
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            out.append("".join(cur).strip())
-            cur = []
-            continue
-        cur.append(ch)
-    out.append("".join(cur).strip())
-    return out
-
-
-def parse_args(items: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """(plain overrides, {swept key: [value text, ...]}) from the command line's ``key=...`` items."""
-    plain: list[str] = []
-    swept: dict[str, list[str]] = {}
-    for item in items:
-        if "=" not in item:
-            parse_override(item)  # the loader's one-line error for an item that is no key=value
-        key, _, text = item.partition("=")
-        key = key.strip()
-        try:  # the loader's check of the key's form; each value is parsed when its run's config is loaded
-            parse_override(f"{key}=0")
-        except ConfigError:
-            raise ConfigError(f"override {item!r}: {key!r} is not a dotted key like train.max_steps") from None
-        values = split_values(text)
-        if len(values) == 1:
-            plain.append(item)
-            continue
-        if key in swept:
-            raise ConfigError(f"sweep: {key} is swept twice; list all its values once: {key}=v1,v2,...")
-        if any(key == k or key.startswith(k + ".") for k in _NOT_SWEPT):
-            raise ConfigError(
-                f"sweep: {key} cannot be swept: the sweep names its runs ({_NOT_SWEPT[0]}.name) and places them "
-                f"(paths, data.h5_path) itself; give it once for the whole sweep"
-            )
-        dup = sorted({v for v in values if values.count(v) > 1})
-        if dup:
-            raise ConfigError(f"sweep: {key}: value {dup[0]!r} listed twice")
-        swept[key] = values
-    if not swept:
-        raise ConfigError("sweep: nothing to sweep: give at least one key=v1,v2 (a comma-separated list of values)")
-    return plain, swept
-
-
-def labels(keys: list[str]) -> dict[str, str]:
-    """Each key's shortest dotted tail that no other swept key ends with (``model.hidden`` -> ``hidden``)."""
-    out = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            tail = ".".join(parts[-n:])
-            if not any(o != key and (o == tail or o.endswith("." + tail)) for o in keys):
-                break
-        out[key] = tail
-    return out
-
-
-def value_label(text: str) -> str:
-    """A value as it may stand in a run name: itself when it holds only letters, digits and ``_ . + -``;
-    otherwise (or when long or empty) its safe characters followed by a hash of the text, so two values
-    never share a name and no value reaches a path, a shell line or an sbatch script as it is."""
-    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
-    if safe == text and 0 < len(text) <= _VALUE_MAX and set(text) != {"."}:
-        return text
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{safe[:_VALUE_MAX]}_{digest}" if safe else digest
-
-
-def run_name(base: str, keys: list[str], values: dict[str, str]) -> str:
-    lab = labels(keys)
-    name = "-".join([base, *(f"{lab[k]}_{value_label(values[k])}" for k in keys)])
-    if len(name) > _NAME_MAX:
-        name = f"{name[: _NAME_MAX - 11]}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
-    return name
-
-
-# ------------------------------------------------------------------------------------------ expansion
-
-
-@dataclass
-class SweepRun:
-    name: str
-    values: dict[str, str]  # swept key -> value text as given
-    cfg: Config
-
-    @property
-    def overrides(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.values.items()]
-
-
-@dataclass
-class Sweep:
-    config: Path  # the base config file (absolute)
-    name: str  # the base run.name
-    dir: Path  # <paths.scratch>/<name>-sweep
-    plain: list[str]  # overrides shared by every run
-    keys: dict[str, list[str]]  # swept key -> value texts
-    runs: list[SweepRun] = field(default_factory=list)
-
-    def corpus_groups(self) -> dict[Path, list[SweepRun]]:
-        """The runs that share each corpus file, in sweep order."""
-        groups: dict[Path, list[SweepRun]] = {}
-        for r in self.runs:
-            groups.setdefault(r.cfg.h5_path, []).append(r)
-        return groups
-
-
-def sweep_dir_of(cfg: Config) -> Path:
-    return Path(cfg.paths.scratch) / f"{cfg.run.name}{SWEEP_SUFFIX}"
-
-
-def data_hash(cfg: Config) -> str:
-    """A short hash of the resolved data section (its h5_path aside: that is what the hash chooses)."""
-    data = {k: v for k, v in cfg.to_dict()["data"].items() if k != "h5_path"}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def expand(config: str | Path, items: list[str]) -> Sweep:
-    """Every run of the sweep, each config loaded and validated by the one loader (an unknown key or a bad
-    value is its one-line error), with the corpus it shares. Nothing is written."""
-    plain, swept = parse_args(items)
-    path = Path(config).absolute()
-    base = load_config(path, plain)
-    sw = Sweep(path, base.run.name, sweep_dir_of(base).absolute(), plain, swept)
-    names: dict[str, dict[str, str]] = {}
-    for combo in itertools.product(*swept.values()):
-        values = dict(zip(swept, combo))
-        name = run_name(base.run.name, list(swept), values)
-        if name in names:  # cannot happen with value_label's hash; a guard against a future change
-            raise ConfigError(f"sweep: {values} and {names[name]} give the same run name {name}")
-        names[name] = values
-        cfg = load_config(path, [*plain, *(f"{k}={v}" for k, v in values.items()), f"run.name={name}"])
-        sw.runs.append(SweepRun(name, values, cfg))
-    hashes = {r.name: data_hash(r.cfg) for r in sw.runs}
-    if base.data.h5_path:
-        if len(set(hashes.values())) > 1:
-            raise ConfigError(
-                f"{base.source}: data.h5_path: {base.data.h5_path} is one file, but the sweep's runs differ in "
-                f"their data settings; leave data.h5_path unset: the sweep gives each distinct data section "
-                f"its own corpus in {sw.dir}"
-            )
-    else:
-        for r in sw.runs:
-            r.cfg.data.h5_path = str(sw.dir / f"corpus-{hashes[r.name]}.h5")
-    return sw
-
-
-# ------------------------------------------------------------------------------------------ sweep.yaml
-
-
-def read_sweep_file(sweep_dir: Path) -> dict:
-    p = Path(sweep_dir) / SWEEP_FILE
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-    ok = (
-        isinstance(raw, dict)
-        and isinstance(raw.get("keys"), dict)
-        and isinstance(raw.get("runs"), list)
-        and all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in raw["runs"])
-    )
-    if not ok:
-        raise InputError(f"{p}: not a sweep file (expected config, keys and a list of runs with names)")
-    return raw
-
-
-def write_sweep_file(sw: Sweep) -> Path:
-    """sweep.yaml: this sweep's runs added to those of earlier launches into the same directory (a run
-    launched again is updated in place), so status shows every run the directory's corpora serve."""
-    p = sw.dir / SWEEP_FILE
-    old = read_sweep_file(sw.dir) if p.is_file() else {"keys": {}, "runs": []}
-    keys = {str(k): [str(v) for v in (vs or [])] for k, vs in old["keys"].items()}
-    for k, vs in sw.keys.items():
-        keys[k] = list(dict.fromkeys([*keys.get(k, []), *vs]))
-    runs = {r["name"]: r for r in old["runs"]}
-    for r in sw.runs:
-        runs[r.name] = {
-            "name": r.name,
-            "values": dict(r.values),
-            "run_dir": str(r.cfg.run_dir),
-            "corpus": str(r.cfg.h5_path),
-        }
-    data = {
-        "config": str(sw.config),
-        "name": sw.name,
-        "overrides": list(sw.plain),
-        "keys": keys,
-        "runs": list(runs.values()),
-        "updated": time.time(),
-    }
-    sw.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return p
-
-
-def _check_sweep_dir(sw: Sweep) -> None:
-    """The directory is this sweep's: not a run's, and not another config's sweep under the same name."""
-    if (sw.dir / RESOLVED_NAME).is_file() and not (sw.dir / SWEEP_FILE).is_file():
-        raise ConfigError(f"{sw.dir}: is a run directory, not a sweep's; give the sweep another run.name=...")
-    if (sw.dir / SWEEP_FILE).is_file():
-        prior = read_sweep_file(sw.dir).get("config")
-        if prior and Path(prior) != sw.config:
-            raise ConfigError(
-                f"{sw.dir}: holds a sweep of {prior}, not of {sw.config}; give this one another run.name=..."
-            )
 
 
 # ------------------------------------------------------------------------------------------ launch
@@ -316,7 +132,7 @@ def launch_sweep(
     """Launch every run of ``sw``: each stage one job array on Slurm, or one run after another here."""
     cluster = L.resolve_cluster(cluster)
     stages = list(stages or STAGES)
-    _check_sweep_dir(sw)
+    check_sweep_dir(sw)
     fresh = not sw.dir.exists()
     try:
         # two launches of one sweep would write sweep.yaml and submit the same runs twice
@@ -411,7 +227,15 @@ class _ArraySubmitter:
         return [r for r in self.sw.runs if any(p.stage == stage and p.run for p in self.res.plans[r.name])]
 
     def submit_all(self) -> None:
-        pre_ids: dict[str, str] = {}  # run -> the job id its preprocess is (or is part of)
+        pre_ids = self._submit_preprocess()
+        train_ids, train_batches = self._submit_train(pre_ids)
+        gen = self.runs_for("generate")
+        self._submit_generate_after_train(gen, train_ids, train_batches)
+        self._submit_generate_untrained(gen, pre_ids, train_ids)
+
+    def _submit_preprocess(self) -> dict[str, str]:
+        """run -> the job id its preprocess is (or is part of)."""
+        pre_ids: dict[str, str] = {}
         # preprocess: one task per distinct corpus, run under the config of its first run that needs it
         leaders: list[SweepRun] = []
         needing = self.runs_for("preprocess")
@@ -429,6 +253,10 @@ class _ArraySubmitter:
                         pre_ids[m.name] = rec["job_id"].split("_")[0]
                         served.append(m.name)
             self.res.jobs[-1]["runs"] = served  # the report names every run a shared corpus serves
+        return pre_ids
+
+    def _submit_train(self, pre_ids: dict[str, str]) -> tuple[dict[str, str], list[list[SweepRun]]]:
+        """(run -> its train task's job id, the runs of each train array)."""
         # train: afterok on the preprocess jobs of its runs
         train_ids: dict[str, str] = {}  # run -> its train task's job id
         train_batches = []
@@ -440,9 +268,13 @@ class _ArraySubmitter:
                 self.records[r.name]["train"] = rec
                 train_ids[r.name] = rec["job_id"]
             train_batches.append(batch)
+        return train_ids, train_batches
+
+    def _submit_generate_after_train(
+        self, gen: list[SweepRun], train_ids: dict[str, str], train_batches: list[list[SweepRun]]
+    ) -> None:
         # generate: aftercorr on a train array whose runs all generate one shard with equal resources (task i
         # after train task i); otherwise each run alone, after its own train task
-        gen = self.runs_for("generate")
         for batch in train_batches:
             members = [r for r in batch if r in gen]
             aligned = (
@@ -462,6 +294,10 @@ class _ArraySubmitter:
                 for r in members:
                     rec = self._submit("generate", [(r, stage_jobs(r.cfg, "generate"))], f"afterok:{train_ids[r.name]}")
                     self.records[r.name]["generate"] = rec[0]
+
+    def _submit_generate_untrained(
+        self, gen: list[SweepRun], pre_ids: dict[str, str], train_ids: dict[str, str]
+    ) -> None:
         # runs that generate without training in this launch (trained already, or --stages without train)
         untrained = [r for r in gen if r.name not in train_ids]
         one_shard = [r for r in untrained if r.cfg.generate.shards == 1]
@@ -490,7 +326,7 @@ class _ArraySubmitter:
         try:
             jobs = L._submit(ex, jobs_in)
         except (FailedJobError, FailedSubmissionError, OSError) as e:
-            self._refused(stage, lead, e)
+            raise self._refused(stage, lead, e) from None
         array = jobs[0].job_id.split("_")[0]
         self.queued.append(array)
         self.res.jobs.append(
@@ -510,25 +346,16 @@ class _ArraySubmitter:
             out.append(L.submitted_record(mine, job_id, dep, ex.folder))
         return out
 
-    def _refused(self, stage: str, cfg: Config, e: Exception) -> None:
-        """sbatch refused a stage: cancel what this launch queued (no half sweep), one line saying why."""
-        if self.queued:
-            slurm.cancel(self.queued)
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else repr(e))
-        queued, self.queued = self.queued, []
+    def _refused(self, stage: str, cfg: Config, e: Exception) -> ConfigError:
+        """sbatch refused a stage: cancel what this launch queued (no half sweep); the one line saying why."""
+        err = L.sbatch_refused(
+            cfg, stage, e, self.queued, "`python -m hpcrnn.sweep ... --cluster local` runs the sweep here instead"
+        )
+        self.queued = []
         for recs in self.records.values():  # nothing of this launch stays queued: record only the skips
             for s in [s for s, rec in recs.items() if rec.get("action") == "submitted"]:
                 del recs[s]
-        if slurm.controller_unreachable(str(e)):
-            raise ConfigError(
-                f"sbatch cannot reach a Slurm controller from this machine ({why}): "
-                f"`python -m hpcrnn.sweep ... --cluster local` runs the sweep here instead"
-            ) from None
-        raise ConfigError(
-            f"{cfg.source}: slurm.{stage}: sbatch refused the {stage} job ({why})"
-            + (f"; cancelled the jobs already queued ({' '.join(queued)})" if queued else "")
-        ) from None
+        return err
 
 
 def _by_resources(runs: list[SweepRun], stage: str) -> list[list[SweepRun]]:
@@ -569,186 +396,6 @@ def _report_slurm(sw: Sweep, res: SweepResult, out: Callable) -> None:
         out(f"  {j['stage']:<10} {what} for {', '.join(j['runs'])}{dep}")
     out(f"status: python -m hpcrnn.status {sw.dir}")
     out(f"cancel: scancel {' '.join(j['job_id'] for j in res.jobs)}")
-
-
-# ------------------------------------------------------------------------------------------ status
-
-FIXED_COLUMNS = ("state", "step", "best_val_ppl", "test_ppl", "test_acc", "coherence")
-
-
-def _own_protocol(metrics: list[dict]) -> str | None:
-    """The protocol of the run's periodic validations (its own), else of its final one."""
-    periodic = [r.get("protocol") for r in metrics if r.get("split") == "val" and not r.get("final")]
-    final = [r.get("protocol") for r in metrics if r.get("split") == "val"]
-    return (periodic or final or [None])[-1]
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
-def run_row(entry: dict, keys: list[str]) -> dict[str, Any]:
-    """One run's row: its swept values and, from its directory, state, step, best validation perplexity,
-    final test perplexity and accuracy (the run's own protocol) and its recipes' mean coherence."""
-    row: dict[str, Any] = {"run": entry["name"]}
-    values = entry.get("values") or {}
-    for k in keys:
-        row[k] = None if values.get(k) is None else str(values[k])
-    row.update(dict.fromkeys(FIXED_COLUMNS))
-    run_dir = Path(str(entry.get("run_dir") or ""))
-    if not (run_dir / RESOLVED_NAME).is_file():
-        row["state"] = "not launched"
-        return row
-    try:
-        cfg = load_config(run_dir)
-        s = collect_status(cfg)
-    except HpcrnnError as e:
-        row["state"] = f"unreadable ({str(e).splitlines()[0][:60]})"
-        return row
-    pending = [(st, e["state"]) for st, e in s["stages"].items() if e["state"] != "done"]
-    row["state"] = "done" if not pending else f"{pending[0][0]} {pending[0][1]}"
-    metrics = read_jsonl(cfg.metrics_path)
-    steps = [r["step"] for r in metrics if isinstance(r.get("step"), int) and r.get("split")]
-    ckpt = (s.get("checkpoint") or {}).get("step")
-    row["step"] = max(steps + ([ckpt] if isinstance(ckpt, int) else []), default=None)
-    own = _own_protocol(metrics)
-    val = [_num(r.get("ppl")) for r in metrics if r.get("split") == "val" and r.get("protocol") == own]
-    val = [v for v in val if v is not None]
-    row["best_val_ppl"] = min(val) if val else None
-    tests = [r for r in metrics if r.get("split") == "test" and r.get("final") and r.get("protocol") == own]
-    if tests:
-        row["test_ppl"], row["test_acc"] = _num(tests[-1].get("ppl")), _num(tests[-1].get("acc"))
-    summary = read_json(output_dir(cfg) / SUMMARY) or {}
-    gen = summary.get("generated") if isinstance(summary, dict) else None
-    row["coherence"] = _num(gen.get("coherence_mean")) if isinstance(gen, dict) else None
-    row["run_dir"] = str(run_dir)
-    return row
-
-
-def sweep_status(sweep_dir: Path) -> dict:
-    """The table of a sweep directory, as a dict (the --json output)."""
-    sweep_dir = Path(sweep_dir).absolute()
-    raw = read_sweep_file(sweep_dir)
-    keys = [str(k) for k in raw["keys"]]
-    rows = [run_row(e, keys) for e in raw["runs"]]
-    return {
-        "sweep_dir": str(sweep_dir),
-        "config": raw.get("config"),
-        "keys": {str(k): [str(v) for v in vs or []] for k, vs in raw["keys"].items()},
-        "columns": ["run", *keys, *FIXED_COLUMNS],
-        "runs": rows,
-    }
-
-
-def _sort_key_of(rows: list[dict], col: str) -> Callable[[dict], tuple]:
-    """Numeric where every present value of the column is a number (swept values are text: "0.001"),
-    else text; missing values last whichever the direction."""
-
-    def as_float(v: Any) -> float | None:
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return None
-
-    present = [r.get(col) for r in rows if r.get(col) is not None]
-    numeric = bool(present) and all(as_float(v) is not None for v in present)
-    return lambda r: (0, as_float(r[col]) if numeric else str(r[col])) if r.get(col) is not None else None
-
-
-def sort_rows(table: dict, column: str | None, desc: bool = False) -> None:
-    if not column:
-        return
-    cols = table["columns"]
-    lab = labels([c for c in cols if c not in ("run", *FIXED_COLUMNS)])
-    col = column if column in cols else next((k for k, v in lab.items() if v == column), None)
-    if col is None:
-        raise ConfigError(f"--sort: no column {column!r}; columns: {', '.join(cols)}")
-    key = _sort_key_of(table["runs"], col)
-    have = [r for r in table["runs"] if key(r) is not None]
-    missing = [r for r in table["runs"] if key(r) is None]
-    table["runs"] = sorted(have, key=key, reverse=desc) + missing
-    table["sorted_by"] = {"column": col, "descending": desc}
-
-
-def _cell(col: str, v: Any) -> str:
-    if v is None:
-        return "-"
-    if col in ("best_val_ppl", "test_ppl"):
-        return f"{v:.2f}"
-    if col in ("test_acc", "coherence"):
-        return f"{v:.3f}"
-    return str(v)
-
-
-def format_table(table: dict) -> str:
-    cols = table["columns"]
-    cells = [cols] + [[_cell(c, r.get(c)) for c in cols] for r in table["runs"]]
-    width = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    numeric = {"step", *FIXED_COLUMNS[1:]}
-    lines = [f"sweep {table['sweep_dir']} ({len(table['runs'])} runs of {table['config']})"]
-    for row in cells:
-        lines.append(
-            "  ".join(
-                c.rjust(w) if cols[i] in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, width))
-            ).rstrip()
-        )
-    return "\n".join(lines)
-
-
-def format_csv(table: dict) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(table["columns"])
-    for r in table["runs"]:
-        w.writerow(["" if r.get(c) is None else r[c] for c in table["columns"]])
-    return buf.getvalue()
-
-
-def is_sweep_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / SWEEP_FILE).is_file()
-
-
-def status_target(argv: list[str]) -> str | None:
-    """The sweep directory a ``hpcrnn.status`` command line names (its first positional), or None."""
-    pos = next((a for a in argv if not a.startswith("-")), None)
-    return pos if pos is not None and is_sweep_dir(pos) else None
-
-
-def status_main(argv: list[str] | None = None) -> int:
-    """``python -m hpcrnn.status SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv]``."""
-    p = argparse.ArgumentParser(
-        prog="hpcrnn.status",
-        description="The table of a sweep: each run, its swept values, state, step, best validation "
-        "perplexity, test perplexity and accuracy, and its recipes' mean coherence.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "sweep_dir", help=f"a sweep directory (<paths.scratch>/<run.name>{SWEEP_SUFFIX}, holding {SWEEP_FILE})"
-    )
-    p.add_argument("--sort", metavar="COLUMN", help="sort by this column (a swept key may be given by its label)")
-    p.add_argument("--desc", action="store_true", help="sort in descending order (missing values stay last)")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print the table as JSON")
-    fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = p.parse_args(argv)
-    try:
-        table = sweep_status(Path(args.sweep_dir))
-        sort_rows(table, args.sort, args.desc)
-    except HpcrnnError as e:
-        if args.debug:
-            raise
-        print(f"hpcrnn.status: error: {e}", file=sys.stderr)
-        return e.exit_code
-    if args.json:
-        print(json.dumps(table, indent=2))
-    elif args.csv:
-        sys.stdout.write(format_csv(table))
-    else:
-        print(format_table(table))
-    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------ CLI

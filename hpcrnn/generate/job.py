@@ -9,7 +9,7 @@ What ``run_generate`` does:
   name a model file (``python -m hpcrnn.export``), which brings its own vocabulary: the run's corpus.h5 is
   then used only if it is there with the same vocabulary (for ``random`` prompts and the real recipes'
   figures in summary.json).
-* Agrees on a plan with the other tasks (``plan.json``, see :mod:`hpcrnn.generate.folder`): the checkpoint,
+* Agrees on a plan with the other tasks (``plan.json``, see :mod:`hpcrnn.run.generated`): the checkpoint,
   the vocabulary and the settings that decide the recipes' content, ``generate.precision: auto`` resolved
   once. Recipes made from checkpoint step N are never mixed with another step's (a newer checkpoint asks
   for ``generate.checkpoint=N`` to finish them, or another ``generate.name``); a plan under which no
@@ -57,7 +57,16 @@ from hpcrnn.generate.describe import (
     real_sample_quality,
     torch_threads,
 )
-from hpcrnn.generate.folder import (
+from hpcrnn.generate.prompts import PromptPlan, make_job, plan_prompt
+from hpcrnn.model.file import ModelFile, read_model_file
+from hpcrnn.model.precision import resolve_precision
+from hpcrnn.model.restore import open_latest
+from hpcrnn.model.source import generation_done  # noqa: F401 -- the tests ask the job module
+from hpcrnn.process import keep_freed_memory
+from hpcrnn.progress import Meter
+from hpcrnn.run.checkpoints import CheckpointInfo
+from hpcrnn.run.compat import check_compatible
+from hpcrnn.run.generated import (
     PLAN,
     SUMMARY,
     create_exclusive,
@@ -65,18 +74,11 @@ from hpcrnn.generate.folder import (
     output_dir,
     present_recipes,
     read_json,
-    recipe_file_name,
     remove_own_temporaries,
     shard_index_name,
     write_merged,
     write_recipe,
 )
-from hpcrnn.generate.memory import keep_freed_memory
-from hpcrnn.generate.prompts import PromptPlan, make_job, plan_prompt
-from hpcrnn.model.precision import resolve_precision
-from hpcrnn.modelfile import ModelFile, read_model_file
-from hpcrnn.progress import Meter
-from hpcrnn.train import checkpoint as ckpt
 
 
 @dataclass
@@ -101,7 +103,7 @@ class _Source:
 
     cv: CorpusView
     prompt: PromptPlan
-    info: ckpt.CheckpointInfo
+    info: CheckpointInfo
     model: torch.nn.Module  # on the CPU until the describing workers have forked
     device: torch.device
     precision: str  # of the matrix products: the plan's
@@ -163,13 +165,13 @@ def _open_source(cfg: Config, out: Path) -> _Source:
     cv = CorpusView.open(cfg.h5_path) if mf is None else view_for(cfg, mf)
     prompt = plan_prompt(cfg, cv)  # a bad prompt fails before anything is loaded or written
     if mf is not None:
-        info, model = ckpt.CheckpointInfo(mf.step, mf.path, mf.meta), mf.build_model()
+        info, model = CheckpointInfo(mf.step, mf.path, mf.meta), mf.build_model()
     else:
         # read the weights right away: a trainer beside us may delete this checkpoint (retention) at any
         # time; open_latest picks again if it vanished between choosing and reading
-        info, model, meta = ckpt.open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
+        info, model, meta = open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
         # the model is built in the checkpoint's own shape: only the vocabulary must be the corpus'
-        ckpt.check_compatible(meta, cfg, cv.vocab_hash, info.path, vocab_size=len(cv.vocab), model_shape=False)
+        check_compatible(meta, cfg, cv.vocab_hash, info.path, vocab_size=len(cv.vocab), model_shape=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -180,14 +182,14 @@ def _open_source(cfg: Config, out: Path) -> _Source:
     return _Source(cv, prompt, info, model, device, precision)
 
 
-def _agree_plan(cfg: Config, out: Path, info: ckpt.CheckpointInfo, cv: CorpusView, precision: str) -> str:
+def _agree_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, precision: str) -> str:
     try:
         return _pin_plan(cfg, out, info, cv, precision)
     except OSError as e:
         raise StorageError(f"{out / PLAN}: cannot write: {e.strerror or e}") from None
 
 
-def _pin_plan(cfg: Config, out: Path, info: ckpt.CheckpointInfo, cv: CorpusView, precision: str) -> str:
+def _pin_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, precision: str) -> str:
     """Pin (checkpoint, vocabulary, settings, resolved precision) in ``plan.json`` — created by the first
     task, atomically — or check that this task agrees with the pinned plan. A plan under which no recipe
     exists yet is stale (e.g. a job killed before its first recipe) and is replaced. Returns the
@@ -379,7 +381,7 @@ def _write_one(cfg: Config, src: _Source, out: Path, index_name: str, item: tupl
     write_recipe(out, index_name, i, text, record)
 
 
-def merge(cfg: Config, out: Path, info: ckpt.CheckpointInfo, cv: CorpusView, qc: QualityContext | None = None) -> bool:
+def merge(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, qc: QualityContext | None = None) -> bool:
     """Write index.jsonl and summary.json once every recipe 1..N is present. Deterministic content, so
     two tasks that both see the set complete write the same bytes (each atomically)."""
     n = cfg.generate.num_recipes
@@ -392,7 +394,7 @@ def merge(cfg: Config, out: Path, info: ckpt.CheckpointInfo, cv: CorpusView, qc:
     return True
 
 
-def _summary(cfg: Config, info: ckpt.CheckpointInfo, cv: CorpusView, qc: QualityContext, records: list[dict]) -> dict:
+def _summary(cfg: Config, info: CheckpointInfo, cv: CorpusView, qc: QualityContext, records: list[dict]) -> dict:
     g = cfg.generate
     real, real_len = real_sample_quality(cv, qc, g.quality_sample, cfg.data.seed)
     generated = Q.summarize([r["quality"] for r in records], [r["tokens"] for r in records])
@@ -419,23 +421,6 @@ def _summary(cfg: Config, info: ckpt.CheckpointInfo, cv: CorpusView, qc: Quality
             "(generated tokens only; whole recipe for real ones)",
         },
     }
-
-
-def generation_done(cfg: Config) -> bool:
-    """Whether ``generated/<name>`` holds all ``num_recipes`` recipes of these settings and the
-    checkpoint generation would use now, with its summary. Never raises."""
-    try:
-        out = output_dir(cfg)
-        s = read_json(out / SUMMARY) or {}
-        if s.get("num_recipes") != cfg.generate.num_recipes or s.get("settings") != generation_settings(cfg):
-            return False
-        mf = model_file_of(cfg)
-        info = ckpt.resolve(cfg.checkpoint_dir, cfg.generate.checkpoint) if mf is None else mf
-        if info.step != s.get("checkpoint", {}).get("step"):
-            return False
-        return all((out / recipe_file_name(i)).is_file() for i in range(1, cfg.generate.num_recipes + 1))
-    except Exception:
-        return False
 
 
 def _cli(cfg: Config, args) -> GenerateResult:

@@ -24,7 +24,7 @@ Which precision a job uses is decided once, in hpcrnn/model/precision.py.
 The logits are returned in a buffer that the next call (with the same batch size) overwrites.
 
 The state layout is ``nn.LSTM``'s: ``(h, c)`` of shape ``[layers, B, H]`` (``h`` alone for GRU/RNN).
-A model with a pointer (hpcrnn/train/pointer.py) adds its memory as a ring per slot, ``keys [1, B, M, H]``,
+A model with a pointer (hpcrnn/model/pointer.py) adds its memory as a ring per slot, ``keys [1, B, M, H]``,
 ``tokens [1, B, M]``, ``count [1, B]`` (rows on dim 1, so a slot is reset or dropped like ``(h, c)``); its
 step mixes the pointer into the probabilities, so the temperature and the banned tokens are applied to
 the mixture's log-probabilities instead of being folded into the output layer.

@@ -97,16 +97,18 @@ def _join_cell(toks: list[str], state: dict) -> str:
             glue = True
         elif t in _GLUE_NEXT:
             glue = True
-        if out and not space:
-            # never glue two tokens into one the tokenizer would read differently ("." + "." -> "..")
-            last = out[-1][-1]
-            first = t[0]
-            if (last == first and not last.isalnum()) or (last.isalnum() and first.isalnum()):
-                space = True
+        if out and not space and _would_merge(out[-1][-1], t[0]):
+            space = True  # never glue two tokens into one the tokenizer would read differently
         if out and space:
             out.append(" ")
         out.append(t)
     return "".join(out)
+
+
+def _would_merge(last: str, first: str) -> bool:
+    """Whether a token starting with ``first`` glued to one ending in ``last`` would read as another token
+    ("." + "." -> "..", "1" + "2" -> "12")."""
+    return (last == first and not last.isalnum()) or (last.isalnum() and first.isalnum())
 
 
 # ---------------------------------------------------------------- capitals

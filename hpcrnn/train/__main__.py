@@ -1,6 +1,6 @@
 """`python -m hpcrnn.train CONFIG [key=value ...]`: train or resume the run (hpcrnn/train/loop.py)."""
 
-from hpcrnn.train.heap import reexec_with_tuned_heap
+from hpcrnn.process import reexec_with_tuned_heap
 
 # Before anything else: a re-execution resets signal handlers, so it must come before the flag below.
 reexec_with_tuned_heap()

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hpcrnn.process import master_port
+
 
 @dataclass
 class DistInfo:
@@ -61,13 +63,6 @@ def _first_host(nodelist: str) -> str:
         prefix, rest = head.split("[", 1)
         return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
     return head
-
-
-def master_port(job_id: str | int) -> int:
-    """The rendezvous port of a job, from its id alone (digits only: "1234_5" -> 12345), so that every
-    task of the job agrees without talking; in 20000-39999, above the usual service ports."""
-    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
-    return 20000 + int(digits) % 20000
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,152 @@
+"""One run's status gathered from its directory and from Slurm: ``collect_status`` (printed by status.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcrnn.cluster import slurm
+from hpcrnn.cluster.plan import STAGES, stage_complete
+from hpcrnn.cluster.records import latest_jobs
+from hpcrnn.config import Config
+from hpcrnn.errors import InputError
+from hpcrnn.fsutil import read_jsonl
+from hpcrnn.run.checkpoints import list_complete
+from hpcrnn.run.generated import output_dir
+from hpcrnn.run.lock import LOCK_NAME, process_start
+
+
+def _lock_holder(run_dir: Path) -> dict | None:
+    """The holder of the run lock: on this host only while its process lives (a local run in progress);
+    from another host as written. None without a lock."""
+    try:
+        holder = json.loads((run_dir / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+        return holder if isinstance(holder, dict) else None
+    try:
+        start = process_start(int(holder.get("pid", -1)))
+    except (ValueError, TypeError):
+        return None
+    return holder if start is not None and start == holder.get("start") else None
+
+
+def _count_recipes(cfg: Config) -> int:
+    d = output_dir(cfg)
+    if not d.is_dir():
+        return 0
+    return sum(1 for _ in d.rglob("recipe-*.txt"))
+
+
+def _newest_checkpoint(cfg: Config) -> dict | None:
+    done = list_complete(cfg.checkpoint_dir, warn=False)
+    if not done:
+        return None
+    c = done[-1]
+    return {
+        "step": c.step,
+        "path": str(c.path),
+        "done": bool(c.meta.get("done")),
+        "total_steps": c.meta.get("total_steps"),
+        "early_stop": c.meta.get("early_stop"),  # {step, best_step, best_val_loss, patience} or None
+    }
+
+
+@dataclass
+class _RunFacts:
+    """What status gathers once about a run and every stage's entry reads."""
+
+    jobs: dict[str, dict]  # stage -> its latest record in jobs.json
+    states: dict[str, str]  # Slurm job id -> state
+    holder: dict | None  # the run lock's live holder
+    newest: dict | None  # the newest complete checkpoint
+    requeues: list[dict]  # metrics.jsonl "requeue" records
+    refused: list[dict]  # metrics.jsonl "requeue-refused" records
+    nodes: dict[str, str] = field(default_factory=dict)  # Slurm job id -> its nodes ("n[1-2]")
+
+
+def _stage_entry(cfg: Config, stage: str, facts: _RunFacts) -> dict[str, Any]:
+    """One stage's state (done, queued, running, failed, incomplete, not started) and why."""
+    done, what = stage_complete(cfg, stage)
+    rec = facts.jobs.get(stage, {})
+    on_slurm = rec.get("cluster") == "slurm" and bool(rec.get("job_id"))
+    entry: dict[str, Any] = {"state": "not started", "detail": what, "cluster": rec.get("cluster")}
+    for k in ("job_id", "stdout", "stderr"):
+        if rec.get(k):
+            entry[k] = rec[k]
+    if on_slurm:
+        entry["slurm_state"] = slurm.job_state(facts.states, rec["job_id"])
+        if facts.nodes.get(rec["job_id"]):
+            entry["nodes"] = facts.nodes[rec["job_id"]]
+        if rec.get("array"):
+            entry["array"] = {j: facts.states.get(j) for j in rec["array"]}
+    if done:
+        entry["state"] = "done"
+    elif on_slurm:
+        entry["state"] = slurm.STATE_OF_SLURM.get(entry.get("slurm_state") or "", "unknown (Slurm has no record)")
+        if entry["state"] == "completed":
+            entry["state"] = "failed"  # the job ended well but its output is not complete
+            entry["detail"] = f"job ended but {what}"
+    elif facts.holder and facts.holder.get("stage") == stage:
+        entry["state"] = "running"
+        entry["detail"] = f"pid {facts.holder.get('pid')} on {facts.holder.get('host')}"
+    elif rec.get("action") == "failed":
+        entry["state"] = "failed"
+    elif stage == "train" and facts.newest:
+        entry["state"] = "incomplete"
+    if stage == "train":
+        _add_requeues(entry, done, facts)
+    return entry
+
+
+def _add_requeues(entry: dict[str, Any], done: bool, facts: _RunFacts) -> None:
+    """The train stage's requeue counts, and how to continue an unfinished run that has a checkpoint."""
+    requeues, refused = facts.requeues, facts.refused
+    entry["requeues"] = len(requeues)
+    entry["requeue_reasons"] = dict(Counter(str(r.get("reason")) for r in requeues))
+    if not done and facts.newest and entry["state"] in ("failed", "incomplete"):
+        last_requeue = max([r.get("time", 0) for r in requeues] or [0])
+        out_of_timeouts = refused and refused[-1].get("time", 0) >= last_requeue
+        why = "timed out more than slurm.max_num_timeout times; " if out_of_timeouts else ""
+        entry["detail"] = f"{why}resumable from step {facts.newest['step']}: launch again to continue"
+
+
+def collect_status(cfg: Config) -> dict:
+    """Everything `hpcrnn.status` prints, as a dict (the --json output)."""
+    run_dir = cfg.run_dir
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run directory (launch it first: python -m hpcrnn.launch CONFIG)")
+    metrics = read_jsonl(cfg.metrics_path)
+    jobs = latest_jobs(run_dir)
+    on_slurm = [r["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" and r.get("job_id")]
+    facts = _RunFacts(
+        jobs=jobs,
+        states=slurm.job_states(on_slurm),
+        holder=_lock_holder(run_dir),
+        newest=_newest_checkpoint(cfg),
+        requeues=[r for r in metrics if r.get("event") == "requeue"],
+        refused=[r for r in metrics if r.get("event") == "requeue-refused"],
+        nodes=slurm.job_nodes(on_slurm),
+    )
+    val = [r for r in metrics if r.get("split") == "val" and r.get("ppl") is not None]
+    return {
+        "run": cfg.run.name,
+        "run_dir": str(run_dir),
+        "jobs_dir": str(cfg.jobs_dir),
+        "stages": {stage: _stage_entry(cfg, stage, facts) for stage in STAGES},
+        "checkpoint": facts.newest,
+        "val_ppl": {"ppl": val[-1]["ppl"], "step": val[-1].get("step"), "protocol": val[-1].get("protocol")}
+        if val
+        else None,
+        "recipes": _count_recipes(cfg),
+        "recipes_wanted": cfg.generate.num_recipes,
+        "generated_dir": str(output_dir(cfg)),
+        "requeues": [
+            {k: r.get(k) for k in ("reason", "step", "job_id", "restart_count", "time")} for r in facts.requeues
+        ],
+    }

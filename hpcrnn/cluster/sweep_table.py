@@ -1,0 +1,198 @@
+"""A sweep's status table: each run's state and figures as rows, sorted, as text, JSON or CSV (hpcrnn.status)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpcrnn.cli import EPILOG
+from hpcrnn.cluster.run_status import collect_status
+from hpcrnn.cluster.sweep_dir import SWEEP_FILE, SWEEP_SUFFIX, labels, read_sweep_file
+from hpcrnn.config import RESOLVED_NAME, load_config
+from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError
+from hpcrnn.fsutil import read_jsonl
+from hpcrnn.run.generated import SUMMARY, output_dir, read_json
+
+FIXED_COLUMNS = ("state", "step", "best_val_ppl", "test_ppl", "test_acc", "coherence")
+
+
+def _own_protocol(metrics: list[dict]) -> str | None:
+    """The protocol of the run's periodic validations (its own), else of its final one."""
+    periodic = [r.get("protocol") for r in metrics if r.get("split") == "val" and not r.get("final")]
+    final = [r.get("protocol") for r in metrics if r.get("split") == "val"]
+    return (periodic or final or [None])[-1]
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def run_row(entry: dict, keys: list[str]) -> dict[str, Any]:
+    """One run's row: its swept values and, from its directory, state, step, best validation perplexity,
+    final test perplexity and accuracy (the run's own protocol) and its recipes' mean coherence."""
+    row: dict[str, Any] = {"run": entry["name"]}
+    values = entry.get("values") or {}
+    for k in keys:
+        row[k] = None if values.get(k) is None else str(values[k])
+    row.update(dict.fromkeys(FIXED_COLUMNS))
+    run_dir = Path(str(entry.get("run_dir") or ""))
+    if not (run_dir / RESOLVED_NAME).is_file():
+        row["state"] = "not launched"
+        return row
+    try:
+        cfg = load_config(run_dir)
+        s = collect_status(cfg)
+    except HpcrnnError as e:
+        row["state"] = f"unreadable ({str(e).splitlines()[0][:60]})"
+        return row
+    pending = [(st, e["state"]) for st, e in s["stages"].items() if e["state"] != "done"]
+    row["state"] = "done" if not pending else f"{pending[0][0]} {pending[0][1]}"
+    metrics = read_jsonl(cfg.metrics_path)
+    steps = [r["step"] for r in metrics if isinstance(r.get("step"), int) and r.get("split")]
+    ckpt = (s.get("checkpoint") or {}).get("step")
+    row["step"] = max(steps + ([ckpt] if isinstance(ckpt, int) else []), default=None)
+    own = _own_protocol(metrics)
+    val = [_num(r.get("ppl")) for r in metrics if r.get("split") == "val" and r.get("protocol") == own]
+    val = [v for v in val if v is not None]
+    row["best_val_ppl"] = min(val) if val else None
+    tests = [r for r in metrics if r.get("split") == "test" and r.get("final") and r.get("protocol") == own]
+    if tests:
+        row["test_ppl"], row["test_acc"] = _num(tests[-1].get("ppl")), _num(tests[-1].get("acc"))
+    summary = read_json(output_dir(cfg) / SUMMARY) or {}
+    gen = summary.get("generated") if isinstance(summary, dict) else None
+    row["coherence"] = _num(gen.get("coherence_mean")) if isinstance(gen, dict) else None
+    row["run_dir"] = str(run_dir)
+    return row
+
+
+def sweep_status(sweep_dir: Path) -> dict:
+    """The table of a sweep directory, as a dict (the --json output)."""
+    sweep_dir = Path(sweep_dir).absolute()
+    raw = read_sweep_file(sweep_dir)
+    keys = [str(k) for k in raw["keys"]]
+    rows = [run_row(e, keys) for e in raw["runs"]]
+    return {
+        "sweep_dir": str(sweep_dir),
+        "config": raw.get("config"),
+        "keys": {str(k): [str(v) for v in vs or []] for k, vs in raw["keys"].items()},
+        "columns": ["run", *keys, *FIXED_COLUMNS],
+        "runs": rows,
+    }
+
+
+def _sort_key_of(rows: list[dict], col: str) -> Callable[[dict], tuple]:
+    """Numeric where every present value of the column is a number (swept values are text: "0.001"),
+    else text; missing values last whichever the direction."""
+
+    def as_float(v: Any) -> float | None:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+
+    present = [r.get(col) for r in rows if r.get(col) is not None]
+    numeric = bool(present) and all(as_float(v) is not None for v in present)
+    return lambda r: (0, as_float(r[col]) if numeric else str(r[col])) if r.get(col) is not None else None
+
+
+def sort_rows(table: dict, column: str | None, desc: bool = False) -> None:
+    if not column:
+        return
+    cols = table["columns"]
+    lab = labels([c for c in cols if c not in ("run", *FIXED_COLUMNS)])
+    col = column if column in cols else next((k for k, v in lab.items() if v == column), None)
+    if col is None:
+        raise ConfigError(f"--sort: no column {column!r}; columns: {', '.join(cols)}")
+    key = _sort_key_of(table["runs"], col)
+    have = [r for r in table["runs"] if key(r) is not None]
+    missing = [r for r in table["runs"] if key(r) is None]
+    table["runs"] = sorted(have, key=key, reverse=desc) + missing
+    table["sorted_by"] = {"column": col, "descending": desc}
+
+
+def _cell(col: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    if col in ("best_val_ppl", "test_ppl"):
+        return f"{v:.2f}"
+    if col in ("test_acc", "coherence"):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def format_table(table: dict) -> str:
+    cols = table["columns"]
+    cells = [cols] + [[_cell(c, r.get(c)) for c in cols] for r in table["runs"]]
+    width = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    numeric = {"step", *FIXED_COLUMNS[1:]}
+    lines = [f"sweep {table['sweep_dir']} ({len(table['runs'])} runs of {table['config']})"]
+    for row in cells:
+        lines.append(
+            "  ".join(
+                c.rjust(w) if cols[i] in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, width))
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def format_csv(table: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table["columns"])
+    for r in table["runs"]:
+        w.writerow(["" if r.get(c) is None else r[c] for c in table["columns"]])
+    return buf.getvalue()
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / SWEEP_FILE).is_file()
+
+
+def status_target(argv: list[str]) -> str | None:
+    """The sweep directory a ``hpcrnn.status`` command line names (its first positional), or None."""
+    pos = next((a for a in argv if not a.startswith("-")), None)
+    return pos if pos is not None and is_sweep_dir(pos) else None
+
+
+def status_main(argv: list[str] | None = None) -> int:
+    """``python -m hpcrnn.status SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv]``."""
+    p = argparse.ArgumentParser(
+        prog="hpcrnn.status",
+        description="The table of a sweep: each run, its swept values, state, step, best validation "
+        "perplexity, test perplexity and accuracy, and its recipes' mean coherence.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "sweep_dir", help=f"a sweep directory (<paths.scratch>/<run.name>{SWEEP_SUFFIX}, holding {SWEEP_FILE})"
+    )
+    p.add_argument("--sort", metavar="COLUMN", help="sort by this column (a swept key may be given by its label)")
+    p.add_argument("--desc", action="store_true", help="sort in descending order (missing values stay last)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the table as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    try:
+        table = sweep_status(Path(args.sweep_dir))
+        sort_rows(table, args.sort, args.desc)
+    except HpcrnnError as e:
+        if args.debug:
+            raise
+        print(f"hpcrnn.status: error: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print(json.dumps(table, indent=2))
+    elif args.csv:
+        sys.stdout.write(format_csv(table))
+    else:
+        print(format_table(table))
+    return EXIT_OK

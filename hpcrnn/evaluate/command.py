@@ -1,0 +1,86 @@
+"""`python -m hpcrnn.evaluate CONFIG|RUN_DIR [--checkpoint STEP] [--text FILE ...] [--protocol P] [--json]`:
+a checkpoint's held-out figures (hpcrnn/evaluate/metrics.py) on its run's splits or on text files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hpcrnn.cli import make_parser, run_cli
+from hpcrnn.data.corpus import open_corpus
+from hpcrnn.evaluate.metrics import PROTOCOLS, evaluate_split, mode_protocol, score_file
+from hpcrnn.model.restore import open_checked
+
+
+def run_evaluate(
+    cfg, checkpoint: str | None = None, texts: list[str] | tuple = (), protocols: list[str] | tuple = ()
+) -> dict:
+    """Figures of a checkpoint (newest complete by default) on its run's val and test splits, in the run's
+    own protocol and the standard one (or in ``protocols``); or, for each of ``texts``, by the standard
+    protocol on that file read exactly as preprocessing reads the corpus (``hpcrnn.data.corpus.encode_file``)."""
+    corpus = open_corpus(cfg.h5_path)
+    info, model, meta = open_checked(cfg, corpus, checkpoint)
+    results = []
+    if texts:
+        for path in texts:
+            results.append({"source": str(path), "protocol": "standard", **score_file(model, corpus, Path(path))})
+    else:
+        tokens = corpus.tokens()
+        sequences = (meta.get("config") or {}).get("data", {}).get("sequences", "windows")
+        for split in ("val", "test"):
+            lo, hi = corpus.split_ranges[split]
+            if hi - lo < 2:
+                continue
+            for protocol in dict.fromkeys(protocols or [mode_protocol(sequences), "standard"]):
+                r = evaluate_split(model, corpus, tokens, split, protocol, cfg)
+                results.append({"source": split, "protocol": protocol, **r})
+    return {"run": cfg.run.name, "checkpoint": str(info.path), "step": info.step, "results": results}
+
+
+def format_evaluation(res: dict) -> str:
+    lines = [
+        f"{res['run']}: checkpoint {res['checkpoint']} (step {res['step']})",
+        f"{'source':<24} {'protocol':<10} {'ppl':>9} {'acc':>7} {'top5':>7} {'<unk>':>7} {'tokens':>9}",
+    ]
+    for r in res["results"]:
+        lines.append(
+            f"{Path(r['source']).name if '/' in r['source'] else r['source']:<24} {r['protocol']:<10} "
+            f"{r['ppl']:>9.2f} {r['acc']:>7.2%} {r['top5']:>7.2%} {r['unk']:>7.2%} {r['tokens']:>9,}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(
+        "hpcrnn.evaluate",
+        "Perplexity, top-1/top-5 accuracy and <unk> rate of a checkpoint on its run's splits or on text files.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="STEP",
+        default=None,
+        help="a step or checkpoint folder (default: the newest complete checkpoint)",
+    )
+    parser.add_argument(
+        "--text",
+        metavar="FILE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="score these files instead of the splits, read like the corpus",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        action="append",
+        default=[],
+        help="score the splits by this protocol (repeatable; default: the run's own and standard); windows "
+        "uses data.window, e.g. data.window=50 for the lecture's 50-token windows",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    def fn(cfg, args) -> None:
+        res = run_evaluate(cfg, args.checkpoint, args.text, args.protocol)
+        print(json.dumps(res, indent=2) if args.json else format_evaluation(res), flush=True)
+
+    return run_cli(parser, fn, argv)

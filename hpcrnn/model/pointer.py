@@ -1,0 +1,127 @@
+"""A pointer over the document so far: lets the recurrent LM copy a word it has already read.
+
+Pointer sentinel mixture (Merity et al. 2016, "Pointer sentinel mixture models"). At every position the
+last layer's output ``h_t`` asks ``q_t = tanh(W h_t + b)``; it scores the outputs ``h_j`` of the positions
+read so far in the same document (the current one included; the newest ``memory`` before the current
+chunk, plus the chunk's own up to ``t``) and a learned sentinel:
+``a = softmax([q_t . h_j ..., q_t . s + b_s])``. The sentinel's weight ``g`` is the share left to the
+softmax over the vocabulary; the rest points at the words read at those positions:
+
+    p(w) = g * softmax(W_o h_t)(w) + sum over j with x_j = w of a_j
+
+Nothing says which words to copy: the network learns it from the loss, the same next-word loss as
+without the pointer (a recipe's instructions mostly name what its ingredient list named, so that is what
+it learns to copy there). The model returns ``log p`` where it returned logits, so cross entropy,
+accuracy, top-k/top-p sampling and temperature work unchanged (``log_softmax`` of log-probabilities is
+the identity).
+
+The memory is carried like the recurrent state: the keys (outputs, detached) and the tokens of the newest
+``memory`` positions, ``[memory, B, H]`` and ``[memory, B]`` (token + 1; 0 marks an empty place), rows on
+dim 1 like ``nn.LSTM``'s state, so truncated BPTT, checkpoints (rows split by rank) and evaluation carry
+it as they carry ``(h, c)``. A document starts at the boundary token (``<eor>``, which precedes every
+recipe): nothing before the newest boundary is pointed at.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# log(0) guard, added rather than clamped (a clamp's backward costs two more passes over [B, T, V]): a word
+# that neither the vocabulary softmax (underflowed) nor the pointer gives any mass
+_TINY = 1e-30
+# the sentinel's score starts this high, so a new model starts as the plain LM (g near 1 for a few hundred
+# remembered positions) and learns to point, rather than starting with its mass spread over the memory
+SENTINEL_BIAS = 7.0
+
+
+class Pointer(nn.Module):
+    def __init__(self, hidden: int, memory: int, boundary: int = -1):
+        super().__init__()
+        self.memory = memory
+        self.query = nn.Linear(hidden, hidden)
+        self.sentinel = nn.Parameter(torch.zeros(hidden))
+        self.sentinel_bias = nn.Parameter(torch.full((), SENTINEL_BIAS))
+        # the document boundary token travels with the weights (a checkpoint's model knows its corpus');
+        # -1: none, the memory is one document
+        self.register_buffer("boundary", torch.tensor(int(boundary)))
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, mem=None, last_only: bool = False):
+        """h [B, T, H]: last-layer outputs; x [B, T]: the tokens read; logits [B, T, V] ([B, V] with
+        ``last_only``: the last position only) -> (log p of the same shape, the new memory)."""
+        B, T, H = h.shape
+        # no memory yet (windows mode, a stream's first step): score the chunk alone rather than a memory
+        # of empty places, which would be masked out anyway
+        keys_m, toks_m = self._none(B, H, h.device) if mem is None else mem
+        M = keys_m.shape[0]
+        h = h.float()
+        keys = torch.cat([keys_m.transpose(0, 1).float(), h], 1)  # [B, M + T, H]
+        toks = torch.cat([toks_m.t(), x + 1], 1)  # [B, M + T]
+        valid = self._valid(toks, M, T)  # [B, T, M + T]
+        if last_only:
+            h, valid, logits = h[:, -1:], valid[:, -1:], logits[:, None]
+        with torch.autocast(h.device.type, enabled=False):
+            logp = self.mix(torch.tanh(self.query(h)), keys, toks, valid, logits.float())
+        return (logp[:, 0] if last_only else logp), self._newest(keys.detach(), toks)
+
+    def _none(self, batch: int, hidden: int, device):
+        return torch.zeros(0, batch, hidden, device=device), torch.zeros(0, batch, dtype=torch.long, device=device)
+
+    def _newest(self, keys: torch.Tensor, toks: torch.Tensor):
+        """The carried memory: the newest ``memory`` places of [B, L, ...], empty places first when L is
+        shorter (the carry keeps one shape from step to step: checkpoints join it by rows)."""
+        short = self.memory - keys.shape[1]
+        if short > 0:
+            keys = torch.nn.functional.pad(keys, (0, 0, short, 0))
+            toks = torch.nn.functional.pad(toks, (short, 0))
+        keys, toks = keys[:, -self.memory :], toks[:, -self.memory :]
+        return keys.transpose(0, 1).contiguous(), toks.t().contiguous()
+
+    def _valid(self, toks: torch.Tensor, M: int, T: int) -> torch.Tensor:
+        """Which remembered position each query may point at: filled, not after the query, and in the
+        query's document. Documents are told apart by counting boundary tokens (with no boundary, -1, the
+        count rises only over empty places, which come first and are never pointed at)."""
+        L = M + T
+        seg = (toks == self.boundary + 1).cumsum(1)
+        pos = torch.arange(L, device=toks.device)
+        causal = pos[None, :] <= pos[M:, None]  # [T, L]
+        same = seg[:, None, :] == seg[:, M:, None]  # [B, T, L]
+        return causal[None] & same & (toks > 0)[:, None, :]
+
+    def mix(self, q, keys, toks, valid, logits) -> torch.Tensor:
+        """log p: the vocabulary softmax weighted by the sentinel's share, plus the pointer's mass on the
+        remembered tokens. q [B, T, H], keys [B, L, H], toks/valid [B, (T,) L], logits [B, T, V]."""
+        scores = torch.bmm(q, keys.transpose(1, 2)).masked_fill(~valid, float("-inf"))
+        sentinel = (q @ self.sentinel + self.sentinel_bias)[..., None]
+        a = torch.softmax(torch.cat([scores, sentinel], -1), -1)
+        p = torch.softmax(logits, -1) * a[..., -1:]
+        idx = (toks - 1).clamp_min(0)[:, None, :].expand(-1, q.shape[1], -1)
+        return p.scatter_add(2, idx, a[..., :-1]).add(_TINY).log()
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor, mem, limit: bool) -> torch.Tensor:
+        """One generation step: x [B, H] the last layer's output, tokens [B] the tokens read, logits
+        [B, V] -> log p [B, V]. ``mem``: the stepper's ring ``(keys [1, B, M, H], toks [1, B, M],
+        count [1, B])``, updated in place; a boundary token empties its slot's memory first. ``limit``:
+        score only the places filled so far (one host read; worth it on a CPU)."""
+        keys, toks, count = mem
+        M = keys.shape[2]
+        fresh = tokens != self.boundary
+        toks.mul_(fresh[None, :, None])
+        count.mul_(fresh[None])
+        rows = torch.arange(len(tokens), device=tokens.device)
+        at = count[0] % M
+        keys[0, rows, at] = x
+        toks[0, rows, at] = tokens + 1
+        count.add_(1)
+        n = min(M, int(count.max())) if limit else M
+        k, t = keys[0, :, :n], toks[0, :, :n]
+        q = torch.tanh(self.query(x))[:, None]  # [B, 1, H]
+        return self.mix(q, k, t, (t > 0)[:, None], logits.float()[:, None])[:, 0]
+
+    def zero_ring(self, batch: int, hidden: int, device):
+        return (
+            torch.zeros(1, batch, self.memory, hidden, device=device),
+            torch.zeros(1, batch, self.memory, dtype=torch.long, device=device),
+            torch.zeros(1, batch, dtype=torch.long, device=device),
+        )

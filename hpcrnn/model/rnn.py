@@ -1,0 +1,95 @@
+"""The recurrent language model: embedding -> LSTM/GRU/RNN -> linear over the vocabulary (-> pointer).
+
+The lecture's Keras script (one-hot 50-word windows, LSTM(256)) feeds one-hot vectors into the LSTM; an
+embedding lookup is the same function (a one-hot vector times a weight matrix selects one row) at a
+fraction of the cost. ``step`` runs one token for a whole batch and carries the recurrent state, which is
+what makes batched generation cheap.
+
+With ``model.pointer`` > 0 a pointer over the document so far (hpcrnn/model/pointer.py) mixes copies of
+words already read into the prediction; the model then returns log-probabilities where it returned logits,
+and its state is the recurrent state followed by the pointer's memory: ``(h, c, keys, tokens)`` (LSTM) or
+``(h, keys, tokens)``, every part with its rows on dim 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpcrnn.config import ModelConfig
+from hpcrnn.model.pointer import Pointer
+
+_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+class RecurrentLM(nn.Module):
+    def __init__(self, vocab_size: int, cfg: ModelConfig, boundary: int = -1):
+        super().__init__()
+        self.cell = cfg.cell
+        self.embed = nn.Embedding(vocab_size, cfg.embedding)
+        # no dropout module at all when p = 0: even a no-op dropout costs a pass over the activations
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        # dropout between stacked layers only (PyTorch warns on it for a single layer)
+        self.rnn = _CELLS[cfg.cell](
+            cfg.embedding,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(cfg.hidden, vocab_size)
+        if cfg.tie_weights:
+            self.head.weight = self.embed.weight  # same shape when embedding == hidden (validated)
+        self.pointer = Pointer(cfg.hidden, cfg.pointer, boundary) if cfg.pointer else None
+
+    def forward(self, x: torch.Tensor, state=None, last_only: bool = False):
+        """x: [B, T] token ids -> logits [B, T, V] (or [B, V] with last_only; log-probabilities with a
+        pointer), new state."""
+        rnn_state, mem = self.split_state(state)
+        h, rnn_state = self.rnn(self.drop(self.embed(x)), rnn_state)
+        logits = self.head(self.drop(h[:, -1] if last_only else h))
+        if self.pointer is None:
+            return logits, rnn_state
+        logp, mem = self.pointer(h, x, logits, mem, last_only)
+        return logp, (*(rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)), *mem)
+
+    def split_state(self, state):
+        """(the recurrent layers' state, the pointer's memory or None)."""
+        if self.pointer is None or state is None:
+            return state, None
+        n = 2 if self.cell == "lstm" else 1
+        rnn_state = tuple(state[:n]) if n == 2 else state[0]
+        return rnn_state, tuple(state[n:])
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state=None):
+        """One generation step: tokens [B] -> logits [B, V], carried state."""
+        logits, state = self.forward(tokens[:, None], state)
+        return logits[:, 0], state
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, boundary: int = -1) -> RecurrentLM:
+    """The model a new training run starts from, in the word-LM initialisation (Zaremba et al.,
+    pytorch/examples word_language_model, AWD-LSTM): small uniform embedding and output weights, zero output
+    bias. PyTorch's defaults (N(0, 1) embedding rows) start the softmax far from uniform, and SGD at the
+    field's lr 20 recovers from that slowly. ``boundary``: the token that starts a document, for the
+    pointer (a loaded checkpoint brings its own)."""
+    model = RecurrentLM(vocab_size, cfg, boundary)
+    with torch.no_grad():
+        nn.init.uniform_(model.embed.weight, -0.1, 0.1)  # tied: the head's weight too
+        nn.init.uniform_(model.head.weight, -0.1, 0.1)
+        nn.init.zeros_(model.head.bias)
+    return model
+
+
+def token_loss(net: nn.Module, out: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
+    """The next-word cross entropy of a model's output (``net`` may be DDP-wrapped). A pointer model's
+    output is already log-probabilities: ``nll_loss`` gives the same value without another log-softmax
+    pass over [N, V] and its backward."""
+    pointer = getattr(getattr(net, "module", net), "pointer", None)
+    return (F.cross_entropy if pointer is None else F.nll_loss)(out.float(), y, **kw)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

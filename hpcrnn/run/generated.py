@@ -1,0 +1,159 @@
+"""The output folder ``<run>/generated/<name>/``: its path, file names, plan, recipe files and index lines.
+
+* ``recipe-00001.txt`` …, each written atomically;
+* per shard an append-only ``index-<s>-of-<n>.jsonl``: one line per recipe, written after its file, so a
+  recipe is present when its index line (in any shard's file) and its file both exist;
+* ``plan.json``: the checkpoint, vocabulary and :func:`generation_settings` the recipes are made with,
+  created exclusively by the first task;
+* when every recipe is present: ``index.jsonl`` (all index lines, in recipe order) and ``summary.json``,
+  both deterministic, so two tasks finishing together write the same bytes, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from hpcrnn.config import Config
+from hpcrnn.errors import InputError, StorageError
+from hpcrnn.fsutil import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    fsync_dir,
+    read_jsonl_prefix,
+)
+
+PLAN = "plan.json"
+INDEX = "index.jsonl"
+SUMMARY = "summary.json"
+SAMPLER = 2  # version of the sampling rule (2: rejection for top_k/top_p, vocabulary order, fused step)
+
+
+def output_dir(cfg: Config) -> Path:
+    return cfg.run_dir / "generated" / cfg.generate.name
+
+
+def shard_index_name(shard: int, num_shards: int) -> str:
+    return f"index-{shard + 1:05d}-of-{num_shards:05d}.jsonl"
+
+
+def recipe_file_name(i: int) -> str:
+    return f"recipe-{i:05d}.txt"
+
+
+def generation_settings(cfg: Config) -> dict:
+    """The settings that decide the content of the recipes (not batch size, shards or device). ``SAMPLER``
+    is one of them, so a folder is never continued by a different sampling rule."""
+    g = cfg.generate
+    return {
+        "seed": g.seed,
+        "temperature": g.temperature,
+        "top_k": g.top_k,
+        "top_p": g.top_p,
+        "max_tokens": g.max_tokens,
+        "prompt": g.prompt,
+        "precision": g.precision,
+        "sampler": SAMPLER,
+    }
+
+
+def present_recipes(out: Path) -> dict[int, dict]:
+    """Recipes with an index line (any shard's file) and their file on disk, with their index records."""
+    found: dict[int, dict] = {}
+    for p in sorted(out.glob("index-*-of-*.jsonl")):
+        for rec in read_jsonl_prefix(p)[0]:
+            i = rec.get("recipe")
+            if isinstance(i, int) and i not in found and (out / recipe_file_name(i)).is_file():
+                found[i] = rec
+    return found
+
+
+def write_recipe(out: Path, index_name: str, i: int, text: str, record: dict) -> None:
+    """Recipe ``i``'s file, then its line in the shard's index (``record`` plus its number and file)."""
+    path, index = out / recipe_file_name(i), out / index_name
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise StorageError(f"{path}: cannot write: {e.strerror or e}") from None
+    try:
+        append_jsonl(index, {"recipe": i, "file": path.name, **record}, fsync=True)
+    except OSError as e:
+        raise StorageError(f"{index}: cannot append recipe {i}'s line: {e.strerror or e}") from None
+
+
+def remove_own_temporaries(out: Path, mine: set[int]) -> None:
+    """Delete the temporaries a killed writer of this shard's recipes left (``.recipe-00004.txt.*.tmp``):
+    only this shard writes those recipes, so no live writer owns them."""
+    for p in out.glob(".recipe-*.txt.*.tmp"):
+        try:
+            i = int(p.name[len(".recipe-") :].split(".", 1)[0])
+        except ValueError:
+            continue
+        if i in mine:
+            p.unlink(missing_ok=True)
+
+
+def write_merged(out: Path, records: list[dict], summary: dict) -> None:
+    try:
+        atomic_write_text(out / INDEX, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        atomic_write_json(out / SUMMARY, summary)
+    except OSError as e:
+        raise StorageError(f"{out}: cannot write {INDEX} and {SUMMARY}: {e.strerror or e}") from None
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content; None when it does not exist; InputError when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from None
+
+
+def create_exclusive(path: Path, obj: dict) -> bool:
+    """Write ``path`` only if it does not exist yet, atomically (a temporary file hard-linked into place:
+    the link fails when another task got there first). True when this call created it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # as fsutil's atomic writes: the group may read
+            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive create, then the content
+            try:
+                fd2 = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd2, "wb") as f:
+                f.write(Path(tmp).read_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(path.parent)
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def generation_done(cfg: Config, step: int) -> bool:
+    """Whether ``generated/<name>`` holds all ``num_recipes`` recipes of these settings and the
+    checkpoint generation would use now, with its summary. Never raises."""
+    try:
+        out = output_dir(cfg)
+        s = read_json(out / SUMMARY) or {}
+        if s.get("num_recipes") != cfg.generate.num_recipes or s.get("settings") != generation_settings(cfg):
+            return False
+        if step != s.get("checkpoint", {}).get("step"):
+            return False
+        return all((out / recipe_file_name(i)).is_file() for i in range(1, cfg.generate.num_recipes + 1))
+    except Exception:
+        return False
