@@ -18,7 +18,7 @@ from hpcrnn.errors import ConfigError, InputError
 from hpcrnn.generate.job import run_generate
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.loop import run_train
-from tests.conftest import make_recipes, run_module, run_python, stop_at, tiny_config
+from tests.helpers import make_recipes, run_module, run_python, stop_at, tiny_config
 
 torch.set_num_threads(1)
 
@@ -123,6 +123,7 @@ def test_load_a_config_file_or_a_step_and_what_it_offers(run):
         lm.generate(n=0)
 
 
+@pytest.mark.slow
 def test_evaluate_is_what_the_evaluate_command_reports(run, tmp_path):
     _, cfg = run
     f = tmp_path / "soup.txt"
@@ -168,6 +169,7 @@ def test_bad_paths_are_one_line_errors(run, tmp_path):
 # ------------------------------------------------------------------------------------------ the model file
 
 
+@pytest.mark.slow
 def test_export_then_load_and_generate_without_the_corpus(run, exported, tmp_path):
     cfg_path, cfg = run
     job = _recipes(cfg.run_dir / "generated" / "default")
@@ -196,6 +198,7 @@ def test_export_then_load_and_generate_without_the_corpus(run, exported, tmp_pat
         assert r.returncode == 2 and "model file holds none" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_export_an_earlier_checkpoint(run, tmp_path):
     _, cfg = run
     out = tmp_path / "sub" / "five.pt"
@@ -206,6 +209,7 @@ def test_export_an_earlier_checkpoint(run, tmp_path):
     assert lm.generate(n=4) == hpcrnn.load(cfg.run_dir, checkpoint=5).generate(n=4)
 
 
+@pytest.mark.slow
 def test_bad_model_files_and_export_errors(run, exported, tmp_path, tiny_corpus):
     _, cfg = run
     cut = tmp_path / "cut.pt"
@@ -284,6 +288,7 @@ def test_init_from_starts_from_identical_weights(run, exported, tmp_path):
         assert res.status == "done" and res.step == 10
 
 
+@pytest.mark.slow
 def test_mismatches_are_one_line_errors_naming_both_sides(run, tmp_path):
     _, cfg = run
     src = str(cfg.run_dir)
@@ -337,6 +342,7 @@ def _inline(cfg_path: Path, text: str):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "directory", "empty name", "not utf-8", "control character"])
 def test_bad_prompt_files_are_one_line_config_errors(run, tmp_path, case):
     cfg_path, _ = run

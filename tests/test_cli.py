@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from hpcrnn.config import Config, load_config
 from hpcrnn.errors import ConfigError
-from tests.conftest import run_module
+from tests.helpers import run_module
 
 ENTRY_POINTS = [
     "hpcrnn.preprocess",
@@ -24,15 +24,18 @@ ENTRY_POINTS = [
     "hpcrnn.status",
     "hpcrnn.evaluate",
 ]
+# these three load torch before they read their arguments: about 3 s a process on 2 cores, so slow
+LOAD_TORCH = {"hpcrnn.train", "hpcrnn.generate", "hpcrnn.evaluate"}
+ENTRY_POINT_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m in LOAD_TORCH else m for m in ENTRY_POINTS]
 
 
-@pytest.mark.parametrize("module", ENTRY_POINTS)
+@pytest.mark.parametrize("module", ENTRY_POINT_PARAMS)
 def test_help(module):
     r = run_module(module, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout and "config" in r.stdout.lower()
 
 
-@pytest.mark.parametrize("module", ENTRY_POINTS)
+@pytest.mark.parametrize("module", ENTRY_POINT_PARAMS)
 def test_bad_config_paths_one_line_exit_2(module, tmp_path):
     bad_utf8 = tmp_path / "binary.yaml"
     bad_utf8.write_bytes(b"model: {cell: \xff\xfe}\n")

@@ -7,7 +7,7 @@ import yaml
 
 from hpcrnn.config import load_config, save_resolved
 from hpcrnn.errors import ConfigError
-from tests.conftest import ROOT, run_module
+from tests.helpers import ROOT, run_module
 
 
 def write(path: Path, text: str) -> Path:
@@ -84,7 +84,15 @@ def test_resolved_config_is_self_contained(tmp_path, tiny_corpus):
 
 
 @pytest.mark.parametrize(
-    "module", ["hpcrnn.launch", "hpcrnn.preprocess", "hpcrnn.train", "hpcrnn.generate", "hpcrnn.evaluate"]
+    "module",
+    [
+        "hpcrnn.launch",
+        "hpcrnn.preprocess",
+        # these three load torch before they read their arguments: about 3 s a process on 2 cores, so slow
+        pytest.param("hpcrnn.train", marks=pytest.mark.slow),
+        pytest.param("hpcrnn.generate", marks=pytest.mark.slow),
+        pytest.param("hpcrnn.evaluate", marks=pytest.mark.slow),
+    ],
 )
 def test_print_config_runs_nothing(tmp_path, tiny_corpus, module):
     scratch = tmp_path / "scratch"

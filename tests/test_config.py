@@ -6,7 +6,7 @@ import pytest
 
 from hpcrnn.config import Config, SlurmResources, load_config, save_resolved
 from hpcrnn.errors import ConfigError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def write(tmp_path: Path, text: str, name="exp.yaml") -> Path:

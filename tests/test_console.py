@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from hpcrnn import __version__, console
-from tests.conftest import ROOT, run_python, tiny_config
+from tests.helpers import ROOT, run_python, tiny_config
 
 
 def hpcrnn(*args, **kw):
@@ -55,6 +55,7 @@ def test_every_command_with_a_module_dispatches_to_it():
         assert present or name in ("sweep", "plot", "export")
 
 
+@pytest.mark.slow
 def test_commands_take_the_python_m_arguments_and_exit_statuses(tmp_path, tiny_corpus):
     cfg = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 3})
     r = hpcrnn("train", cfg, "model.cell=gru", "--print-config")

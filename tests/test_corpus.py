@@ -488,9 +488,8 @@ def test_split_mapping_errors_name_the_file(tmp_path):
     ],
 )
 def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_docs):
-    from conftest import FORMATS
-
     from hpcrnn.text.formats import detect_format
+    from tests.helpers import FORMATS
 
     src = FORMATS / name
     if not src.exists():
@@ -540,9 +539,8 @@ def test_recipe_file_formats_are_recognised_and_split(tmp_path, name, fmt, n_doc
 
 
 def test_lecture_layout_round_trips_and_ingredients_are_found(tmp_path):
-    from conftest import FORMATS
-
     from hpcrnn.text.detokenize import detokenize
+    from tests.helpers import FORMATS
 
     src = FORMATS / "lecture-allrecipes-excerpt.txt"
     if not src.exists():
@@ -557,9 +555,8 @@ def test_lecture_layout_round_trips_and_ingredients_are_found(tmp_path):
 
 
 def test_mealmaster_layout_comes_back_in_its_columns(tmp_path):
-    from conftest import FORMATS
-
     from hpcrnn.text.detokenize import detokenize
+    from tests.helpers import FORMATS
 
     src = FORMATS / "gourmet-mealmaster_2_col.mmf"
     if not src.exists():

@@ -10,7 +10,7 @@ from hpcrnn.cluster.status import collect_status, format_status
 from hpcrnn.fsutil import read_jsonl
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import loop
-from tests.conftest import prepared
+from tests.helpers import prepared
 
 torch.set_num_threads(1)
 
@@ -72,7 +72,7 @@ def test_stops_after_patience_keeps_best_and_is_done(tmp_path, tiny_corpus, scri
 def test_patience_counts_across_a_resume(tmp_path, tiny_corpus, scripted_val):
     """The count of validations since the best is in the checkpoint: a requeued run stops where an
     uninterrupted one would."""
-    from tests.conftest import stop_at
+    from tests.helpers import stop_at
 
     scripted_val += [5.0, 4.0, 4.5, 4.4, 4.3, 1.0]
     train = {"max_steps": 100, "eval_every": 5, "checkpoint_every": 50, "early_stop_patience": 3}

@@ -9,7 +9,7 @@ import pytest
 from hpcrnn.config import load_config
 from hpcrnn.data.build import run_preprocess
 from hpcrnn.train.loop import run_train
-from tests.conftest import make_recipes, run_module, tiny_config
+from tests.helpers import make_recipes, run_module, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def _evaluate(*args):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_splits_in_the_runs_protocol_and_the_standard_one(trained):
     cfg, _ = trained
     res = _evaluate(cfg.run_dir)
@@ -55,6 +56,7 @@ def _final_records(cfg):
     return [x for x in read_jsonl(cfg.metrics_path) if x.get("final")]
 
 
+@pytest.mark.slow
 def test_text_of_a_split_scores_what_the_split_scores(trained):
     cfg, files = trained
     splits = {r["source"]: r for r in _evaluate(cfg.run_dir)["results"] if r["protocol"] == "standard"}
@@ -65,6 +67,7 @@ def test_text_of_a_split_scores_what_the_split_scores(trained):
         assert r["ppl"] == pytest.approx(splits[split]["ppl"], rel=1e-9) and r["acc"] == splits[split]["acc"]
 
 
+@pytest.mark.slow
 def test_chosen_protocols_and_windows_of_another_length(trained):
     """--protocol picks the protocols; windows of another data.window are laid like the corpus' own (every
     window tokens inside the split), so the lecture's 50-token windows can score a stream-trained run."""
@@ -89,11 +92,13 @@ def test_chosen_protocols_and_windows_of_another_length(trained):
     assert val["tokens"] == 7 * len(np.arange(lo, hi - 7, 7))  # every window scored, whole
 
 
+@pytest.mark.slow
 def test_an_earlier_checkpoint_by_step(trained):
     cfg, _ = trained
     assert _evaluate(cfg.run_dir, "--checkpoint", "5")["step"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["no document", "missing file", "directory", "missing checkpoint"])
 def test_bad_input_is_a_one_line_error(trained, tmp_path, case):
     cfg, _ = trained
@@ -116,6 +121,7 @@ def test_bad_input_is_a_one_line_error(trained, tmp_path, case):
     assert want in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_a_run_without_checkpoint_is_a_one_line_error(tmp_path, tiny_corpus):
     cfg = load_config(tiny_config(tmp_path, tiny_corpus))
     run_preprocess(cfg)

@@ -18,7 +18,7 @@ import torch
 from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_REQUEUE, EXIT_STOPPED, EXIT_STORAGE, EXIT_USAGE, InputError
 from hpcrnn.train import checkpoint as ckpt
-from tests.conftest import ROOT, prepared, run_module, start_python, stop_at, tiny_config
+from tests.helpers import ROOT, prepared, run_module, start_python, stop_at, tiny_config
 
 torch.set_num_threads(1)
 
@@ -46,6 +46,7 @@ def model_bytes(cfg) -> bytes:
 # ---------------------------------------------------------------- kill -9
 
 
+@pytest.mark.slow
 def test_kill9_at_random_moments_resumes_bitwise(tmp_path, tiny_corpus):
     """20 seeded kill -9 trials (some at start-up, some mid-step, some mid-checkpoint-write): every relaunch
     resumes from the newest complete checkpoint and the finished model is bitwise identical."""
@@ -105,6 +106,7 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing-marker", "truncated-model", "flipped-optimizer", "missing-meta"])
 def test_damaged_newest_checkpoint_is_skipped_not_deleted(tmp_path, tiny_corpus, damage):
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"keep_last": 3, "max_steps": 15})
@@ -143,6 +145,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing(tmp_path, tiny_corpus, small_tmpfs):
     """The run stops with a one-line error; the previous checkpoint is intact and loadable."""
     h5 = tmp_path / "corpus.h5"
@@ -169,6 +172,7 @@ def test_disk_full_while_checkpointing(tmp_path, tiny_corpus, small_tmpfs):
 # ---------------------------------------------------------------- two launches at once
 
 
+@pytest.mark.slow
 def test_second_trainer_is_refused_and_stale_lock_recognised(tmp_path, tiny_corpus):
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 100000, "log_every": 1, "checkpoint_every": 50})
     a = start_train(cfg_path)
@@ -207,6 +211,7 @@ def test_lock_from_another_host_with_fresh_heartbeat_is_respected(tmp_path):
 # ---------------------------------------------------------------- reader beside a writer
 
 
+@pytest.mark.slow
 def test_reader_never_sees_a_partial_checkpoint(tmp_path, tiny_corpus):
     """A generation-style reader polls the newest checkpoint while a trainer writes and deletes them."""
     cfg_path, cfg = prepared(
@@ -260,6 +265,7 @@ def _signal_run(cfg_path, cfg, sig, when, slow_checkpoint=0.0, *overrides):
     return p.returncode, out, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["startup", "eval", "checkpoint", "dataloader"])
 @pytest.mark.parametrize("sig,code", [(signal.SIGUSR2, EXIT_REQUEUE), (signal.SIGTERM, EXIT_STOPPED)])
 def test_signal_moments_end_in_checkpoint_and_resume_exactly(tmp_path, tiny_corpus, when, sig, code):
@@ -282,6 +288,7 @@ def test_signal_moments_end_in_checkpoint_and_resume_exactly(tmp_path, tiny_corp
 # ---------------------------------------------------------------- damaged data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbled", "format-version"])
 def test_damaged_corpus_one_line_error(tmp_path, tiny_corpus, damage):
     import h5py
@@ -307,6 +314,7 @@ def test_damaged_corpus_one_line_error(tmp_path, tiny_corpus, damage):
         assert "format version 99" in lines[0]
 
 
+@pytest.mark.slow
 def test_vocabulary_mismatch_with_checkpoint(tmp_path, tiny_corpus):
     from hpcrnn.data.build import run_preprocess
     from hpcrnn.train.loop import run_train

@@ -27,7 +27,7 @@ from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.model import precision as MP
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.model import RecurrentLM, build_model
-from tests.conftest import make_recipes, run_module, start_module, tiny_config
+from tests.helpers import make_recipes, run_module, start_module, tiny_config
 
 torch.set_num_threads(1)
 
@@ -174,7 +174,15 @@ def reference_generate(model, prompt, uniforms, max_tokens, stop_id, temperature
     return (out[:-1] if stopped else out), stopped
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm+pointer", "gru+pointer"])
+@pytest.mark.parametrize(
+    "cell",  # with a pointer the search for a bias that ends recipes both ways takes half a minute: slow
+    [
+        "lstm",
+        "gru",
+        pytest.param("lstm+pointer", marks=pytest.mark.slow),
+        pytest.param("gru+pointer", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.9, 5, 0.8)])
 def test_batched_generation_equals_one_at_a_time(cell, temperature, top_k, top_p):
     """Continuous batching (refilled and shrinking slots, prompts of different lengths) gives every recipe
@@ -428,6 +436,7 @@ def kept_set(probs: torch.Tensor, k: int, p: float) -> set:
     return set(torch.nonzero(w > 0)[:, 0].tolist())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k,p", [(0, 0.9), (0, 0.5), (40, 0.0), (20, 0.8), (1, 0.0), (0, 1e-6)])
 def test_rejection_truncation_draws_from_the_truncated_distribution(k, p):
     """top_k / top_p by rejection: never a token outside the kept set (sort-based reference, ties kept),
@@ -532,6 +541,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
     """A real process killed with SIGKILL while writing: no half file, and the rerun completes the set
     exactly as an uninterrupted run writes it."""
@@ -564,6 +574,7 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path):
     assert files_of(out) == files_of(out.parent / "ref")
 
 
+@pytest.mark.slow
 def test_concurrent_shard_processes(tmp_path):
     """Three shard tasks at once (as a job array runs them): disjoint recipes, one complete index."""
     cfg_path, cfg = prepared_run(tmp_path, generate={"num_recipes": 12})
@@ -638,6 +649,7 @@ def one_line_error(r, *needles):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_one_line_errors(tmp_path):
     cfg_path, cfg = prepared_run(tmp_path, checkpoint=False)
     gen = tmp_path / "scratch" / "tiny" / "generated"
@@ -664,6 +676,7 @@ def test_bad_input_one_line_errors(tmp_path):
     assert "tokens/s" in r.stdout
 
 
+@pytest.mark.slow
 def test_end_to_end_preprocess_train_generate(tmp_path):
     """The real pipeline on a tiny corpus: the trained model learns the layout well enough that most
     recipes have a title, ingredients and instructions."""

@@ -15,7 +15,7 @@ import pytest
 from hpcrnn.errors import EXIT_STORAGE
 from hpcrnn.generate import folder as F
 from hpcrnn.generate import job as G
-from tests.conftest import run_python, start_module
+from tests.helpers import run_python, start_module
 from tests.test_generate import prepared_run
 
 
@@ -36,6 +36,7 @@ def _processes_of(cfg_path: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_generation_job_leaves_no_process(tmp_path):
     cfg_path, _ = prepared_run(
         tmp_path, generate={"num_recipes": 2000, "batch_size": 2, "max_tokens": 40, "quality_sample": 0}

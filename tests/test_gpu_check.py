@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_python
+from tests.helpers import ROOT, run_python
 
 
 @pytest.mark.slow
@@ -31,6 +31,7 @@ def test_cpu_mode_runs_and_passes_every_check(tmp_path, tiny_corpus):
     assert "found at step 8" in results["divergence"]["figures"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here: the default runs the checks")
 def test_without_cuda_one_line_and_exit_0():
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
@@ -56,6 +57,7 @@ def test_cpu_mode_without_bf16_kernels_skips_only_what_it_cannot_run(tmp_path, t
     assert results["generate"]["reason"] == "bf16 not native on this CPU: fp32 only"
 
 
+@pytest.mark.slow
 def test_unknown_check_is_a_usage_error():
     r = run_python("bench/gpu_check.py", "--device", "cpu", "--only", "nope")
     assert r.returncode == 2 and "unknown check" in r.stderr

@@ -9,7 +9,7 @@ import pytest
 from hpcrnn.config import load_config
 from hpcrnn.data.build import run_preprocess
 from hpcrnn.data.corpus import open_corpus
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 REAL_FILE = h5py.File
 

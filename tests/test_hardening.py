@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hpcrnn.train.loop import run_train
-from tests.conftest import prepared, stop_at
+from tests.helpers import prepared, stop_at
 from tests.test_train import model_bytes
 
 torch.set_num_threads(1)
@@ -48,8 +49,9 @@ def test_preprocess_never_replaces_a_corpus_that_checkpoints_were_trained_on(tmp
     assert cfg.h5_path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_launch_refuses_changed_inputs_under_checkpoints_before_submitting(tmp_path, tiny_corpus):
-    from tests.conftest import run_module, tiny_config
+    from tests.helpers import run_module, tiny_config
 
     cfg_path = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 5})
     assert (
@@ -81,9 +83,10 @@ def test_resume_on_another_corpus_is_refused(tmp_path, tiny_corpus):
 # ---- item 4: a refused or failed run leaves config.yaml as it was
 
 
+@pytest.mark.slow
 def test_refused_or_failed_trainer_leaves_config_yaml_alone(tmp_path, tiny_corpus):
     from hpcrnn.lock import RunLock
-    from tests.conftest import run_module
+    from tests.helpers import run_module
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 3})
     run_train(cfg)
@@ -99,6 +102,7 @@ def test_refused_or_failed_trainer_leaves_config_yaml_alone(tmp_path, tiny_corpu
 # ---- item 6: a failed metrics write ends every rank with exit 4, at once
 
 
+@pytest.mark.slow
 def test_metrics_write_failure_is_exit_4_on_every_rank(tmp_path, tiny_corpus):
     import time
 
@@ -192,7 +196,7 @@ def test_run_files_respect_the_umask(tmp_path, tiny_corpus):
 def test_a_fifo_or_device_as_corpus_is_a_one_line_error(tmp_path):
     import os
 
-    from tests.conftest import run_module, tiny_config
+    from tests.helpers import run_module, tiny_config
 
     fifo = tmp_path / "corpus.txt"
     os.mkfifo(fifo)
@@ -213,7 +217,7 @@ def test_preprocess_waits_for_no_one_and_refuses_a_held_run(tmp_path, tiny_corpu
     from hpcrnn.data.build import run_preprocess
     from hpcrnn.errors import LockedError
     from hpcrnn.lock import RunLock
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = load_config(tiny_config(tmp_path, tiny_corpus))
     with RunLock(cfg.run_dir, "train"):
@@ -230,7 +234,7 @@ def test_preprocess_reaps_only_its_own_hosts_dead_temporaries(tmp_path, tiny_cor
 
     from hpcrnn.config import load_config
     from hpcrnn.data.build import run_preprocess
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = load_config(tiny_config(tmp_path, tiny_corpus))
     cfg.run_dir.mkdir(parents=True)

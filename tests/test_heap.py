@@ -5,10 +5,11 @@ import platform
 import subprocess
 import sys
 
-from conftest import ROOT, prepared
+import pytest
 
 from hpcrnn.cluster.slurm import setup_lines
 from hpcrnn.train.heap import HEAP_ENV
+from tests.helpers import ROOT, prepared
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 PRINT_ENV = (
@@ -40,6 +41,7 @@ def test_a_value_the_user_set_is_kept():
     assert out == str(["123456", HEAP_ENV["MALLOC_TRIM_THRESHOLD_"], HEAP_ENV["MALLOC_TOP_PAD_"]] if GLIBC else None)
 
 
+@pytest.mark.slow
 def test_python_m_train_runs_with_the_tuned_heap(tmp_path, tiny_corpus):
     cfg, _ = prepared(tmp_path, tiny_corpus, train={"max_steps": 2, "eval_every": 100, "checkpoint_every": 100})
     out = _run("-m", "hpcrnn.train", str(cfg), "train.progress=lines")

@@ -8,7 +8,7 @@ import pytest
 
 from hpcrnn.config import load_config
 from hpcrnn.errors import ConfigError
-from tests.conftest import run_module
+from tests.helpers import run_module
 
 
 @pytest.fixture
@@ -80,6 +80,7 @@ def test_unknown_stop_signal_is_refused(cfg_file, sig):
         load_config(cfg_file, [f"train.stop_signal={sig}"])
 
 
+@pytest.mark.slow
 def test_scratch_that_is_a_regular_file_is_a_one_line_input_error(tmp_path, cfg_file):
     f = tmp_path / "afile"
     f.write_text("keep me\n")
@@ -94,8 +95,9 @@ def test_scratch_that_is_a_regular_file_is_a_one_line_input_error(tmp_path, cfg_
     [
         ("hpcrnn.launch", ["--cluster", "debug", "--stages", "preprocess"]),
         ("hpcrnn.status", ["--json"]),
-        ("hpcrnn.generate", ["--num-shards", "1"]),
-        ("hpcrnn.train", ["--debug"]),
+        # these two load torch first: about 3 s a process on 2 cores, so slow
+        pytest.param("hpcrnn.generate", ["--num-shards", "1"], marks=pytest.mark.slow),
+        pytest.param("hpcrnn.train", ["--debug"], marks=pytest.mark.slow),
         ("hpcrnn.preprocess", ["--debug"]),
     ],
 )
@@ -111,7 +113,7 @@ def test_sbatch_without_a_controller_points_to_cluster_local(tmp_path, tiny_corp
     import os
     import stat
 
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

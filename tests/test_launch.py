@@ -23,7 +23,7 @@ from hpcrnn.cluster.status import collect_status, format_status
 from hpcrnn.config import load_config
 from hpcrnn.errors import ConfigError
 from hpcrnn.fsutil import read_jsonl
-from tests.conftest import run_module, tiny_config
+from tests.helpers import run_module, tiny_config
 
 torch.set_num_threads(1)
 
@@ -253,6 +253,7 @@ def test_incompatible_relaunch_is_refused_and_new_name_is_not(tmp_path, tiny_cor
     assert all(p.run for p in plans)
 
 
+@pytest.mark.slow
 def test_debug_requeue_resumes_bitwise(tmp_path, tiny_corpus):
     """A stop signal mid-training in --cluster debug: checkpoint, a recorded requeue, resume in process,
     and the same final weights as an uninterrupted run."""
@@ -286,6 +287,7 @@ def test_debug_requeue_resumes_bitwise(tmp_path, tiny_corpus):
 # ------------------------------------------------------------------------------------------ local: submitit jobs
 
 
+@pytest.mark.slow
 def test_local_cluster_runs_the_job_callables_with_logs(tmp_path, tiny_corpus):
     cfg_path = tiny_config(tmp_path, tiny_corpus)
     r = run_module("hpcrnn.launch", str(cfg_path), "--cluster", "local", timeout=300)
@@ -304,6 +306,7 @@ def test_local_cluster_runs_the_job_callables_with_logs(tmp_path, tiny_corpus):
     assert s.returncode == 0 and "train      done" in s.stdout and "recipes generated: 4 of 4" in s.stdout
 
 
+@pytest.mark.slow
 def test_local_stage_failure_is_one_line_naming_the_log(tmp_path, tiny_corpus):
     # more than all training windows in one batch: the trainer refuses with an InputError inside the job
     cfg_path = tiny_config(tmp_path, tiny_corpus, train={"batch_size": 100000})
@@ -314,6 +317,7 @@ def test_local_stage_failure_is_one_line_naming_the_log(tmp_path, tiny_corpus):
     assert "train/" in last and "_log.err" in last
 
 
+@pytest.mark.slow
 def test_local_two_tasks_train_as_two_ranks(tmp_path, tiny_corpus):
     """submitit's local executor runs one process per task; the job callable makes them one DDP group."""
     cfg_path = tiny_config(tmp_path, tiny_corpus, slurm={"train": {"tasks_per_node": 2}})
@@ -325,6 +329,7 @@ def test_local_two_tasks_train_as_two_ranks(tmp_path, tiny_corpus):
     assert json.loads((final / "meta.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_local_time_limit_out_of_timeouts_then_relaunch_continues(tmp_path, tiny_corpus):
     """submitit's local executor sends USR2 before its time limit as Slurm does: with no timeouts left
     the trainer's checkpoint still lands, the launch says so (exit 75), and a relaunch resumes from it."""

@@ -85,11 +85,12 @@ def test_a_live_holder_is_refused_and_named(tmp_path):
             RunLock(tmp_path, "preprocess").acquire()
 
 
+@pytest.mark.slow
 def test_a_second_launch_of_a_run_is_refused_while_the_first_runs(tmp_path, tiny_corpus):
     """Two launches of one config both submitted whole pipelines; now the second is refused, naming the
     first, and after the first ends a launch goes ahead."""
     from hpcrnn.lock import LAUNCH_LOCK_NAME
-    from tests.conftest import run_module, start_module, tiny_config
+    from tests.helpers import run_module, start_module, tiny_config
 
     cfg_path = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 400, "eval_every": 1000})
     first = start_module("hpcrnn.launch", str(cfg_path), "--cluster", "local")

@@ -10,7 +10,7 @@ from hpcrnn.errors import EXIT_REQUEUE
 from hpcrnn.fsutil import read_jsonl
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.loop import run_train
-from tests.conftest import prepared, stop_at, tiny_config
+from tests.helpers import prepared, stop_at, tiny_config
 from tests.test_train import _launch_ranks, model_bytes
 
 torch.set_num_threads(1)
@@ -33,6 +33,7 @@ def _steps_per_epoch(cfg) -> int:
     return make_batches(cfg, open_corpus(cfg.h5_path), 0, 1).batches_per_epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_resume_is_bitwise_identical_between_steps_and_inside_an_epoch(tmp_path, tiny_corpus, mode):
     extra = MODES[mode]
@@ -60,6 +61,7 @@ def test_stream_checkpoint_holds_the_carried_state_of_every_row(tmp_path, tiny_c
     assert h.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_stream_state_resets_at_each_epoch_start(tmp_path, tiny_corpus, monkeypatch):
     """The state fed into each step: none at the first step of an epoch, the previous step's otherwise."""
     from hpcrnn.train import loop
@@ -91,6 +93,7 @@ def test_windows_mode_carries_nothing(tmp_path, tiny_corpus, monkeypatch):
     assert ckpt.load_train_state(ckpt.latest(cfg.checkpoint_dir))["carry"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_two_ranks_match_one_rank_and_resume_at_another_world_size(tmp_path, tiny_corpus, mode):
     # no dropout: each rank draws its own masks, so only the dropout-free runs can match

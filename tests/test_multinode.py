@@ -23,7 +23,7 @@ import torch
 from hpcrnn.config import load_config
 from hpcrnn.fsutil import read_jsonl
 from hpcrnn.train import checkpoint as ckpt
-from tests.conftest import run_module, tiny_config
+from tests.helpers import run_module, tiny_config
 from tests.test_slurm import _run, completed, job_ids, launch, logs, model_pt, sacct, slurm_problem, wait_gone
 
 pytestmark = pytest.mark.slurm
@@ -86,7 +86,7 @@ def runs(two_nodes, tmp_path_factory):
     uninterrupted, and 2 nodes x 1 task preempted (USR2) once it has a complete checkpoint."""
     base = tmp_path_factory.mktemp("multinode")
     corpus = base / "corpus.txt"
-    from tests.conftest import make_recipes
+    from tests.helpers import make_recipes
 
     corpus.write_text(make_recipes(300))
     paths = {

@@ -7,7 +7,7 @@ import torch
 from hpcrnn.errors import DivergedError
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import loop
-from tests.conftest import prepared
+from tests.helpers import prepared
 
 torch.set_num_threads(1)
 
@@ -63,7 +63,7 @@ def test_non_finite_loss_found_later_leaves_last_good_checkpoint(
 
 def test_stop_signal_after_a_non_finite_loss_writes_nothing(tmp_path, tiny_corpus, monkeypatch):
     """A stop (signal, time limit) checkpoints at once: the guard is read first, whatever N is."""
-    from tests.conftest import stop_at
+    from tests.helpers import stop_at
 
     _, cfg = prepared(tmp_path, tiny_corpus, train={"nonfinite_check_every": 50, "checkpoint_every": 5})
     poison_loss_at(monkeypatch, 7)
@@ -83,7 +83,7 @@ def test_end_of_training_reads_the_guard(tmp_path, tiny_corpus, monkeypatch):
 
 def test_auto_reads_every_step_on_cpu_and_at_log_points_on_cuda(tmp_path, tiny_corpus):
     from hpcrnn.config import load_config
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = load_config(tiny_config(tmp_path, tiny_corpus, train={"log_every": 7}))
     assert cfg.train.nonfinite_check_every == 0

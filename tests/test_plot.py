@@ -3,10 +3,10 @@
 import builtins
 
 import pytest
-from conftest import prepared
 
 from hpcrnn import plot
 from hpcrnn.train.loop import run_train
+from tests.helpers import prepared
 
 
 @pytest.fixture
@@ -19,6 +19,7 @@ def two_runs(tmp_path, tiny_corpus):
     return runs
 
 
+@pytest.mark.slow
 def test_draws_several_runs_on_one_figure(two_runs, tmp_path):
     name, curves = plot.run_curves(str(two_runs[0]))
     assert name == "a" and len(curves["train"]) >= 2 and len(curves["val"]) == 2

@@ -13,7 +13,7 @@ from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.loop import run_train
 from hpcrnn.train.model import build_model, token_loss
 from hpcrnn.train.pointer import Pointer
-from tests.conftest import prepared, stop_at
+from tests.helpers import prepared, stop_at
 
 torch.set_num_threads(1)
 
@@ -96,6 +96,7 @@ def test_stepper_equals_the_model_with_temperature_and_banned_tokens(cell):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_pointer_learns_to_copy_what_a_plain_lm_cannot_predict():
     """Sequences ``a b c d = a b c d`` of random words: the second half is predictable only by copying."""
     g = torch.Generator().manual_seed(0)
@@ -141,15 +142,16 @@ def test_checkpoint_carries_the_memory_of_every_row(tmp_path, tiny_corpus):
 def test_pointer_must_not_be_negative(tmp_path, tiny_corpus):
     from hpcrnn.config import load_config
     from hpcrnn.errors import ConfigError
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     with pytest.raises(ConfigError, match=r"model\.pointer"):
         load_config(tiny_config(tmp_path, tiny_corpus, model={"pointer": -1}))
 
 
+@pytest.mark.slow
 def test_a_pointer_model_exports_loads_and_generates_the_same(tmp_path, tiny_corpus):
     import hpcrnn
-    from tests.conftest import run_module
+    from tests.helpers import run_module
 
     stream = {"sequences": "stream", "window": 12}
     _, cfg = prepared(tmp_path, tiny_corpus, data=stream, model={"pointer": 30}, train={"max_steps": 10})

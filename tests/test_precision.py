@@ -8,7 +8,7 @@ from hpcrnn.errors import ConfigError
 from hpcrnn.model import precision as P
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import loop
-from tests.conftest import prepared, stop_at, tiny_config
+from tests.helpers import prepared, stop_at, tiny_config
 
 torch.set_num_threads(1)
 CUDA = torch.device("cuda", 0)

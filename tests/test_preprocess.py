@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hpcrnn.data.corpus import open_corpus
-from tests.conftest import FORMATS, run_module, start_module, tiny_config
+from tests.helpers import FORMATS, run_module, start_module, tiny_config
 
 
 def write_config(tmp_path: Path, corpus, **data) -> Path:
@@ -90,6 +90,7 @@ def _run_until_tmp_appears(cfg: Path, tmp_path: Path) -> tuple[subprocess.Popen,
     pytest.fail(f"the temporary file never appeared (exit {p.returncode}): {p.communicate()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_midway_leaves_no_output_file(tmp_path, sig):
     # window=stride=1 makes the write phase (1 window per token) long enough to kill reliably
@@ -166,6 +167,7 @@ def _e2e_config(tmp_path: Path, data: dict) -> Path:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["split-files", "mastercook", "char-mealmaster"])
 def test_user_corpora_end_to_end(tmp_path, case, shared_5k):
     """Issue 8: each shape of user data goes through preprocess, train and generate (tiny model)."""

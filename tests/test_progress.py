@@ -10,7 +10,7 @@ from hpcrnn.data import build
 from hpcrnn.data.build import run_preprocess
 from hpcrnn.generate.job import run_generate
 from hpcrnn.train.loop import run_train
-from tests.conftest import make_recipes, prepared, tiny_config
+from tests.helpers import make_recipes, prepared, tiny_config
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,9 @@ import os
 import re
 import sys
 
-from tests.conftest import ROOT, run_python, tiny_config
+import pytest
+
+from tests.helpers import ROOT, run_python, tiny_config
 
 
 def doc_script() -> str:
@@ -12,6 +14,7 @@ def doc_script() -> str:
     return re.search(r"```bash\n(#!/bin/bash\n.*?)```", text, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_documented_script_requeues_on_75_only(tmp_path, tiny_corpus):
     script = doc_script()
     assert "#SBATCH --requeue" in script and "#SBATCH --signal=USR2@" in script

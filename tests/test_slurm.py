@@ -23,7 +23,7 @@ import pytest
 from hpcrnn.cluster.records import read_jobs
 from hpcrnn.config import load_config
 from hpcrnn.fsutil import read_jsonl
-from tests.conftest import RECIPES_5K, ROOT, make_recipes, run_module, tiny_config
+from tests.helpers import RECIPES_5K, ROOT, make_recipes, run_module, tiny_config
 
 pytestmark = pytest.mark.slurm
 

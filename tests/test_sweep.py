@@ -18,7 +18,7 @@ from hpcrnn.cluster import launch as L
 from hpcrnn.cluster import sweep as S
 from hpcrnn.cluster.records import read_jobs
 from hpcrnn.errors import ConfigError
-from tests.conftest import run_module, tiny_config
+from tests.helpers import run_module, tiny_config
 
 torch.set_num_threads(1)
 
@@ -315,7 +315,7 @@ def test_refused_sbatch_cancels_the_sweeps_queued_jobs(tmp_path, tiny_corpus, mo
 def local_sweep(tmp_path_factory):
     """A 2-value sweep of a tiny config run with --cluster local (submitit's local executor, real processes),
     then launched again."""
-    from tests.conftest import make_recipes
+    from tests.helpers import make_recipes
 
     base = tmp_path_factory.mktemp("sweep")
     corpus = base / "recipes.txt"
@@ -327,6 +327,7 @@ def local_sweep(tmp_path_factory):
     return S.expand(cfg, ["model.hidden=8,16"]), first, again
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_both_and_a_relaunch_runs_nothing(local_sweep):
     sw, first, again = local_sweep
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -348,6 +349,7 @@ def test_local_sweep_runs_both_and_a_relaunch_runs_nothing(local_sweep):
         )
 
 
+@pytest.mark.slow
 def test_status_of_a_sweep_is_one_table(local_sweep):
     sw, *_ = local_sweep
     r = run_module("hpcrnn.status", str(sw.dir))

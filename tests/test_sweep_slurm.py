@@ -19,7 +19,7 @@ import pytest
 from hpcrnn.cluster.records import read_jobs
 from hpcrnn.cluster.sweep import expand
 from hpcrnn.fsutil import read_jsonl
-from tests.conftest import run_module, tiny_config
+from tests.helpers import run_module, tiny_config
 from tests.test_slurm import _run, sacct, slurm, wait_gone  # noqa: F401 (slurm: the cluster fixture)
 
 pytestmark = pytest.mark.slurm

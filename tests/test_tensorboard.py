@@ -11,7 +11,7 @@ from hpcrnn.fsutil import read_jsonl
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import loop
 from hpcrnn.train.tensorboard import FOLDER, tags
-from tests.conftest import prepared, run_python, stop_at, tiny_config
+from tests.helpers import prepared, run_python, stop_at, tiny_config
 
 torch.set_num_threads(1)
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -65,6 +65,7 @@ def test_missing_package_is_one_line_before_training(tmp_path, tiny_corpus, monk
     assert not cfg.metrics_path.exists() and not cfg.checkpoint_dir.exists()
 
 
+@pytest.mark.slow
 def test_missing_package_exit_status(tmp_path, tiny_corpus):
     p = tiny_config(tmp_path, tiny_corpus, train={"tensorboard": True})
     code = (

@@ -15,7 +15,7 @@ from hpcrnn.config import load_config
 from hpcrnn.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_STOPPED, InputError
 from hpcrnn.fsutil import read_jsonl
 from hpcrnn.train import checkpoint as ckpt
-from tests.conftest import prepared, run_module, run_python, start_module, stop_at, tiny_config
+from tests.helpers import prepared, run_module, run_python, start_module, stop_at, tiny_config
 
 torch.set_num_threads(1)
 
@@ -25,6 +25,7 @@ def model_bytes(cfg) -> bytes:
     return (c.path / "model.pt").read_bytes()
 
 
+@pytest.mark.slow
 def test_exact_resume_bitwise_at_several_steps(tmp_path, tiny_corpus):
     from hpcrnn.train.loop import run_train
 
@@ -132,6 +133,7 @@ def _launch_ranks(cfg_path, world, *overrides):
     return [p.returncode for p in procs], outs
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_rank_gloo(tmp_path, tiny_corpus):
     """Same global batch and seed: 2 gloo ranks reach the 1-rank weights within float tolerance."""
     _, one = prepared(tmp_path / "one", tiny_corpus, train={"max_steps": 12})
@@ -162,6 +164,7 @@ def _wait_for_step(metrics: Path, step: int, proc, timeout=120):
     raise AssertionError("training made no progress")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sig,code,status", [(signal.SIGUSR2, EXIT_REQUEUE, "requeue"), (signal.SIGTERM, EXIT_STOPPED, "stopped")]
 )
@@ -180,6 +183,7 @@ def test_signal_checkpoints_and_exits_with_status(tmp_path, tiny_corpus, sig, co
     assert stops[-1]["status"] == status and stops[-1]["step"] == c.step
 
 
+@pytest.mark.slow
 def test_resume_after_real_signal_is_bitwise_identical(tmp_path, tiny_corpus):
     """SIGUSR2 sent once step 7 is logged, far from the end of the run: it must stop the run midway (exit 75,
     a stop event), and the resumed run ends bitwise identical to the uninterrupted one."""
@@ -202,6 +206,7 @@ def test_resume_after_real_signal_is_bitwise_identical(tmp_path, tiny_corpus):
     assert model_bytes(cfg) == model_bytes(ref)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, tiny_corpus):
     cfg_path, cfg = prepared(tmp_path, tiny_corpus)
     r = run_module(
