@@ -203,7 +203,7 @@ def main() -> None:
         help="output-layer precisions to time",
     )
     args = ap.parse_args()
-    keep_freed_memory()  # as the generation job does (hpcrnn/generate/memory.py)
+    keep_freed_memory()  # as the generation job does (hpcrnn/process.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

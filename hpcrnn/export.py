@@ -1,6 +1,6 @@
 """`python -m hpcrnn.export CONFIG|RUN_DIR [--checkpoint STEP] -o FILE`: one self-contained model file.
 
-The file (layout: hpcrnn/modelfile.py) holds the weights of the run's newest complete checkpoint (or
+The file (layout: hpcrnn/model/file.py) holds the weights of the run's newest complete checkpoint (or
 ``--checkpoint``), its vocabulary, how text becomes tokens, the model config and where it came from
 (run, step, corpus fingerprint, metrics). ``hpcrnn.load(FILE)``, ``generate.checkpoint: FILE`` and
 ``train.init_from: FILE`` use it without the run's corpus.h5; ``torch.load(FILE, weights_only=True)``
@@ -9,6 +9,7 @@ reads it as plain values and tensors.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,11 @@ from hpcrnn import __version__
 from hpcrnn.cli import make_parser, run_cli
 from hpcrnn.config import Config
 from hpcrnn.errors import EXIT_OK, InputError
+from hpcrnn.run.checkpoints import MARKER
 
-__all__ = ["ExportResult", "run_export", "main"]
+__all__ = ["ExportResult", "run_export", "main", "inside_checkpoints"]
+
+_STEP = re.compile(r"^step-\d{8,}$")  # a checkpoint folder's name (hpcrnn.run.checkpoints.step_dir_name)
 
 
 @dataclass
@@ -27,6 +31,27 @@ class ExportResult:
     step: int
     checkpoint: Path
     exit_code: int = EXIT_OK
+
+
+def inside_checkpoints(out: Path, cfg: Config | None = None) -> Path | None:
+    """The run's checkpoint folder (or checkpoint) that ``out`` would be written into, else None.
+
+    The rule, on the path with its links resolved: inside ``cfg``'s own checkpoint directory; or inside a
+    folder named ``checkpoints`` of any run (the folder holds ``step-*`` folders, or its parent holds the
+    run's ``config.yaml``); or inside a marked checkpoint folder wherever it lies. A file written there
+    would stand for (or beside) the checkpoint a reader trusts by its checksums."""
+    real = Path(out).expanduser().absolute().resolve()
+    own = cfg.checkpoint_dir.expanduser().absolute().resolve() if cfg is not None else None
+    for folder in real.parents:
+        if folder == own:
+            return folder
+        if folder.name == "checkpoints" and (
+            (folder.parent / "config.yaml").is_file() or any(_STEP.match(p.name) for p in folder.glob("step-*"))
+        ):
+            return folder
+        if _STEP.match(folder.name) and (folder / MARKER).is_file():
+            return folder
+    return None
 
 
 def run_export(cfg: Config, out, checkpoint: str | None = None) -> ExportResult:
@@ -40,6 +65,12 @@ def run_export(cfg: Config, out, checkpoint: str | None = None) -> ExportResult:
     out = Path(out).expanduser().absolute()
     if out.is_dir():
         raise InputError(f"-o {out}: a directory; give the model file's name, e.g. {out / (cfg.run.name + '.pt')}")
+    inside = inside_checkpoints(out, cfg)
+    if inside is not None:
+        raise InputError(
+            f"-o {out}: inside a run's checkpoints, {inside} (readers would skip or trust a replaced "
+            f"file); write the model file elsewhere, e.g. {cfg.run_dir / (cfg.run.name + '.pt')}"
+        )
     corpus = open_corpus(cfg.h5_path)
     info, model, meta = open_checked(cfg, corpus, checkpoint)
     config = cfg.to_dict()

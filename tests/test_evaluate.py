@@ -74,7 +74,7 @@ def test_chosen_protocols_and_windows_of_another_length(trained):
     import numpy as np
 
     from hpcrnn.data.corpus import open_corpus
-    from hpcrnn.train.evaluate import window_starts
+    from hpcrnn.evaluate.metrics import window_starts
 
     cfg, _ = trained
     res = _evaluate(cfg.run_dir, "--protocol", "documents", "--protocol", "windows", "data.window=7")
@@ -132,7 +132,7 @@ def test_a_run_without_checkpoint_is_a_one_line_error(tmp_path, tiny_corpus):
 def test_a_text_with_no_known_word_is_refused(tmp_path):
     from hpcrnn.data.corpus import open_corpus
     from hpcrnn.errors import InputError
-    from hpcrnn.train.evaluate import _score_file
+    from hpcrnn.evaluate.metrics import score_file as _score_file
 
     (tmp_path / "c.txt").write_text("the cat sat on the mat . the dog sat on the cat .\n" * 20)
     cfg = load_config(tiny_config(tmp_path, tmp_path / "c.txt", data={"document_start": None}))

@@ -196,7 +196,7 @@ def test_second_trainer_is_refused_and_stale_lock_recognised(tmp_path, tiny_corp
 
 def test_lock_from_another_host_with_fresh_heartbeat_is_respected(tmp_path):
     from hpcrnn.errors import LockedError
-    from hpcrnn.lock import RunLock
+    from hpcrnn.run.lock import RunLock
 
     (tmp_path / "lock.json").write_text(json.dumps({"host": "node-that-is-not-here", "pid": 1, "stage": "train"}))
     with pytest.raises(LockedError, match="node-that-is-not-here"):

@@ -18,15 +18,15 @@ from hpcrnn.config import ModelConfig, load_config
 from hpcrnn.errors import ConfigError, InputError
 from hpcrnn.generate import decode as D
 from hpcrnn.generate import describe as DS
-from hpcrnn.generate import folder as F
 from hpcrnn.generate import job as G
 from hpcrnn.generate import prompts as P
 from hpcrnn.generate import sampling as S
 from hpcrnn.generate import stepper as ST
 from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.model import precision as MP
+from hpcrnn.model.rnn import RecurrentLM, build_model
+from hpcrnn.run import generated as F
 from hpcrnn.train import checkpoint as ckpt
-from hpcrnn.train.model import RecurrentLM, build_model
 from tests.helpers import make_recipes, run_module, start_module, tiny_config
 
 torch.set_num_threads(1)
@@ -704,7 +704,7 @@ def test_keep_freed_memory_takes_on_glibc():
     settings must take, or every decoding step pays page faults again."""
     import platform
 
-    from hpcrnn.generate.memory import keep_freed_memory
+    from hpcrnn.process import keep_freed_memory
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")

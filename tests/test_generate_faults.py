@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hpcrnn.errors import EXIT_STORAGE
-from hpcrnn.generate import folder as F
 from hpcrnn.generate import job as G
+from hpcrnn.run import generated as F
 from tests.helpers import run_python, start_module
 from tests.test_generate import prepared_run
 

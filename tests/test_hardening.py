@@ -85,7 +85,7 @@ def test_resume_on_another_corpus_is_refused(tmp_path, tiny_corpus):
 
 @pytest.mark.slow
 def test_refused_or_failed_trainer_leaves_config_yaml_alone(tmp_path, tiny_corpus):
-    from hpcrnn.lock import RunLock
+    from hpcrnn.run.lock import RunLock
     from tests.helpers import run_module
 
     cfg_path, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 3})
@@ -216,7 +216,7 @@ def test_preprocess_waits_for_no_one_and_refuses_a_held_run(tmp_path, tiny_corpu
     from hpcrnn.config import load_config
     from hpcrnn.data.build import run_preprocess
     from hpcrnn.errors import LockedError
-    from hpcrnn.lock import RunLock
+    from hpcrnn.run.lock import RunLock
     from tests.helpers import tiny_config
 
     cfg = load_config(tiny_config(tmp_path, tiny_corpus))
@@ -289,8 +289,8 @@ def test_a_failed_recipe_write_is_a_storage_error(tmp_path, tiny_corpus, monkeyp
     import pytest
 
     from hpcrnn.errors import EXIT_STORAGE, StorageError
-    from hpcrnn.generate import folder
     from hpcrnn.generate.job import run_generate
+    from hpcrnn.run import generated as folder
 
     _, cfg = prepared(tmp_path, tiny_corpus, train={"max_steps": 3})
     run_train(cfg)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from hpcrnn.errors import LockedError
-from hpcrnn.lock import LOCK_NAME, RunLock
+from hpcrnn.run.lock import LOCK_NAME, RunLock
 
 
 def _dead_holder(run_dir):
@@ -89,7 +89,7 @@ def test_a_live_holder_is_refused_and_named(tmp_path):
 def test_a_second_launch_of_a_run_is_refused_while_the_first_runs(tmp_path, tiny_corpus):
     """Two launches of one config both submitted whole pipelines; now the second is refused, naming the
     first, and after the first ends a launch goes ahead."""
-    from hpcrnn.lock import LAUNCH_LOCK_NAME
+    from hpcrnn.run.lock import LAUNCH_LOCK_NAME
     from tests.helpers import run_module, start_module, tiny_config
 
     cfg_path = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 400, "eval_every": 1000})

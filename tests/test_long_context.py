@@ -28,7 +28,7 @@ MODES = {
 
 def _steps_per_epoch(cfg) -> int:
     from hpcrnn.data.corpus import open_corpus
-    from hpcrnn.train.loop import make_batches
+    from hpcrnn.train.setup import make_batches
 
     return make_batches(cfg, open_corpus(cfg.h5_path), 0, 1).batches_per_epoch
 

@@ -8,8 +8,8 @@ import torch
 
 from hpcrnn.config import ModelConfig
 from hpcrnn.data.sequences import PAD, DocumentBatches, StreamBatches
-from hpcrnn.train.evaluate import Scoring, evaluate_documents, evaluate_stream, evaluate_windows
-from hpcrnn.train.model import build_model
+from hpcrnn.evaluate.metrics import Scoring, evaluate_documents, evaluate_stream, evaluate_windows
+from hpcrnn.model.rnn import build_model
 
 
 def test_stream_rows_are_contiguous_and_continue_from_step_to_step():

@@ -65,7 +65,7 @@ class CorpusView:
 
     @classmethod
     def of_vocabulary(cls, v) -> CorpusView:
-        """A view with the vocabulary of a model file (``hpcrnn.modelfile.Vocabulary``) and no text: prompts
+        """A view with the vocabulary of a model file (``hpcrnn.model.file.Vocabulary``) and no text: prompts
         and decoding work, the figures that compare with real recipes and ``random`` prompts do not."""
         eor = v.eor_id
         boundary = eor if eor is not None else (v.eos_id if v.eos_id is not None else v.unk_id)

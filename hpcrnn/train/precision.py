@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from hpcrnn.model.precision import autocast, native_bf16, resolve_precision
-
-__all__ = ["autocast", "grad_scaler", "native_bf16", "resolve_precision"]
-
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling for fp16 (a disabled scaler otherwise: its calls pass through)."""
