@@ -7,7 +7,7 @@
 Nothing here decodes or scores by itself: ``generate`` runs the generation job's decoding
 (``hpcrnn.generate.job.decode_recipes``) and writes each recipe's text as the job writes its file
 (``hpcrnn.generate.describe.recipe_text``), so the same settings and seed give the job's recipes;
-``evaluate`` scores text as ``python -m hpcrnn.evaluate --text`` does (``hpcrnn.train.evaluate``).
+``evaluate`` scores text as ``python -m hpcrnn.evaluate --text`` does (``hpcrnn.evaluate.metrics``).
 ``initial_weights`` is ``train.init_from``: another run's (or a model file's) weights, checked to fit.
 """
 
@@ -48,7 +48,7 @@ def _device(device: Any) -> torch.device:
 class LanguageModel:
     """A trained model with its vocabulary and config (build with :func:`load`).
 
-    ``model``: the torch module (``RecurrentLM``, eval mode); ``vocab``: a :class:`~hpcrnn.modelfile.Vocabulary`
+    ``model``: the torch module (``RecurrentLM``, eval mode); ``vocab``: a :class:`~hpcrnn.model.file.Vocabulary`
     (tokens by id, ``encode``/``decode``); ``config``: the run's :class:`~hpcrnn.config.Config` (its
     ``generate`` section gives ``generate``'s defaults); ``step``: the training step of the weights;
     ``source``: the checkpoint folder or model file they came from."""
@@ -132,7 +132,10 @@ class LanguageModel:
     def evaluate(self, text: str | os.PathLike) -> dict:
         """What ``python -m hpcrnn.evaluate --text FILE`` reports for ``text`` (a string of text, or a
         path as a ``pathlib.Path``), read exactly as the corpus was: ``loss``, ``ppl``, ``acc``, ``top5``,
-        ``unk`` and ``tokens`` by the standard protocol."""
+        ``unk`` and ``tokens`` by the standard protocol. ``tokens`` is the number of tokens scored (predicted):
+        every token after the first for a text under 512 tokens (one stream); a longer text is read as up
+        to 10 streams of 256 tokens or more, each stream's first token unscored
+        (``hpcrnn.evaluate.metrics.STANDARD_MIN_STREAM``)."""
         from hpcrnn.evaluate.metrics import score_file  # noqa: PLC0415
 
         was_training = self.model.training

@@ -9,6 +9,10 @@ once the run is theirs and its inputs are valid.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import select
+import stat
 import sys
 import traceback
 from collections.abc import Callable
@@ -43,11 +47,60 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_gone() -> bool:
+    """Has the reader of our stdout gone (``| head``, a closed pipe or socket)? A pipe whose reader closed
+    polls as an error; a file, a terminal or a replaced ``sys.stdout`` never counts."""
+    try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return False
+        p = select.poll()
+        p.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """What is left to print goes nowhere, the interpreter's final flush included (no "Exception ignored
+    ... BrokenPipeError" at exit): the Python documentation's advice for SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _closed_early(e: BaseException) -> bool:
+    """A write to stdout after its reader went: a normal end for a command that prints (``| head -3``)."""
+    return isinstance(e, OSError) and e.errno == errno.EPIPE and _stdout_gone()
+
+
 def guarded(prog: str, debug: bool, body: Callable[[], int | None]) -> int:
     """Run ``body`` and map its outcome to the documented exit statuses: a user error is one line naming
-    the culprit, a bug one line too (``--debug`` shows the traceback of either)."""
+    the culprit, a bug one line too (``--debug`` shows the traceback of either). Stdout closed early by
+    its reader (``... | head -3``) ends the command quietly, exit 0: everything else printed goes nowhere."""
+    code = _guarded(prog, debug, body)
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()  # what is still buffered, here rather than in the interpreter's exit
+    except OSError as e:
+        if not _closed_early(e):
+            return _internal(prog, debug, e)
+        _quiet_stdout()
+    return code
+
+
+def _guarded(prog: str, debug: bool, body: Callable[[], int | None]) -> int:
     try:
         return int(body() or EXIT_OK)
+    except OSError as e:
+        if not _closed_early(e):
+            return _internal(prog, debug, e)
+        _quiet_stdout()
+        return EXIT_OK
     except HpcrnnError as e:
         if debug:
             traceback.print_exc()
@@ -57,14 +110,18 @@ def guarded(prog: str, debug: bool, body: Callable[[], int | None]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: one line unless --debug
-        if debug:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(
-            f"{prog}: internal error: {e.__class__.__name__}: {msg} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
+        return _internal(prog, debug, e)
+
+
+def _internal(prog: str, debug: bool, e: BaseException) -> int:
+    if debug:
+        traceback.print_exc()
+    msg = str(e).splitlines()[0] if str(e) else ""
+    print(
+        f"{prog}: internal error: {e.__class__.__name__}: {msg} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
 
 
 def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None) -> int:

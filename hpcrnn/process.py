@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import signal
 import sys
 
 HEAP_ENV = {
@@ -34,7 +35,10 @@ HEAP_ENV = {
     "MALLOC_TRIM_THRESHOLD_": str(2**34),  # freed memory stays in the process for the next step
     "MALLOC_TOP_PAD_": str(2**30),  # the heap grows in large steps, not one brk a tensor
 }
+# the signals that ask a trainer to checkpoint (SIGUSR2: requeue; SIGTERM: stop), see train/stopflag.py
+STOP_SIGNALS = frozenset({signal.SIGUSR2, signal.SIGTERM})
 _DONE = "HPCRNN_HEAP_TUNED"  # set by the re-execution, so it happens at most once
+_TEST_SIGNAL = "HPCRNN_TEST_SIGNAL_AT_REEXEC"  # tests only: a signal name sent to itself just before execve
 
 
 def heap_tuned(environ=os.environ) -> bool:
@@ -44,13 +48,37 @@ def heap_tuned(environ=os.environ) -> bool:
 def reexec_with_tuned_heap() -> None:
     """Start this same command again with the tunables in its environment, where glibc will read them;
     returns without doing anything when they are set already, off glibc, or when re-execution failed."""
-    if heap_tuned() or os.environ.get(_DONE) or platform.libc_ver()[0] != "glibc":
+    if heap_tuned() or os.environ.get(_DONE) or platform.libc_ver()[0] != "glibc" or not _is_train_command():
         return
-    env = {**HEAP_ENV, **os.environ, _DONE: "1"}
+    env = tuned_env(os.environ)
+    # A stop signal must not kill the process between here and the new process's handler: blocked signals
+    # stay blocked, and pending ones pending, across execve; StopFlag.install unblocks them once its
+    # handler is in place, and a signal that came meanwhile is delivered to it then.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if os.environ.get(_TEST_SIGNAL):  # tests: a stop signal inside the window, deterministically
+        os.kill(os.getpid(), getattr(signal, os.environ[_TEST_SIGNAL]))
     try:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     except OSError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return  # the untuned heap is slower, not wrong
+
+
+def tuned_env(environ) -> dict:
+    """The re-executed process's environment: the tunables, each unless the user set it."""
+    return {**HEAP_ENV, **{k: v for k, v in environ.items() if k != _TEST_SIGNAL}, _DONE: "1"}
+
+
+def _is_train_command() -> bool:
+    """Is this process itself the trainer's command (``python -m hpcrnn.train …`` or ``hpcrnn train …``)?
+    Re-executing anything else (``python -c "…"`` that calls the trainer, a test runner) would run its
+    other work twice."""
+    argv = list(getattr(sys, "orig_argv", []))[1:]
+    while argv and argv[0].startswith("-") and argv[0] not in ("-m", "-c"):
+        argv.pop(0)  # interpreter options such as -u or -X
+    if argv[:2] == ["-m", "hpcrnn.train"]:
+        return True
+    return len(argv) >= 2 and os.path.basename(argv[0]) == "hpcrnn" and argv[1] == "train"
 
 
 def export_lines() -> list[str]:

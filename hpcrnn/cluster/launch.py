@@ -162,15 +162,25 @@ def launch(
     (or, here, runs them), so two launches never submit two pipelines."""
     cluster = resolve_cluster(cluster)
     stages = list(stages or STAGES)
-    fresh = not cfg.run_dir.exists()
+    made = _missing_folders(cfg.run_dir)
     try:
         with launch_lock(cfg):
             return _launch_locked(cfg, cluster, stages, out)
     except HpcrnnError:
-        if fresh:  # a refused first launch leaves nothing behind, not even the folder for its lock
+        # a refused first launch leaves nothing behind: not the folder for its lock, nor an empty scratch/
+        for folder in made:
             with contextlib.suppress(OSError):
-                cfg.run_dir.rmdir()
+                folder.rmdir()  # only when empty
         raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first (what taking the lock creates)."""
+    made = []
+    while not path.exists() and path != path.parent:
+        made.append(path)
+        path = path.parent
+    return made
 
 
 def launch_lock(cfg: Config) -> RunLock:

@@ -15,7 +15,7 @@ from hpcrnn.cluster.records import latest_jobs
 from hpcrnn.config import Config
 from hpcrnn.errors import InputError
 from hpcrnn.fsutil import read_jsonl
-from hpcrnn.run.checkpoints import list_complete
+from hpcrnn.run.checkpoints import latest
 from hpcrnn.run.generated import output_dir
 from hpcrnn.run.lock import LOCK_NAME, process_start
 
@@ -44,10 +44,11 @@ def _count_recipes(cfg: Config) -> int:
 
 
 def _newest_checkpoint(cfg: Config) -> dict | None:
-    done = list_complete(cfg.checkpoint_dir, warn=False)
-    if not done:
+    """The newest checkpoint that verifies, as every reader picks it (a damaged newer one is named on
+    stderr), so status never reports a step that evaluate or a resume would skip."""
+    c = latest(cfg.checkpoint_dir)
+    if c is None:
         return None
-    c = done[-1]
     return {
         "step": c.step,
         "path": str(c.path),
@@ -116,11 +117,33 @@ def _add_requeues(entry: dict[str, Any], done: bool, facts: _RunFacts) -> None:
         entry["detail"] = f"{why}resumable from step {facts.newest['step']}: launch again to continue"
 
 
+def _no_run_dir(cfg: Config) -> str:
+    """Where status looked and why; a relative paths.scratch resolves against the current directory, so a
+    run launched from elsewhere (the shipped configs expect the repository root) is named with the place to
+    run from, instead of advice that would train a second copy."""
+    run_dir, cwd = cfg.run_dir, Path.cwd()
+    msg = f"{run_dir}: no such run directory"
+    try:
+        rel = run_dir.relative_to(cwd)  # paths.scratch was (most likely) relative to this directory
+    except ValueError:
+        return f"{msg} (launch it first: python -m hpcrnn.launch CONFIG)"
+    here = Path(cfg.source).resolve().parent if cfg.source else None
+    for root in [here, *here.parents][:4] if here else []:
+        if root != cwd and (root / rel).is_dir():
+            return (
+                f"{msg}: paths.scratch resolves against the current directory {cwd}, and the run is in "
+                f"{root / rel}: run this command from {root} (or give paths.scratch={root / rel.parts[0]})"
+            )
+    return f"{msg} (paths.scratch resolves against the current directory {cwd}; launch it first: " + (
+        "python -m hpcrnn.launch CONFIG)"
+    )
+
+
 def collect_status(cfg: Config) -> dict:
     """Everything `hpcrnn.status` prints, as a dict (the --json output)."""
     run_dir = cfg.run_dir
     if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: no such run directory (launch it first: python -m hpcrnn.launch CONFIG)")
+        raise InputError(_no_run_dir(cfg))
     metrics = read_jsonl(cfg.metrics_path)
     jobs = latest_jobs(run_dir)
     on_slurm = [r["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" and r.get("job_id")]

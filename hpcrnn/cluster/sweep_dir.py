@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -241,7 +242,7 @@ def check_sweep_dir(sw: Sweep) -> None:
         raise ConfigError(f"{sw.dir}: is a run directory, not a sweep's; give the sweep another run.name=...")
     if (sw.dir / SWEEP_FILE).is_file():
         prior = read_sweep_file(sw.dir).get("config")
-        if prior and Path(prior) != sw.config:
+        if prior and os.path.realpath(prior) != os.path.realpath(sw.config):  # one file, however named
             raise ConfigError(
                 f"{sw.dir}: holds a sweep of {prior}, not of {sw.config}; give this one another run.name=..."
             )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcrnn.cli import EPILOG
+from hpcrnn.cli import EPILOG, guarded
 from hpcrnn.cluster.run_status import collect_status
 from hpcrnn.cluster.sweep_dir import SWEEP_FILE, SWEEP_SUFFIX, labels, read_sweep_file
 from hpcrnn.config import RESOLVED_NAME, load_config
@@ -158,8 +158,16 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def status_target(argv: list[str]) -> str | None:
     """The sweep directory a ``hpcrnn.status`` command line names (its first positional), or None."""
-    pos = next((a for a in argv if not a.startswith("-")), None)
-    return pos if pos is not None and is_sweep_dir(pos) else None
+    rest = iter(argv)
+    for a in rest:
+        if a in _VALUED:  # its value is the next word, not a positional: `--sort lr SWEEP_DIR`
+            next(rest, None)
+        elif not a.startswith("-"):
+            return a if is_sweep_dir(a) else None
+    return None
+
+
+_VALUED = ("--sort",)  # status_main's options that take a value
 
 
 def status_main(argv: list[str] | None = None) -> int:
@@ -181,18 +189,16 @@ def status_main(argv: list[str] | None = None) -> int:
     fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         table = sweep_status(Path(args.sweep_dir))
         sort_rows(table, args.sort, args.desc)
-    except HpcrnnError as e:
-        if args.debug:
-            raise
-        print(f"hpcrnn.status: error: {e}", file=sys.stderr)
-        return e.exit_code
-    if args.json:
-        print(json.dumps(table, indent=2))
-    elif args.csv:
-        sys.stdout.write(format_csv(table))
-    else:
-        print(format_table(table))
-    return EXIT_OK
+        if args.json:
+            print(json.dumps(table, indent=2))
+        elif args.csv:
+            sys.stdout.write(format_csv(table))
+        else:
+            print(format_table(table))
+        return EXIT_OK
+
+    return guarded("hpcrnn.status", args.debug, body)

@@ -19,10 +19,12 @@
 from hpcrnn.config.coerce import _build
 from hpcrnn.config.load import (
     BASE_KEY,
+    RESOLVED_MARK,
     RESOLVED_NAME,
     apply_overrides,
     config_path_of,
     from_dict,
+    is_resolved,
     load_config,
     parse_override,
     read_composed,
@@ -50,6 +52,7 @@ __all__ = [
     "CORPUS_KEYS",
     "PROMPT_FILE",
     "PROMPT_FILE_MAX",
+    "RESOLVED_MARK",
     "RESOLVED_NAME",
     "Config",
     "DataConfig",
@@ -66,6 +69,7 @@ __all__ = [
     "corpus_settings",
     "expand_env",
     "from_dict",
+    "is_resolved",
     "load_config",
     "parse_override",
     "prompt_text",

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from hpcrnn.config.coerce import Expand, _yaml_boolean, expands
 from hpcrnn.config.schema import Config
 from hpcrnn.config.strings import _check_text, expand_env, prompt_text
 from hpcrnn.errors import ConfigError
@@ -16,25 +17,30 @@ _ADDITIONAL_KEY = re.compile(r"[a-z0-9][a-z0-9_-]*")  # sbatch option names (_ i
 _UNCATCHABLE = {"SIGKILL", "SIGSTOP"}
 
 
-def _check_additional(extra: dict | None, key: str, src: str) -> None:
+def _check_additional(extra: dict | None, key: str, src: str, expand: Expand = True) -> None:
     """sbatch parameters: option names and plain values only (a newline would add #SBATCH lines)."""
     for k, v in (extra or {}).items():
         if not _ADDITIONAL_KEY.fullmatch(k):
             raise ConfigError(f"{src}: {key}.{k}: an sbatch option name holds only a-z, 0-9, - and _")
         if isinstance(v, str):
-            _check_text(expand_env(v, f"{key}.{k}", src), f"{key}.{k}", src)
+            _check_text(_expand(v, f"{key}.{k}", src, expand), f"{key}.{k}", src)
         elif not isinstance(v, (int, float, bool)):
             raise ConfigError(f"{src}: {key}.{k}: expected a string or number, got {type(v).__name__} {v!r}")
 
 
-def _check_corpus(corpus: Any, src: str) -> Any:
+def _expand(value: str, key: str, src: str, expand: Expand) -> str:
+    """``value`` with its ${VAR} expanded where ``key`` holds a user's value; as it stands where data."""
+    return expand_env(value, key, src) if expands(expand, key) else value
+
+
+def _check_corpus(corpus: Any, src: str, expand: Expand = True) -> Any:
     key = "data.corpus"
     if isinstance(corpus, str):
-        return _check_text(expand_env(corpus, key, src), key, src)
+        return _check_text(_expand(corpus, key, src, expand), key, src)
     if isinstance(corpus, list):
         if not corpus or not all(isinstance(c, str) for c in corpus):
             raise ConfigError(f"{src}: {key}: a list of corpus paths must be non-empty strings")
-        return [_check_text(expand_env(c, f"{key}[{i}]", src), f"{key}[{i}]", src) for i, c in enumerate(corpus)]
+        return [_check_text(_expand(c, f"{key}[{i}]", src, expand), f"{key}[{i}]", src) for i, c in enumerate(corpus)]
     if isinstance(corpus, dict):
         want = {"train", "val", "test"}
         if set(corpus) != want:
@@ -46,8 +52,10 @@ def _check_corpus(corpus: Any, src: str) -> Any:
         for k in ("train", "val", "test"):
             if not isinstance(corpus[k], str):
                 raise ConfigError(f"{src}: {key}.{k}: expected a path, got {corpus[k]!r}")
-            out[k] = _check_text(expand_env(corpus[k], f"{key}.{k}", src), f"{key}.{k}", src)
+            out[k] = _check_text(_expand(corpus[k], f"{key}.{k}", src, expand), f"{key}.{k}", src)
         return out
+    if isinstance(corpus, bool):
+        raise ConfigError(_yaml_boolean(corpus, key, src))
     raise ConfigError(f"{src}: {key}: expected a path, a list of paths or {{train, val, test}}, got {corpus!r}")
 
 
@@ -63,19 +71,21 @@ def _abs(p: str) -> str:
     return str(Path(p).expanduser().absolute()) if p else p
 
 
-def validate(cfg: Config, src: str) -> Config:
-    """Cross-field checks and path resolution (relative to the current working directory)."""
-    _check_data(cfg, src)
+def validate(cfg: Config, src: str, expand: Expand = True) -> Config:
+    """Cross-field checks and path resolution (relative to the current working directory). ``expand``: as
+    for ``_build``: where False (data: a resolved config's, a model file's values), no ${VAR} is expanded
+    and no ``file:`` prompt is read."""
+    _check_data(cfg, src, expand)
     _check_model_and_train(cfg, src)
-    _check_names(cfg, src)
-    _resolve_paths(cfg, src)
+    _check_names(cfg, src, expand)
+    _resolve_paths(cfg, src, expand)
     return cfg
 
 
-def _check_data(cfg: Config, src: str) -> None:
+def _check_data(cfg: Config, src: str, expand: Expand = True) -> None:
     """The data section, and what its sequences mode asks of training; fills in min_count's default."""
     d, t = cfg.data, cfg.train
-    d.corpus = _check_corpus(d.corpus, src)
+    d.corpus = _check_corpus(d.corpus, src, expand)
     if d.min_count is None:
         d.min_count = 1 if d.tokenizer == "char" else 5
     if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1.0) > 1e-6 or d.split[0] <= 0:
@@ -119,16 +129,17 @@ def _check_model_and_train(cfg: Config, src: str) -> None:
         )
 
 
-def _check_names(cfg: Config, src: str) -> None:
+def _check_names(cfg: Config, src: str, expand: Expand = True) -> None:
     """Run and output folder names, and the extra sbatch parameters of every stage."""
     _check_name(cfg.run.name or "x", "run.name", src)
     _check_name(cfg.generate.name, "generate.name", src)
     for stage in ("defaults", "preprocess", "train", "generate"):
-        _check_additional(getattr(cfg.slurm, stage).additional, f"slurm.{stage}.additional", src)
+        _check_additional(getattr(cfg.slurm, stage).additional, f"slurm.{stage}.additional", src, expand)
 
 
-def _resolve_paths(cfg: Config, src: str) -> None:
-    """Make every path absolute (and read a ``file:`` prompt) now, so the saved config is cwd-independent."""
+def _resolve_paths(cfg: Config, src: str, expand: Expand = True) -> None:
+    """Make every path absolute (and read a ``file:`` prompt) now, so the saved config is cwd-independent.
+    A prompt that is data (a resolved config's: the text read once) is text, never a file's name again."""
     d, t, g = cfg.data, cfg.train, cfg.generate
     cfg.paths.scratch = _abs(cfg.paths.scratch)
     cfg.paths.jobs = _abs(cfg.paths.jobs)
@@ -145,6 +156,7 @@ def _resolve_paths(cfg: Config, src: str) -> None:
         d.h5_path = _abs(d.h5_path)
     d.vocab_from = _abs(d.vocab_from) if d.vocab_from else None
     t.init_from = _abs(t.init_from) if t.init_from else None
-    g.prompt = prompt_text(g.prompt, "generate.prompt", src)
+    key = "generate.prompt"
+    g.prompt = prompt_text(g.prompt, key, src) if expands(expand, key) else _check_text(g.prompt, key, src)
     if g.checkpoint and not g.checkpoint.isdigit():
         g.checkpoint = _abs(g.checkpoint)

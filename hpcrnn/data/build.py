@@ -45,6 +45,7 @@ from hpcrnn.data.sources import Source, resolve_sources
 from hpcrnn.errors import InputError, StorageError
 from hpcrnn.fsutil import fsync_dir
 from hpcrnn.run.checkpoints import list_complete
+from hpcrnn.run.corpus_users import trained_on
 from hpcrnn.run.lock import RunLock
 from hpcrnn.text.tokenize import TEXT_REVISION
 
@@ -80,6 +81,11 @@ def fixed_vocabulary(cfg):
         raise InputError(
             f"data.vocab_from: {cfg.data.vocab_from} was tokenized with {v.tokenizer!r}, but "
             f"data.tokenizer is {cfg.data.tokenizer!r}: set data.tokenizer: {v.tokenizer}"
+        )
+    if cfg.data.sequences == "documents" and v.eor_id is None and v.eos_id is None:
+        raise InputError(
+            f"data.vocab_from: {cfg.data.vocab_from} has no end-of-document token (<eor> or <eos>), which "
+            f"data.sequences: documents starts every sequence from: use stream or windows, or another vocabulary"
         )
     return v
 
@@ -236,6 +242,13 @@ def _refuse_replacing_a_trained_corpus(cfg, out: Path) -> None:
     pointing at a file that no longer exists, and a resume would train on another token stream."""
     if not out.exists():
         return
+    others = trained_on(out, _existing_fingerprint(out))
+    if others:
+        raise InputError(
+            f"{out}: its inputs or data settings changed, but complete checkpoints ({others[0]}"
+            f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}) were trained on it: give this run "
+            f"(or sweep) a new name, or another data.h5_path, to preprocess the new data"
+        )
     trained = list_complete(cfg.checkpoint_dir, warn=False)
     if trained:
         raise InputError(

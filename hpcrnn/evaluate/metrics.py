@@ -9,7 +9,9 @@ Three ways to read a split, each sharded over the ranks and summed with one all-
 - ``standard``: the protocol of published word-LM results (Zaremba et al.; pytorch/examples
   ``word_language_model``): the split read in order as ``STANDARD_STREAMS`` parallel contiguous streams,
   the recurrent state carried from chunk to chunk. Its figures compare with published tables; with a
-  carried state the chunk length changes nothing but speed.
+  carried state the chunk length changes nothing but speed. A split or text under
+  ``STANDARD_STREAMS * STANDARD_MIN_STREAM`` tokens is read as fewer streams of ``STANDARD_MIN_STREAM``
+  tokens or more (one stream, every token after the first scored, under twice that).
 
 Every position is scored with the loss ``all`` (the next word everywhere); a ``windows`` run trained with
 ``loss: last`` is scored on the last word of each window, as it was trained.
@@ -35,6 +37,10 @@ from hpcrnn.errors import InputError
 
 STANDARD_STREAMS = 10  # parallel streams of the standard protocol (pytorch/examples' eval batch size)
 STANDARD_CHUNK = 256  # tokens per forward pass; the state is carried, so this sets only speed and memory
+# tokens of a stream at least: a shorter split or text is read as fewer streams (one below 2 x 256 tokens,
+# every token after the first scored), so each stream's cold start (its first token unscored, the next
+# ones read from a zero state) stays a small part of it; a split of 2,560 tokens or more has all 10
+STANDARD_MIN_STREAM = 256
 
 
 class Sums:
@@ -136,7 +142,7 @@ def evaluate_stream(
     how: Scoring = Scoring(),
 ) -> dict:
     """The standard protocol: ``tokens[lo:hi]`` as ``streams`` contiguous streams, state carried."""
-    streams = max(1, min(streams, (hi - lo) // 2))  # a short text: fewer streams, each of 2 tokens or more
+    streams = max(1, min(streams, (hi - lo) // STANDARD_MIN_STREAM))  # a short text: fewer, longer streams
     length = (hi - lo) // streams  # tokens of each stream; every stream predicts its tokens 1..length-1
     rows = np.array_split(np.arange(streams, dtype=np.int64), how.world)[how.rank]
     sums = Sums(how.unk_id)

@@ -103,6 +103,7 @@ def generate_batched(
     device="cpu",
     precision: str = "fp32",
     sync_every: int | None = None,
+    memory: int | None = None,
 ) -> Iterator[tuple[int, list[int], bool]]:
     """Continuous batched generation with a RecurrentLM. Yields ``(key, generated ids without the stop
     token, stopped at the stop token)`` as recipes finish (not in job order).
@@ -112,11 +113,12 @@ def generate_batched(
     steps (1 on CPU, where looking is free; 8 on a GPU, where it costs a synchronisation); a slot that
     finished in between idles until then. Finished slots take the next job; when none is left the batch
     shrinks to the live slots. ``precision``: that of the matrix products (see :mod:`hpcrnn.generate.stepper`).
+    ``memory``: the most tokens one job reads (its prompt and ``max_tokens``): a pointer's ring is no longer.
     """
     device = torch.device(device)
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else 8
-    step_fn = Stepper(model, precision=precision, temperature=temperature, banned=banned, device=device)
+    step_fn = Stepper(model, precision=precision, temperature=temperature, banned=banned, device=device, memory=memory)
     queue = _Queue(jobs)
     first: list[Job] = []
     while len(first) < batch_size and (job := queue.next()) is not None:

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from hpcrnn.cli import make_parser, run_cli
-from hpcrnn.config import Config
+from hpcrnn.config import Config, ModelConfig
 from hpcrnn.errors import EXIT_OK, ConfigError, InputError, StorageError
 from hpcrnn.fsutil import atomic_write_json
 from hpcrnn.generate import quality as Q
@@ -58,6 +58,7 @@ from hpcrnn.generate.describe import (
     torch_threads,
 )
 from hpcrnn.generate.prompts import PromptPlan, make_job, plan_prompt
+from hpcrnn.model import memory
 from hpcrnn.model.file import ModelFile, read_model_file
 from hpcrnn.model.precision import resolve_precision
 from hpcrnn.model.restore import open_latest
@@ -159,6 +160,11 @@ def view_for(cfg: Config, mf: ModelFile) -> CorpusView:
     return CorpusView.of_vocabulary(mf.vocabulary)
 
 
+def prompt_ring(pp: PromptPlan, max_tokens: int) -> int:
+    """The most tokens one recipe reads: its prompt and what it generates (a pointer's ring needs no more)."""
+    return (pp.window if pp.kind == "random" else len(pp.fixed)) + max_tokens
+
+
 def _open_source(cfg: Config, out: Path) -> _Source:
     """Corpus, prompt and checkpoint, checked before anything is written; then the plan in ``out``."""
     mf = model_file_of(cfg)
@@ -172,11 +178,15 @@ def _open_source(cfg: Config, out: Path) -> _Source:
         info, model, meta = open_latest(cfg.checkpoint_dir, cfg.generate.checkpoint, "cpu")
         # the model is built in the checkpoint's own shape: only the vocabulary must be the corpus'
         check_compatible(meta, cfg, cv.vocab_hash, info.path, vocab_size=len(cv.vocab), model_shape=False)
+    device = _device(cfg)
+    ring = prompt_ring(prompt, cfg.generate.max_tokens)
+    mcfg = ModelConfig(**info.meta["config"]["model"])
+    need = memory.generate_bytes(cfg, mcfg, len(cv.vocab), ring)
+    memory.check(need, device, "generate.batch_size (or generate.max_tokens, with a pointer)", cfg.source)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StorageError(f"{out}: cannot create: {e.strerror or e}") from None
-    device = _device(cfg)
     want = resolve_precision(cfg.generate.precision, device, "generate", cfg.source, say=_log)
     precision = _agree_plan(cfg, out, info, cv, want)
     return _Source(cv, prompt, info, model, device, precision)
@@ -254,7 +264,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     """Generate this shard's recipes (all of them with the defaults); merge when all are present."""
     _check_shard(cfg, shard, num_shards)
     out = output_dir(cfg)
-    keep_freed_memory()  # see hpcrnn/generate/memory.py: otherwise every decoding step page-faults its tensors
+    keep_freed_memory()  # see hpcrnn/process.py: otherwise every decoding step page-faults its tensors
     src = _open_source(cfg, out)
     mine = shard_recipes(cfg.generate.num_recipes, shard, num_shards)
     remove_own_temporaries(out, set(mine))
@@ -356,6 +366,7 @@ def decode_recipes(
         banned=[cv.unk_id],
         device=device,
         precision=precision,
+        memory=prompt_ring(pp, g.max_tokens),
     ):
         yield i, prompts.pop(i)[hidden_of.pop(i) :], toks, stopped
 

@@ -54,6 +54,7 @@ class Stepper:
         temperature: float = 0.0,
         banned: Sequence[int] = (),
         device="cpu",
+        memory: int | None = None,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
@@ -66,6 +67,8 @@ class Stepper:
         self.mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         pointer = getattr(model, "pointer", None)
         self.pointer = None if pointer is None else copy.deepcopy(pointer).to(device=device, dtype=torch.float32)
+        if self.pointer is not None and memory:  # a recipe never reads more: its ring needs no more places
+            self.pointer.memory = min(self.pointer.memory, memory)
         self.temperature, self.banned = temperature, sorted(set(int(t) for t in banned))
         if self.pointer is not None:  # sampling constants go on the mixture, not the raw logits
             temperature, banned = 0.0, ()

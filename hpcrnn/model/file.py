@@ -193,9 +193,11 @@ class ModelFile:
 
     def build_model(self, device: Any = "cpu"):
         """The trained model in eval mode; weights that do not fit the recorded shape are an InputError."""
-        from hpcrnn.model.rnn import build_model  # noqa: PLC0415
+        from hpcrnn.model.rnn import build_model, check_weights  # noqa: PLC0415
 
-        model = build_model(self.model_config(), len(self.vocabulary))
+        cfg = self.model_config()
+        check_weights(cfg, len(self.vocabulary), self.weights, str(self.path))  # before any allocation
+        model = build_model(cfg, len(self.vocabulary))
         try:
             model.load_state_dict(self.weights)
         except (RuntimeError, TypeError, KeyError) as e:
@@ -247,7 +249,37 @@ def read_model_file(path) -> ModelFile:
         raise InputError(f"{p}: damaged model file: text.title is not a list of token ids")
     settings = {k: text.get(k) for k in TEXT_KEYS}
     vocabulary = Vocabulary(list(vocab), str(text["tokenizer"]), settings, p, title, obj["vocab_hash"])
-    return ModelFile(p, weights, vocabulary, model, config, dict(obj.get("provenance") or {}))
+    return ModelFile(p, weights, vocabulary, model, config, _check_provenance(obj.get("provenance"), p))
+
+
+def _check_provenance(prov: Any, p: Path) -> dict:
+    """The provenance mapping, the fields the model's users read checked (each a one-line InputError naming
+    the field); the rest is information, kept as it is."""
+    if prov is None:
+        return {}
+
+    def bad(field: str, value: Any, what: str) -> InputError:
+        return InputError(f"{p}: damaged model file: {field}: {repr(value)[:60]} is not {what}")
+
+    if not isinstance(prov, dict):
+        raise bad("provenance", prov, "a mapping")
+    step = prov.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise bad("provenance.step", step, "a step number")
+    fingerprint = prov.get("corpus_fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise bad("provenance.corpus_fingerprint", fingerprint, "a fingerprint (text)")
+    metrics = prov.get("metrics")
+    if metrics is None:
+        return dict(prov)
+    if not isinstance(metrics, dict):
+        raise bad("provenance.metrics", metrics, "a mapping")
+    if metrics.get("final") is not None and not isinstance(metrics["final"], dict):
+        raise bad("provenance.metrics.final", metrics["final"], "a mapping")
+    loss = metrics.get("val_loss")
+    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+        raise bad("provenance.metrics.val_loss", loss, "a number")
+    return dict(prov)
 
 
 def write_model_file(

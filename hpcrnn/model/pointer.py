@@ -16,7 +16,7 @@ accuracy, top-k/top-p sampling and temperature work unchanged (``log_softmax`` o
 the identity).
 
 The memory is carried like the recurrent state: the keys (outputs, detached) and the tokens of the newest
-``memory`` positions, ``[memory, B, H]`` and ``[memory, B]`` (token + 1; 0 marks an empty place), rows on
+(up to) ``memory`` positions, ``[M, B, H]`` and ``[M, B]`` (token + 1; 0 marks an empty place), rows on
 dim 1 like ``nn.LSTM``'s state, so truncated BPTT, checkpoints (rows split by rank) and evaluation carry
 it as they carry ``(h, c)``. A document starts at the boundary token (``<eor>``, which precedes every
 recipe): nothing before the newest boundary is pointed at.
@@ -68,12 +68,10 @@ class Pointer(nn.Module):
         return torch.zeros(0, batch, hidden, device=device), torch.zeros(0, batch, dtype=torch.long, device=device)
 
     def _newest(self, keys: torch.Tensor, toks: torch.Tensor):
-        """The carried memory: the newest ``memory`` places of [B, L, ...], empty places first when L is
-        shorter (the carry keeps one shape from step to step: checkpoints join it by rows)."""
-        short = self.memory - keys.shape[1]
-        if short > 0:
-            keys = torch.nn.functional.pad(keys, (0, 0, short, 0))
-            toks = torch.nn.functional.pad(toks, (short, 0))
+        """The carried memory: the newest ``memory`` places of [B, L, ...]. Never padded to ``memory``: it
+        grows to that length over the first steps of a stream (every rank's carry has the same length at
+        the same step, so checkpoints join it by rows), and a windows-mode step, whose carry is dropped,
+        allocates no more than its window."""
         keys, toks = keys[:, -self.memory :], toks[:, -self.memory :]
         return keys.transpose(0, 1).contiguous(), toks.t().contiguous()
 

@@ -10,7 +10,7 @@ import torch
 
 from hpcrnn.config import Config, ModelConfig
 from hpcrnn.errors import InputError
-from hpcrnn.model.rnn import build_model
+from hpcrnn.model.rnn import build_model, check_weights
 from hpcrnn.run.checkpoints import CheckpointInfo, resolve
 from hpcrnn.run.compat import check_compatible
 
@@ -36,8 +36,10 @@ def open_latest(ckpt_dir: Path, which: str | None = None, device: Any = "cpu", t
 def load_model(c: CheckpointInfo, device: Any = "cpu"):
     """The trained model of a checkpoint, in eval mode, and its meta."""
     mcfg = ModelConfig(**c.meta["config"]["model"])
+    weights = load_model_state(c, map_location="cpu")
+    check_weights(mcfg, int(c.meta["vocab_size"]), weights, str(c.path))  # before the model is allocated
     model = build_model(mcfg, int(c.meta["vocab_size"]))
-    model.load_state_dict(load_model_state(c, map_location="cpu"))
+    model.load_state_dict(weights)
     return model.to(device).eval(), c.meta
 
 

@@ -83,6 +83,26 @@ def build_model(cfg: ModelConfig, vocab_size: int, boundary: int = -1) -> Recurr
     return model
 
 
+def shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight of the model ``cfg`` declares, worked out on the meta device: nothing is
+    allocated, so a file that declares an absurd model is refused before it costs memory."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in RecurrentLM(vocab_size, cfg).state_dict().items()}
+
+
+def check_weights(cfg: ModelConfig, vocab_size: int, weights: dict, src: str) -> None:
+    """Refuse (InputError, naming the first mismatch) weights that are not those of the declared model."""
+    from hpcrnn.errors import InputError  # noqa: PLC0415
+
+    want = shapes(cfg, vocab_size)
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
+    for k in sorted(set(want) | set(got)):
+        if want.get(k) != got.get(k):
+            what = "missing" if k not in got else ("unexpected" if k not in want else f"shape {list(got[k])}")
+            declared = f", the declared model has {list(want[k])}" if k in want else ""
+            raise InputError(f"{src}: weight {k}: {what}{declared}: the weights do not fit its model section")
+
+
 def token_loss(net: nn.Module, out: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
     """The next-word cross entropy of a model's output (``net`` may be DDP-wrapped). A pointer model's
     output is already log-probabilities: ``nll_loss`` gives the same value without another log-softmax

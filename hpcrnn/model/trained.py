@@ -26,6 +26,16 @@ class Trained:
     corpus_path: Path | None = None  # the run's corpus.h5; None for a model file
 
 
+def _is_empty(p: Path) -> bool:
+    """A file of nothing but white space: no config (YAML reads it as an empty one) and no model file."""
+    try:
+        if not p.is_file() or p.stat().st_size > 4096:
+            return False
+        return not p.read_bytes().strip()
+    except OSError:
+        return False
+
+
 def open_trained(path: str | os.PathLike, checkpoint: int | str | None = None, device: Any = "cpu") -> Trained:
     """The weights at ``path``: a run directory or config file (its newest complete checkpoint, or
     ``checkpoint``: a step or checkpoint folder, checked against the run's corpus), or a model file of
@@ -33,11 +43,14 @@ def open_trained(path: str | os.PathLike, checkpoint: int | str | None = None, d
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: not found (a run directory, a config file or a model file)")
+    if _is_empty(p):
+        raise InputError(f"{p}: empty file: not a config, run directory or model file")
     if is_model_file(p):
         if checkpoint is not None:
             raise InputError(f"{p}: a model file holds one checkpoint: checkpoint={checkpoint!r} is for a run")
         mf = read_model_file(p)
-        config = from_dict(mf.config, f"{p} (config)", default_name=p.stem)
+        # the run's resolved config, data: no ${VAR} in it is expanded, no file: prompt read
+        config = from_dict(mf.config, f"{p} (config)", default_name=p.stem, expand=False)
         config.model = mf.model_config()
         return Trained(mf.build_model(device), mf.vocabulary, config, mf.step, p, mf.meta)
     cfg = load_config(p)

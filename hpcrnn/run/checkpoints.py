@@ -63,8 +63,11 @@ def verify(path: Path) -> str | None:
             f = path / name
             if not f.is_file():
                 return f"{name} is missing"
-            if f.stat().st_size != rec["bytes"]:
-                return f"{name} is truncated ({f.stat().st_size} of {rec['bytes']} bytes)"
+            size = f.stat().st_size
+            if size < rec["bytes"]:
+                return f"{name} is truncated ({size} of {rec['bytes']} bytes)"
+            if size != rec["bytes"]:
+                return f"{name} was replaced or appended to ({size} bytes, {rec['bytes']} recorded)"
             if sha256_file(f) != rec["sha256"]:
                 return f"{name} does not match its checksum"
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -111,13 +114,19 @@ def latest(ckpt_dir: Path) -> CheckpointInfo | None:
     if not ckpt_dir.is_dir():
         return None
     folders = sorted((p for p in ckpt_dir.iterdir() if _NAME.match(p.name)), reverse=True)
+    skipped = []
+    found = None
     for p in folders:  # newest first: a long history costs one checksum pass, not one per checkpoint
         why = verify(p)
         if why is None:
-            return CheckpointInfo(int(_NAME.match(p.name).group(1)), p, json.loads((p / "meta.json").read_text()))
-        kind = "incomplete" if why == "no completion marker" else "corrupt"
-        _warn(f"skipping {kind} checkpoint {p}: {why}")
-    return None
+            found = CheckpointInfo(int(_NAME.match(p.name).group(1)), p, json.loads((p / "meta.json").read_text()))
+            break
+        skipped.append((p, "incomplete" if why == "no completion marker" else "corrupt", why))
+    # one line for each folder skipped, naming the one used instead: what a reader reads is never a guess
+    instead = f"using {found.path.name} (step {found.step}) instead" if found else "no earlier complete checkpoint"
+    for p, kind, why in skipped:
+        _warn(f"skipping {kind} checkpoint {p}: {why}; {instead}")
+    return found
 
 
 def resolve(ckpt_dir: Path, which: str | None = None) -> CheckpointInfo:
@@ -128,11 +137,21 @@ def resolve(ckpt_dir: Path, which: str | None = None) -> CheckpointInfo:
             raise InputError(f"{ckpt_dir}: no complete checkpoint (train first)")
         return c
     path = ckpt_dir / step_dir_name(int(which)) if str(which).isdigit() else Path(which)
-    why = verify(path) if path.exists() else "not found"
+    why = verify(path) if path.exists() else "no such checkpoint"
     if why:
-        raise InputError(f"{path}: not a usable checkpoint: {why}")
+        raise InputError(f"{path}: not a usable checkpoint: {why}; {_complete_steps(ckpt_dir)}")
     meta = json.loads((path / "meta.json").read_text())
     return CheckpointInfo(int(meta["step"]), path, meta)
+
+
+def _complete_steps(ckpt_dir: Path, show: int = 3) -> str:
+    """The steps a reader could ask for instead, on one line: all of them, or the first and last ``show``."""
+    steps = [str(c.step) for c in list_complete(ckpt_dir, warn=False)]
+    if not steps:
+        return "no complete checkpoint (train first)"
+    if len(steps) <= 2 * show:
+        return f"complete checkpoints: {', '.join(steps)}"
+    return f"complete checkpoints ({len(steps)}): {', '.join(steps[:show])}, …, {', '.join(steps[-show:])}"
 
 
 def retain(ckpt_dir: Path, keep_last: int) -> list[Path]:

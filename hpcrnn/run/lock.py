@@ -70,6 +70,8 @@ class RunLock:
             "since": time.time(),
         }
         self.held = False
+        self.inode: int | None = None
+        self.lost: str | None = None  # why this process no longer holds the lock it took
 
     def _stale_reason(self, holder: dict) -> str | None:
         if holder.get("host") == self.me["host"]:
@@ -104,7 +106,7 @@ class RunLock:
                 except FileExistsError:
                     self._take_over_if_stale()
                     continue
-                self.held = True
+                self.held, self.inode, self.lost = True, os.stat(tmp).st_ino, None
                 self._start_heartbeat()
                 return self
         finally:
@@ -165,11 +167,38 @@ class RunLock:
         self._beat.start()
 
     def heartbeat(self) -> None:
-        if self.held:
+        """Renew the lock, if it is still this process's file (never renew another holder's lock)."""
+        if self.held and self._still_mine():
             try:
                 os.utime(self.path)
             except OSError:
                 pass
+
+    def _still_mine(self) -> bool:
+        """Is the lock file still the one this process linked? A taker that judged an older lock stale can,
+        in a race with a third process, leave another file there (see _take_over_if_stale): then this
+        process no longer holds the run, and says so (``lost``) rather than go on writing beside it."""
+        if self.lost:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_ino == self.inode:
+            return True
+        try:
+            holder = _parse_holder(self.path.read_bytes())
+        except OSError:
+            holder = None
+        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "nobody"
+        self.lost = f"{self.path}: the run lock is no longer this process's (it now names {who})"
+        return False
+
+    def check(self) -> None:
+        """Raise LockedError when the lock was lost: called before every checkpoint write and retention,
+        so two processes never write one run."""
+        if self.held and not self._still_mine():
+            raise LockedError(f"{self.lost}: stopping before writing to the run")
 
     def release(self) -> None:
         if self.held:

@@ -11,7 +11,8 @@ import torch
 
 from hpcrnn import __version__
 from hpcrnn.config import Config
-from hpcrnn.errors import DivergedError, StorageError
+from hpcrnn.errors import DivergedError, LockedError, StorageError
+from hpcrnn.run.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
 from hpcrnn.train.setup import TrainData
@@ -78,6 +79,7 @@ class Checkpointer:
     last_saved: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
     seconds: float = 0.0  # how long the last save took: the time-limit check leaves room for one
     finite: FiniteWatch = field(default_factory=FiniteWatch)  # read before every save
+    lock: RunLock | None = None  # rank 0's run lock: checked still ours before every write
 
     def check_finite(self, state: TrainState) -> None:
         """Collective: DivergedError on every rank when any rank has seen a non-finite loss since the start."""
@@ -109,6 +111,10 @@ class Checkpointer:
         state.model.load_state_dict(ckpt.load_model_state(last, map_location=info.device))
         saved = ckpt.load_train_state(last)
         state.load_state_dict(saved, info.rank, info.world_size, info.device)
+        if cfg.train.early_stop_patience:
+            moved = best_on_disk(state, cfg.checkpoint_dir)
+            if moved and info.is_main:
+                print(f"hpcrnn.train: {moved}", flush=True)
         if len(saved["rng"]) == info.world_size:
             set_rng_state(saved["rng"][info.rank])
         else:  # another world size: data order is step-determined; reseed dropout per rank
@@ -134,10 +140,14 @@ class Checkpointer:
         path, failed = None, None
         if self.info.is_main:
             try:
+                if self.lock is not None:
+                    self.lock.check()
                 path = self._write(state, rngs, carries, done, val, final or {}, early_stop)
-            except OSError as e:
+            except (OSError, LockedError) as e:
                 failed = e
         ok = D.all_reduce(torch.tensor([0.0 if failed else 1.0]), op=torch.distributed.ReduceOp.MIN)
+        if isinstance(failed, LockedError):
+            raise failed
         if ok.item() < 1:
             prev = ckpt.latest(self.cfg.checkpoint_dir)
             why = f"{failed.strerror or failed}" if failed else "rank 0 could not write it"
@@ -183,3 +193,24 @@ class Checkpointer:
         path = ckpt.save_checkpoint(cfg.checkpoint_dir, state.step, state.model.state_dict(), train_state, meta)
         ckpt.retain(cfg.checkpoint_dir, cfg.train.keep_last)
         return path
+
+
+def best_on_disk(state: TrainState, ckpt_dir: Path) -> str | None:
+    """Early stopping keeps the weights of the best validation, so the best step must have a checkpoint. A
+    run trained without early stopping may name a best step that was never saved (or that retention
+    deleted): the best becomes the best validated checkpoint on disk, or none (the next validation), and
+    the count of validations without a better one starts again. Returns what changed, or None."""
+    done = ckpt.list_complete(ckpt_dir, warn=False)
+    if state.best_step is None or any(c.step == state.best_step for c in done):
+        return None
+    old = state.best_step
+    scored = [c for c in done if c.meta.get("val_loss") is not None]
+    if scored:
+        best = min(scored, key=lambda c: (c.meta["val_loss"], -c.step))
+        state.best_val, state.best_step = float(best.meta["val_loss"]), best.step
+        now = f"step {best.step} (val loss {state.best_val:.4f}), the best validated checkpoint"
+    else:
+        state.best_val = state.best_step = None
+        now = "the next validation"
+    state.evals_since_best = 0
+    return f"early stopping: the best step {old} has no checkpoint to return to; counting from {now}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ from hpcrnn.data.batches import batch_iterator
 from hpcrnn.data.sequences import PAD, DocumentBatches
 from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, LockedError
 from hpcrnn.evaluate.metrics import Scoring, evaluate_split
+from hpcrnn.model import memory
 from hpcrnn.model.precision import autocast, resolve_precision
 from hpcrnn.model.rnn import count_parameters, token_loss
+from hpcrnn.run import corpus_users
 from hpcrnn.run.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
@@ -125,12 +128,21 @@ def _train(
     if cfg.train.tensorboard:  # a missing optional package fails now, on every rank, not after set-up
         summary_writer_class(cfg.source)
     data = load_data(cfg, info)
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or 1)
+    memory.check(
+        memory.train_bytes(cfg, len(data.corpus.vocab), info.world_size),
+        info.device,
+        "train.batch_size, data.window, model.hidden, model.pointer (or the vocabulary: data.min_count)",
+        cfg.source,
+        ranks_here if ranks_here > 0 else 1,
+    )
     state = build_state(cfg, info, data, precision)
     finite = FiniteWatch(nonfinite_check_every(cfg, info.device))
-    saver = Checkpointer(cfg, info, data, finite=finite)
+    saver = Checkpointer(cfg, info, data, finite=finite, lock=lock)
     last = saver.resume(state)
     if info.is_main:  # the run is ours and its inputs fit: only now does its config.yaml become this one
         save_resolved(cfg)
+        corpus_users.register(cfg.h5_path, cfg.run_dir)  # a shared corpus is never rebuilt under this run
     if last is not None and last.meta.get("done") and (state.step >= data.total or last.meta.get("early_stop")):
         if info.is_main:
             how = "stopped early" if last.meta.get("early_stop") else "done"
@@ -309,7 +321,8 @@ def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tenso
     eta = (total - step) * pace.step_s
     if step % run.cfg.train.log_every and step != total:
         if progress.bar:
-            progress.update(step, progress.last_loss, 0.0, eta, run.state.opt.param_groups[0]["lr"], False)
+            lr = run.state.opt.param_groups[0]["lr"]
+            progress.update(step, progress.last_loss, pace.running_tokens_per_s(), eta, lr, False)
         return
     lv = loss.item()
     tps = pace.tokens_per_s()

@@ -19,24 +19,35 @@ from hpcrnn.run.lock import RunLock
 from hpcrnn.train import distributed as D
 from hpcrnn.train.tensorboard import EventLog
 
+_NONE = "–"  # the bar's figure before its first measurement
+
 
 class Progress:
-    """A bar on a terminal; plain periodic lines (step, loss, tokens/s, ETA) in a batch log."""
+    """A bar on a terminal; plain periodic lines (step, loss, tokens/s, ETA) in a batch log.
+
+    Between log points the loop reads nothing back (no sync on a GPU): it passes the last logged loss
+    (``last_loss``) and a rate of 0 ("not measured"). The bar then shows the last measured figures, and
+    "–" before the first one, never ``nan`` or ``0 tok/s``, which would read as a diverged or hung run."""
 
     def __init__(self, cfg: Config, total: int, enabled: bool):
         mode = cfg.train.progress
         self.bar = enabled and use_bar(mode)
         self.enabled, self.total = enabled, total
-        self.last_loss = float("nan")  # shown by the bar between log points
+        self.last_loss: float | None = None  # shown by the bar between log points; None: none logged yet
+        self.last_tps: float | None = None  # the last measured tokens/s
 
-    def update(self, step: int, loss: float, tps: float, eta: float, lr: float, force_line: bool) -> None:
+    def update(self, step: int, loss: float | None, tps: float, eta: float, lr: float, force_line: bool) -> None:
         if not self.enabled:
             return
+        if tps and tps > 0:
+            self.last_tps = tps
         eta_s = time.strftime("%H:%M:%S", time.gmtime(max(eta, 0)))
         if self.bar:
-            done = int(30 * step / self.total)
+            done = int(30 * min(step, self.total) / max(self.total, 1))
+            loss_s = _NONE if loss is None else f"{loss:.3f}"
+            tps_s = _NONE if self.last_tps is None else f"{self.last_tps:,.0f}"
             sys.stderr.write(
-                f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} loss {loss:.3f} {tps:,.0f} tok/s eta {eta_s} "
+                f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} loss {loss_s} {tps_s} tok/s eta {eta_s} "
             )
             sys.stderr.flush()
         elif force_line:
@@ -117,3 +128,10 @@ class Pace:
         tps = self.tokens / max(now - self.since, 1e-9)
         self.since, self.tokens = now, 0
         return tps
+
+    def running_tokens_per_s(self) -> float:
+        """Tokens a second so far in the current interval, which goes on (for the bar between log points);
+        0.0 ("not measured") before a step of it is done."""
+        if not self.tokens:
+            return 0.0
+        return self.tokens / max(time.time() - self.since, 1e-9)

@@ -120,8 +120,14 @@ def make_batches(cfg: Config, corpus: Corpus, rank: int, world: int):
         lo, hi = corpus.split_ranges["train"]
         return StreamBatches(lo, hi, t.batch_size, d.window, rank, world)
     if d.sequences == "documents":
+        boundary = document_token_id(corpus)
+        if boundary is None:  # a data.vocab_from vocabulary without one
+            raise InputError(
+                f"{cfg.h5_path}: its vocabulary has no end-of-document token (<eor> or <eos>), which "
+                f"data.sequences: documents starts every sequence from: use stream or windows"
+            )
         starts, ends = split_documents(corpus, "train")
-        return DocumentBatches(starts, ends, t.batch_size, t.seed, document_token_id(corpus), rank, world)
+        return DocumentBatches(starts, ends, t.batch_size, t.seed, boundary, rank, world)
     return WindowBatches(corpus.windows("train"), t.batch_size, rank, world, t.seed, d.window)
 
 

@@ -31,6 +31,9 @@ class StopFlag:
             old = signal.signal(sig, self._handle)
             if old is not self._handle and sig not in self._old:
                 self._old[sig] = old
+        # the start-up re-execution (hpcrnn/process.py) blocks them across execve: with the handler in
+        # place a signal that arrived meanwhile is delivered now, to it
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(self._sigs))
         return self
 
     def request(self, code: int, reason: str) -> None:

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hpcrnn.errors import ConfigError
+from hpcrnn.errors import ConfigError, StorageError
 
 FOLDER = "tensorboard"
 _SKIP = {"step", "time"}  # the x axis and the wall clock, not curves
@@ -51,7 +51,12 @@ class EventLog:
 
     def __init__(self, run_dir: Path, resume_step: int, src: str = ""):
         cls = summary_writer_class(src)
-        self.writer: Any = cls(log_dir=str(Path(run_dir) / FOLDER), purge_step=resume_step + 1)
+        folder = Path(run_dir) / FOLDER
+        try:  # an output that cannot be written is exit 4 (StorageError), like every other output
+            folder.mkdir(parents=True, exist_ok=True)
+            self.writer: Any = cls(log_dir=str(folder), purge_step=resume_step + 1)
+        except OSError as e:
+            raise StorageError(f"{folder}: cannot write TensorBoard events: {e.strerror or e}") from None
 
     def add(self, rec: dict) -> None:
         step = rec.get("step")
