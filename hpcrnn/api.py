@@ -2,6 +2,7 @@
 
     import hpcrnn
     lm = hpcrnn.load("scratch/lstm256")              # a run directory, a config file or a model file
+    lm = hpcrnn.load("scratch/lstm256", checkpoint="best")  # or "last", a step, a checkpoint folder
     print(lm.generate(n=3, prompt="Chocolate cake", seed=1)[0])
 
 Nothing here decodes or scores by itself: ``generate`` runs the generation job's decoding
@@ -164,9 +165,10 @@ class LanguageModel:
 
 def load(path: str | os.PathLike, *, checkpoint: int | str | None = None, device: Any = "auto") -> LanguageModel:
     """A trained model from ``path``: a run directory or config file (its newest complete checkpoint, or
-    ``checkpoint``: a step or checkpoint folder), or a model file of ``python -m hpcrnn.export``, which
-    needs no corpus.h5. ``device``: "auto" (CUDA when present), "cpu", "cuda" or a torch.device.
-    Problems are ``hpcrnn.errors.HpcrnnError`` with a one-line message."""
+    ``checkpoint``: a step, a checkpoint folder, ``"last"`` the newest, or ``"best"`` the one with the lowest
+    validation loss), or a model file of ``python -m hpcrnn.export``, which needs no corpus.h5. ``device``:
+    "auto" (CUDA when present), "cpu", "cuda" or a torch.device. Problems are ``hpcrnn.errors.HpcrnnError``
+    with a one-line message."""
     dev = _device(device)
     t = open_trained(path, checkpoint, dev)
     return LanguageModel(t.model, t.vocab, t.config, t.step, t.source, t.meta, t.corpus_path)

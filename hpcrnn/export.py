@@ -1,4 +1,4 @@
-"""`python -m hpcrnn.export CONFIG|RUN_DIR [--checkpoint STEP] -o FILE`: one self-contained model file.
+"""`python -m hpcrnn.export CONFIG|RUN_DIR [--checkpoint STEP|best|last] -o FILE`: one self-contained model file.
 
 The file (layout: hpcrnn/model/file.py) holds the weights of the run's newest complete checkpoint (or
 ``--checkpoint``), its vocabulary, how text becomes tokens, the model config and where it came from
@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", metavar="FILE", required=True, help="the model file to write")
     parser.add_argument(
         "--checkpoint",
-        metavar="STEP",
+        metavar="STEP|best|last",
         default=None,
-        help="a step or checkpoint folder (default: the newest complete checkpoint)",
+        help="a step, a checkpoint folder, 'last' (the newest complete checkpoint, the default) or 'best' "
+        "(the lowest validation loss)",
     )
     return run_cli(parser, lambda cfg, args: run_export(cfg, args.output, args.checkpoint), argv)
 

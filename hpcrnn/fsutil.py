@@ -8,7 +8,9 @@ read a shared run.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -147,3 +149,20 @@ def append_jsonl(path: str | os.PathLike, record: dict, fsync: bool = False) -> 
             raise
     finally:
         os.close(fd)
+
+
+def records_csv(records: list[dict]) -> str:
+    """JSON records (metrics.jsonl's) as CSV text for a spreadsheet: the header is the union of their keys
+    in the order first seen, a missing or null value an empty cell, a boolean, list or object its JSON."""
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    if keys:
+        w.writerow(keys)
+    for r in records:
+        w.writerow(["" if r.get(k) is None else _cell(r[k]) for k in keys])
+    return out.getvalue()
+
+
+def _cell(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (bool, list, dict)) else v

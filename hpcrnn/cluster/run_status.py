@@ -1,8 +1,10 @@
-"""One run's status gathered from its directory and from Slurm: ``collect_status`` (printed by status.py)."""
+"""One run's status gathered from its directory and from Slurm: ``collect_status`` (printed by status.py),
+and the run's checkpoints one by one, ``checkpoint_listing`` (``status --checkpoints``)."""
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from hpcrnn.cluster.records import latest_jobs
 from hpcrnn.config import Config
 from hpcrnn.errors import InputError
 from hpcrnn.fsutil import read_jsonl
-from hpcrnn.run.checkpoints import latest
+from hpcrnn.run.checkpoints import best_of, latest, list_complete, retained
 from hpcrnn.run.generated import output_dir
 from hpcrnn.run.lock import LOCK_NAME, process_start
 
@@ -172,4 +174,59 @@ def collect_status(cfg: Config) -> dict:
         "requeues": [
             {k: r.get(k) for k in ("reason", "step", "job_id", "restart_count", "time")} for r in facts.requeues
         ],
+    }
+
+
+def run_metrics(cfg: Config) -> list[dict]:
+    """The records of the run's metrics.jsonl (``status --csv``); InputError without a run directory."""
+    if not cfg.run_dir.is_dir():
+        raise InputError(_no_run_dir(cfg))
+    return read_jsonl(cfg.metrics_path)
+
+
+def _own_protocol(metrics: list[dict]) -> str | None:
+    """The protocol of the run's validations (its own, which meta.json's ``val_loss`` is measured by): the
+    periodic ones', else the first final one (the run's own protocol is evaluated first)."""
+    val = [r for r in metrics if r.get("split") == "val" and r.get("protocol")]
+    periodic = [r for r in val if not r.get("final")]
+    if periodic:
+        return periodic[-1]["protocol"]
+    return val[0]["protocol"] if val else None
+
+
+def _megabytes(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e6
+
+
+def checkpoint_listing(cfg: Config) -> dict:
+    """Every complete checkpoint that verifies (a damaged one is named on stderr), oldest first: step,
+    epoch, validation loss and perplexity (the run's own protocol), size on disk, whether it is the one
+    ``best`` and ``last`` choose, and whether retention keeps it (``hpcrnn.run.checkpoints.retained``, with
+    this config's ``train.keep_last``)."""
+    if not cfg.run_dir.is_dir():
+        raise InputError(_no_run_dir(cfg))
+    good = list_complete(cfg.checkpoint_dir, check=True)
+    keep, top = retained(good, cfg.train.keep_last), best_of(good)
+    rows = []
+    for c in good:
+        loss = c.meta.get("val_loss")
+        rows.append(
+            {
+                "step": c.step,
+                "epoch": c.meta.get("epoch"),
+                "val_loss": loss,
+                "val_ppl": math.exp(loss) if loss is not None and loss < 700 else None,
+                "mb": round(_megabytes(c.path), 2),
+                "best": c is top,
+                "last": c is good[-1],
+                "kept": c.path in keep,
+                "path": str(c.path),
+            }
+        )
+    return {
+        "run": cfg.run.name,
+        "checkpoint_dir": str(cfg.checkpoint_dir),
+        "protocol": _own_protocol(read_jsonl(cfg.metrics_path)),
+        "keep_last": cfg.train.keep_last,
+        "checkpoints": rows,
     }

@@ -158,5 +158,5 @@ def _resolve_paths(cfg: Config, src: str, expand: Expand = True) -> None:
     t.init_from = _abs(t.init_from) if t.init_from else None
     key = "generate.prompt"
     g.prompt = prompt_text(g.prompt, key, src) if expands(expand, key) else _check_text(g.prompt, key, src)
-    if g.checkpoint and not g.checkpoint.isdigit():
+    if g.checkpoint and not g.checkpoint.isdigit() and g.checkpoint not in ("best", "last"):  # names stay names
         g.checkpoint = _abs(g.checkpoint)

@@ -11,7 +11,7 @@ import torch
 from hpcrnn.config import Config, ModelConfig
 from hpcrnn.errors import InputError
 from hpcrnn.model.rnn import build_model, check_weights
-from hpcrnn.run.checkpoints import CheckpointInfo, resolve
+from hpcrnn.run.checkpoints import CheckpointInfo, is_name, resolve
 from hpcrnn.run.compat import check_compatible
 
 
@@ -20,15 +20,16 @@ def load_model_state(c: CheckpointInfo, map_location: Any = "cpu") -> dict:
 
 
 def open_latest(ckpt_dir: Path, which: str | None = None, device: Any = "cpu", tries: int = 5):
-    """``resolve`` + ``load_model`` for a reader running beside a trainer: if the checkpoint it picked is
-    deleted by the trainer's retention before it is read, pick again. Returns (info, model, meta)."""
+    """``resolve`` + ``load_model`` for a reader running beside a trainer: if the checkpoint it picked (the
+    newest, or by name: ``last``, ``best``) is deleted by the trainer's retention before it is read, pick
+    again; a step or folder chosen is not chosen again. Returns (info, model, meta)."""
     for attempt in range(tries):
         c = resolve(Path(ckpt_dir), which)
         try:
             model, meta = load_model(c, device)
             return c, model, meta
         except FileNotFoundError:
-            if which or attempt == tries - 1:
+            if (which and not is_name(which)) or attempt == tries - 1:
                 raise InputError(f"{c.path}: checkpoint vanished while being read") from None
     raise AssertionError("unreachable")
 
@@ -44,9 +45,10 @@ def load_model(c: CheckpointInfo, device: Any = "cpu"):
 
 
 def open_checked(cfg: Config, corpus, which: str | None = None, device: Any = "cpu"):
-    """A complete checkpoint of ``cfg``'s run (the newest, or ``which``) in its own model shape, refused
-    unless it was trained on ``corpus`` (vocabulary, size, fingerprint): (info, model, meta). What every
-    reader of a finished run (evaluate, export, ``hpcrnn.load``) opens."""
+    """A complete checkpoint of ``cfg``'s run (the newest, or ``which``: a step, a folder, ``best`` or
+    ``last``, see ``hpcrnn.run.checkpoints.resolve``) in its own model shape, refused unless it was trained
+    on ``corpus`` (vocabulary, size, fingerprint): (info, model, meta). What every reader of a finished run
+    (evaluate, export, ``hpcrnn.load``) opens."""
     info, model, meta = open_latest(cfg.checkpoint_dir, which, device)
     check_compatible(
         meta,

@@ -13,6 +13,8 @@ and its state is the recurrent state followed by the pointer's memory: ``(h, c, 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,8 +88,21 @@ def build_model(cfg: ModelConfig, vocab_size: int, boundary: int = -1) -> Recurr
 def shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
     """The shape of every weight of the model ``cfg`` declares, worked out on the meta device: nothing is
     allocated, so a file that declares an absurd model is refused before it costs memory."""
-    with torch.device("meta"):
+    with torch.device("meta"), _no_embedding_init():
         return {k: tuple(v.shape) for k, v in RecurrentLM(vocab_size, cfg).state_dict().items()}
+
+
+@contextlib.contextmanager
+def _no_embedding_init():
+    """nn.Embedding's N(0, 1) initialisation, skipped while a model is built on the meta device: there are
+    no values there, and torch runs it through torch._refs, whose first use imports torch._dynamo (seconds
+    of every model load). Real models are built and seeded as always."""
+    saved = nn.Embedding.reset_parameters
+    nn.Embedding.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        nn.Embedding.reset_parameters = saved
 
 
 def check_weights(cfg: ModelConfig, vocab_size: int, weights: dict, src: str) -> None:

@@ -4,19 +4,19 @@ the one answer to "is generation done", for the generation job, the launcher and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hpcrnn.config import Config
 from hpcrnn.model.file import read_model_file
 from hpcrnn.run import generated
-from hpcrnn.run.checkpoints import resolve
+from hpcrnn.run.checkpoints import names_file, resolve
 
 
 def source_step(cfg: Config) -> int:
-    """The step of the model file ``generate.checkpoint`` names, or of the run's checkpoint it names (the
-    newest complete one by default). Raises InputError when there is none."""
+    """The step of the model file ``generate.checkpoint`` names, or of the run's checkpoint it names (a
+    step, a folder, ``best`` or ``last``; the newest complete one by default). ``best``/``last`` are names
+    even where a file so named lies in the current directory (``./best`` names the file). Raises InputError
+    when there is none."""
     which = cfg.generate.checkpoint
-    if which and not which.isdigit() and Path(which).is_file():
+    if names_file(which):
         return read_model_file(which).step
     return resolve(cfg.checkpoint_dir, which).step
 

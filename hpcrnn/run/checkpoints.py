@@ -16,6 +16,12 @@ checkpoint is used, so a reader never sees a partial one (even while a trainer w
 truncated or flipped file is reported in one line and skipped in favour of the previous checkpoint —
 never loaded, never deleted silently.
 
+A reader chooses a checkpoint (``--checkpoint``, ``generate.checkpoint``, ``hpcrnn.load(checkpoint=...)``) by
+a step, a folder or a name (``resolve``): ``last`` the newest complete checkpoint (the default), ``best``
+the one with the lowest validation loss (meta.json's ``val_loss``: the run's own protocol, the figure
+retention keeps it by). A name wins over a file or folder of that name in the current directory
+(``./best`` names that one).
+
 Nothing here imports torch: the launcher and ``status`` ask these questions on a login node.
 """
 
@@ -34,6 +40,7 @@ from hpcrnn.fsutil import sha256_file
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^step-(\d{8,})$")
+NAMES = ("best", "last")  # a checkpoint chosen by name (``resolve``)
 
 
 def step_dir_name(step: int) -> str:
@@ -129,13 +136,70 @@ def latest(ckpt_dir: Path) -> CheckpointInfo | None:
     return found
 
 
+def is_name(which) -> bool:
+    """Whether ``which`` chooses a checkpoint by name (``best``, ``last``) rather than by step or path."""
+    return isinstance(which, str) and which in NAMES
+
+
+def names_file(which) -> bool:
+    """Whether ``which`` (``generate.checkpoint``) names an existing file, a model file: not a step and not
+    a name (``best``/``last`` win over a file so named in the current directory; ``./best`` is the file)."""
+    return bool(which) and not str(which).isdigit() and not is_name(which) and Path(which).is_file()
+
+
+def best_of(cks: list[CheckpointInfo]) -> CheckpointInfo | None:
+    """The checkpoint with the lowest validation loss (meta.json's ``val_loss``, the run's own protocol),
+    the newest of equals; None when none records one."""
+    scored = [c for c in cks if c.meta.get("val_loss") is not None]
+    return min(scored, key=lambda c: (c.meta["val_loss"], -c.step)) if scored else None
+
+
+def retained(good: list[CheckpointInfo], keep_last: int) -> set[Path]:
+    """The folders retention keeps of ``good`` (intact checkpoints, oldest first): the newest ``keep_last``,
+    the best by validation loss (``best_of``), and the step of the best validation named by the newest
+    (``best_step``: early stopping returns to it). The one rule of ``retain`` and ``status --checkpoints``."""
+    keep = {c.path for c in good[-keep_last:]}
+    top = best_of(good)
+    if top is not None:
+        keep.add(top.path)
+    if good and good[-1].meta.get("best_step") is not None:  # the trainer's best validation (early stopping)
+        keep.update(c.path for c in good if c.step == good[-1].meta["best_step"])
+    return keep
+
+
+def best(ckpt_dir: Path) -> CheckpointInfo:
+    """The complete checkpoint with the lowest validation loss that verifies (a damaged one is named in one
+    line and the next best used). Raises InputError when no complete checkpoint records a validation loss."""
+    ckpt_dir = Path(ckpt_dir)
+    cks = list_complete(ckpt_dir, warn=False)
+    scored = [c for c in cks if c.meta.get("val_loss") is not None]
+    what = "records a validation loss" if not scored else "with a validation loss verifies (see above)"
+    while scored:
+        c = best_of(scored)
+        why = verify(c.path)
+        if why is None:
+            return c
+        _warn(f"skipping corrupt checkpoint {c.path}: {why}; choosing the best of the others")
+        scored.remove(c)
+    if not cks:
+        raise InputError(f"{ckpt_dir}: no complete checkpoint (train first)")
+    raise InputError(
+        f"{ckpt_dir}: no complete checkpoint {what} to choose 'best' by; choose 'last' (the newest) or a "
+        f"step ({_complete_steps(ckpt_dir)})"
+    )
+
+
 def resolve(ckpt_dir: Path, which: str | None = None) -> CheckpointInfo:
-    """``which``: None (newest complete), a step number, or a checkpoint folder. Raises InputError."""
-    if which is None or which == "":
+    """``which``: None or ``last`` (the newest complete checkpoint that verifies), ``best`` (the one with the
+    lowest validation loss, see ``best``), a step number, or a checkpoint folder. Raises InputError."""
+    ckpt_dir = Path(ckpt_dir)
+    if which is None or which == "" or which == "last":
         c = latest(ckpt_dir)
         if c is None:
             raise InputError(f"{ckpt_dir}: no complete checkpoint (train first)")
         return c
+    if which == "best":
+        return best(ckpt_dir)
     path = ckpt_dir / step_dir_name(int(which)) if str(which).isdigit() else Path(which)
     why = verify(path) if path.exists() else "no such checkpoint"
     if why:
@@ -156,16 +220,11 @@ def _complete_steps(ckpt_dir: Path, show: int = 3) -> str:
 
 def retain(ckpt_dir: Path, keep_last: int) -> list[Path]:
     """Delete verified checkpoints beyond the newest ``keep_last`` verified ones, except the best by val
-    loss and the step of the best validation named by the newest. A damaged checkpoint (marked, but failing
-    its checksums) neither counts nor is deleted: it stays for inspection, as do unmarked folders. Returns
-    what was deleted."""
+    loss and the step of the best validation named by the newest (the rule: ``retained``). A damaged
+    checkpoint (marked, but failing its checksums) neither counts nor is deleted: it stays for inspection,
+    as do unmarked folders. Returns what was deleted."""
     good = [c for c in list_complete(ckpt_dir, check=False, warn=False) if verify(c.path) is None]
-    keep = {c.path for c in good[-keep_last:]}
-    scored = [c for c in good if c.meta.get("val_loss") is not None]
-    if scored:
-        keep.add(min(scored, key=lambda c: (c.meta["val_loss"], -c.step)).path)
-    if good and good[-1].meta.get("best_step") is not None:  # the trainer's best validation (early stopping)
-        keep.update(c.path for c in good if c.step == good[-1].meta["best_step"])
+    keep = retained(good, keep_last)
     gone = []
     for c in good:
         if c.path not in keep:
