@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "train or resume the run (alone, under srun, torchrun or submitit)",
     "evaluate": "a checkpoint's figures on its splits or on any text",
     "generate": "recipes from the newest complete checkpoint",
+    "sample": "a few recipes of a run or model file printed to the terminal (--interactive: prompts from stdin)",
     "status": "where a run stands: stages, jobs, checkpoints, perplexity, recipes",
     "sweep": "several runs from one config and a grid of overrides",
     "plot": "curves of metrics.jsonl",

@@ -624,8 +624,8 @@ def test_generation_done_and_changed_settings(tmp_path):
     assert G.generation_done(cfg)
     assert not G.generation_done(with_(cfg_path, "generate.temperature=1.0"))
     assert not G.generation_done(with_(cfg_path, "generate.num_recipes=9"))
-    with pytest.raises(InputError, match="other settings.*generate.temperature=0.8"):
-        G.run_generate(with_(cfg_path, "generate.temperature=1.0"))
+    hot = with_(cfg_path, "generate.temperature=1.0")  # the default name: a folder named after the settings
+    assert G.run_generate(hot).out_dir.name == "t1.0" and G.generation_done(hot) and G.generation_done(cfg)
     r = G.run_generate(with_(cfg_path, "generate.num_recipes=9"))  # more recipes: only the new ones
     assert r.written == 2 and r.skipped == 7 and r.complete
     # a newer checkpoint: the recipes here belong to step 5; continuing needs generate.checkpoint=5

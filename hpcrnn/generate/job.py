@@ -13,7 +13,9 @@ What ``run_generate`` does:
   the vocabulary and the settings that decide the recipes' content, ``generate.precision: auto`` resolved
   once. Recipes made from checkpoint step N are never mixed with another step's (a newer checkpoint asks
   for ``generate.checkpoint=N`` to finish them, or another ``generate.name``); a plan under which no
-  recipe exists yet is simply replaced.
+  recipe exists yet is simply replaced. Other settings with the default ``generate.name`` write to a
+  folder named after them (``generated/t1.0/``, see :func:`hpcrnn.run.generated.output_name`), said in
+  one line; a folder given by name that holds other settings is refused, naming the ``generate.name`` to pass.
 * Generates this shard's missing recipes with a fixed number of *slots* (``generate.batch_size``) by
   continuous batched decoding (:mod:`hpcrnn.generate.decode`), primed as :mod:`hpcrnn.generate.prompts`
   says. Shard ``s`` of ``n`` owns recipes ``i`` with ``(i - 1) % n == s``; a rerun skips every recipe
@@ -31,6 +33,7 @@ the batch shape, and a last-bit difference in the logits can, rarely, change a s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -65,17 +68,21 @@ from hpcrnn.model.restore import open_latest
 from hpcrnn.model.source import generation_done  # noqa: F401 -- the tests ask the job module
 from hpcrnn.process import keep_freed_memory
 from hpcrnn.progress import Meter
-from hpcrnn.run.checkpoints import CheckpointInfo
+from hpcrnn.run.checkpoints import CheckpointInfo, names_file
 from hpcrnn.run.compat import check_compatible
 from hpcrnn.run.generated import (
+    DEFAULT_NAME,
     PLAN,
     SUMMARY,
     create_exclusive,
+    default_conflict,
     generation_settings,
     output_dir,
+    output_name,
     present_recipes,
     read_json,
     remove_own_temporaries,
+    settings_name,
     shard_index_name,
     write_merged,
     write_recipe,
@@ -140,9 +147,7 @@ def _device(cfg: Config) -> torch.device:
 def model_file_of(cfg: Config) -> ModelFile | None:
     """The model file ``generate.checkpoint`` names, read and checked; None when it names a checkpoint."""
     which = cfg.generate.checkpoint
-    if not which or which.isdigit() or not Path(which).is_file():
-        return None
-    return read_model_file(which)
+    return read_model_file(which) if names_file(which) else None
 
 
 def view_for(cfg: Config, mf: ModelFile) -> CorpusView:
@@ -247,22 +252,44 @@ def _plan_conflict(cfg: Config, out: Path, theirs: dict, mine: dict, cv: CorpusV
             f"corpus {cv.path} has {cv.vocab_hash[:12]}: choose another generate.name"
         )
     old = theirs.get("settings") or {}
-    diff = [
+    name = settings_name(old, mine["settings"])
+    name = name if out.name == DEFAULT_NAME else f"{out.name}-{name}"
+    return InputError(
+        f"{out}: holds recipes made with other settings ({settings_diff(old, mine['settings'])}): pass "
+        f"generate.name={name} (or remove the folder)"
+    )
+
+
+def settings_diff(old: dict, new: dict) -> str:
+    """The settings that differ, the folder's value first: ``generate.temperature=0.8 (config: 1.0)``."""
+    return "; ".join(
         f"generate.{k}={old.get(k)!r} (config: {v!r})"
         if k != "sampler"
         else f"sampling rule version {old.get(k)!r} (this hpcrnn: {v!r})"
-        for k, v in mine["settings"].items()
+        for k, v in new.items()
         if old.get(k) != v
-    ]
-    return InputError(
-        f"{out}: holds recipes made with other settings ({'; '.join(diff)}): choose another "
-        f"generate.name or remove the folder"
     )
+
+
+def _resolve_folder(cfg: Config) -> Config:
+    """``cfg`` with ``generate.name`` the folder it writes to (:func:`hpcrnn.run.generated.output_name`),
+    saying so in one line when the default name gave way to a name derived from the settings."""
+    old = default_conflict(cfg)
+    if old is None:
+        return cfg
+    name = output_name(cfg)
+    _log(
+        f"generated/{DEFAULT_NAME}/ holds recipes made with other settings "
+        f"({settings_diff(old, generation_settings(cfg))}): writing generated/{name}/ "
+        f"(generate.name={name}; give generate.name to choose the folder)"
+    )
+    return dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, name=name))
 
 
 def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateResult:
     """Generate this shard's recipes (all of them with the defaults); merge when all are present."""
     _check_shard(cfg, shard, num_shards)
+    cfg = _resolve_folder(cfg)
     out = output_dir(cfg)
     keep_freed_memory()  # see hpcrnn/process.py: otherwise every decoding step page-faults its tensors
     src = _open_source(cfg, out)

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -33,8 +35,72 @@ SUMMARY = "summary.json"
 SAMPLER = 2  # version of the sampling rule (2: rejection for top_k/top_p, vocabulary order, fused step)
 
 
+DEFAULT_NAME = "default"  # generate.name's schema default: the folder follows the settings (output_name)
+
+# how settings_name writes each setting: a short tag, then the value
+_TAGS = {
+    "seed": "seed",
+    "temperature": "t",
+    "top_k": "topk",
+    "top_p": "topp",
+    "max_tokens": "max",
+    "prompt": "prompt",
+    "precision": "",
+    "sampler": "sampler",
+}
+
+
+def _tag_value(key: str, v) -> str:
+    if key == "prompt":
+        if v == "random":
+            return "random"
+        if not str(v).strip():
+            return "start"
+        return hashlib.sha1(str(v).encode("utf-8")).hexdigest()[:8]
+    if isinstance(v, float):
+        return repr(v)
+    return re.sub(r"[^A-Za-z0-9_.+]", "_", str(v))
+
+
+def settings_name(old: dict, new: dict) -> str:
+    """A short folder name for ``new`` settings (:func:`generation_settings`) beside a folder made with
+    ``old``: each setting that differs as a tag and its value (``t1.0``, ``topk40``, ``seed3``, ``bf16``,
+    ``prompt`` and 8 hex digits of the prompt's SHA-1), joined by ``-``; only letters, digits and
+    ``_ . + -``, so it is a valid ``generate.name``."""
+    parts = [f"{_TAGS.get(k, k)}{_tag_value(k, v)}" for k, v in new.items() if old.get(k) != v]
+    return "-".join(parts) or "same"
+
+
+def default_conflict(cfg: Config) -> dict | None:
+    """With the default ``generate.name``: the settings of ``generated/default/`` when it holds recipes
+    made with other settings than ``cfg``'s, else None (then the default folder is the one). An unreadable
+    plan counts as none here: the job reports it."""
+    if cfg.generate.name != DEFAULT_NAME:
+        return None
+    base = cfg.run_dir / "generated" / DEFAULT_NAME
+    try:
+        plan = read_json(base / PLAN)
+    except InputError:
+        return None
+    old = plan.get("settings") if isinstance(plan, dict) else None
+    if not isinstance(old, dict) or old == generation_settings(cfg) or not present_recipes(base):
+        return None
+    return old
+
+
+def output_name(cfg: Config) -> str:
+    """The folder ``generated/<name>/`` of ``cfg``: ``generate.name``; the default name ("default", given
+    or not) is the derived :func:`settings_name` instead when ``generated/default/`` already holds recipes
+    made with other settings, so changing a setting never needs a new name by hand. The default folder's
+    settings never change once it holds a recipe, so the answer is stable: the job, the launcher and
+    status all find the same folder."""
+    old = default_conflict(cfg)
+    return cfg.generate.name if old is None else settings_name(old, generation_settings(cfg))
+
+
 def output_dir(cfg: Config) -> Path:
-    return cfg.run_dir / "generated" / cfg.generate.name
+    """``<run>/generated/<output_name(cfg)>``: where the job writes, and where the launcher and status look."""
+    return cfg.run_dir / "generated" / output_name(cfg)
 
 
 def shard_index_name(shard: int, num_shards: int) -> str:
