@@ -1,6 +1,7 @@
 """The shared shell wrapper of every stage: `python -m hpcrnn.<stage> CONFIG [key=value ...]`.
 
-It parses arguments (options anywhere among the overrides), loads the config with the one loader, calls
+It parses arguments (options anywhere among the overrides; ``--train.max_steps=50`` is the override
+``train.max_steps=50``, argparse's and nanoGPT's habit), loads the config with the one loader, calls
 ``run_<stage>(cfg)`` and maps the outcome to the documented exit statuses. User errors print one line
 without a traceback (``--debug`` shows it). The stages write the run's resolved ``config.yaml`` themselves,
 once the run is theirs and its inputs are valid.
@@ -11,13 +12,14 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import select
 import stat
 import sys
 import traceback
 from collections.abc import Callable
 
-from hpcrnn.config import load_config
+from hpcrnn.config import SECTIONS, load_config
 from hpcrnn.errors import EXIT_ERROR, EXIT_OK, HpcrnnError
 
 EPILOG = """exit statuses: 0 done; 1 internal error; 2 usage/config/input error;
@@ -36,7 +38,8 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="dotted overrides parsed as YAML, e.g. train.max_steps=200 model.cell=gru",
+        help="dotted overrides parsed as YAML, e.g. train.max_steps=200 model.cell=gru (or --train.max_steps=200; "
+        "+key=value sets a key too, ~key resets it to its default)",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument(
@@ -124,10 +127,72 @@ def _internal(prog: str, debug: bool, e: BaseException) -> int:
     return EXIT_ERROR
 
 
+_SECTION_OPTION = re.compile(rf"--(?:{'|'.join(SECTIONS)})\.[^=]")  # --train.max_steps[=...]
+_NUMBER = re.compile(r"-[0-9.]")  # a negative number is a value, not an option: --train.seed -1
+
+
+def _option_overrides(words: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
+    """(the words left for argparse, [(position, override)]): each ``--SECTION.KEY=VALUE``, or
+    ``--SECTION.KEY VALUE``, whose SECTION is a config section is the override ``SECTION.KEY=VALUE``.
+    Real options (none has a dot) and everything after ``--`` stand as given. ValueError: no value."""
+    rest: list[str] = []
+    given: list[tuple[int, str]] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "--":
+            rest += words[i:]
+            break
+        if not _SECTION_OPTION.match(w):
+            rest.append(w)
+        elif "=" in w:
+            given.append((i, w[2:]))
+        elif i + 1 < len(words) and (not words[i + 1].startswith("-") or _NUMBER.match(words[i + 1])):
+            given.append((i, f"{w[2:]}={words[i + 1]}"))
+            i += 1
+        else:
+            raise ValueError(f"argument {w}: expected a value: {w}=VALUE (the override {w[2:]}=VALUE)")
+        i += 1
+    return rest, given
+
+
+def _in_order(words: list[str], positional: list[str], given: list[tuple[int, str]]) -> list[str]:
+    """The positional overrides and the option ones in the order they stood on the command line (a later
+    override of a key wins)."""
+    taken = {i for i, _ in given}
+    placed, j = list(given), 0
+    for i, w in enumerate(words):
+        if j < len(positional) and i not in taken and w == positional[j]:
+            placed.append((i, w))
+            j += 1
+    placed += [(len(words), w) for w in positional[j:]]
+    return [w for _, w in sorted(placed, key=lambda t: t[0])]
+
+
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments of a command that takes ``CONFIG [key=value ...]``: options may stand anywhere among
+    the overrides (`launch CONFIG --cluster local train.lr=0.1`), ``--train.lr=0.1`` is the override
+    ``train.lr=0.1``, and ``--print-config`` asks for no option a run needs (export's ``-o``)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    try:
+        rest, given = _option_overrides(words)
+    except ValueError as e:
+        parser.error(str(e))
+    if "--print-config" in rest:  # only the config is printed: nothing else is needed
+        for action in parser._actions:
+            if action.option_strings:
+                action.required = False
+    args = parser.parse_intermixed_args(rest)
+    if given and not hasattr(args, "overrides"):
+        parser.error(f"argument --{given[0][1].partition('=')[0]}: {parser.prog} takes no overrides")
+    if given:
+        args.overrides = _in_order(words, list(args.overrides), given)
+    return args
+
+
 def run_cli(parser: argparse.ArgumentParser, fn: Callable, argv: list[str] | None = None) -> int:
     """Parse, load, call ``fn(cfg, args)``; return the exit status (never raises for user errors)."""
-    # options may stand anywhere among the overrides: `launch CONFIG --cluster local train.lr=0.1`
-    args = parser.parse_intermixed_args(argv)
+    args = parse_cli(parser, argv)
 
     def body() -> int:
         cfg = load_config(args.config, args.overrides)

@@ -75,14 +75,33 @@ def draw(runs: list[tuple[str, dict[str, list[dict]]]], out: Path) -> Path:
     return out
 
 
+def print_configs(args: list[str]) -> None:
+    """The resolved config of each run, as every command's ``--print-config`` prints one; several are YAML
+    documents, each headed by a comment naming its run and separated by ``---`` (as the sweep's)."""
+    cfgs = [load_config(a) for a in args]
+    if len(cfgs) == 1:
+        sys.stdout.write(cfgs[0].to_yaml())
+        return
+    for arg, cfg in zip(args, cfgs):
+        sys.stdout.write(f"# run {cfg.run.name}: {arg}\n{cfg.to_yaml()}---\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hpcrnn.plot", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR|CONFIG", help="run directories or experiment configs")
     p.add_argument("-o", "--output", help="PNG file to write (default: curves.png in the first run's directory)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print each run's resolved config (several: one YAML document each, headed by its run) and exit",
+    )
     args = p.parse_args(argv)
 
     def body() -> int:
+        if args.print_config:  # nothing is read but the configs, nothing is drawn or written
+            print_configs(args.runs)
+            return EXIT_OK
         runs = [run_curves(a) for a in args.runs]
         out = Path(args.output) if args.output else Path(load_config(args.runs[0]).run_dir) / "curves.png"
         try:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from hpcrnn.cli import guarded, make_parser
+from hpcrnn.cli import guarded, make_parser, parse_cli
 from hpcrnn.cluster import launch as L
 from hpcrnn.cluster import slurm
 from hpcrnn.cluster.jobs import StageJob, stage_jobs
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages", default="all", metavar="LIST", help="comma-separated subset of preprocess,train,generate"
     )
-    args = parser.parse_intermixed_args(argv)
+    args = parse_cli(parser, argv)
 
     def body() -> int:
         sw = expand(args.config, args.overrides)

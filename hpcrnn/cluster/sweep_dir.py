@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from hpcrnn.config import RESOLVED_NAME, Config, load_config, parse_override
+from hpcrnn.config import RESOLVED_NAME, Config, load_config, override_key, parse_override
 from hpcrnn.errors import ConfigError, InputError
 from hpcrnn.fsutil import atomic_write_text
 
@@ -50,21 +50,23 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_args(items: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """(plain overrides, {swept key: [value text, ...]}) from the command line's ``key=...`` items."""
+    """(plain overrides, {swept key: [value text, ...]}) from the command line's ``key=...`` items; Hydra's
+    ``+key=...`` is ``key=...``, and ``~key`` (reset to the default) is a plain override."""
     plain: list[str] = []
     swept: dict[str, list[str]] = {}
     for item in items:
-        if "=" not in item:
-            parse_override(item)  # the loader's one-line error for an item that is no key=value
-        key, _, text = item.partition("=")
-        key = key.strip()
+        if "=" not in item or item.lstrip().startswith("~"):
+            parse_override(item)  # the loader's one-line error for an item that is no key=value or ~key
+            plain.append(item)
+            continue
+        key, text = override_key(item), item.partition("=")[2]
         try:  # the loader's check of the key's form; each value is parsed when its run's config is loaded
             parse_override(f"{key}=0")
         except ConfigError:
             raise ConfigError(f"override {item!r}: {key!r} is not a dotted key like train.max_steps") from None
         values = split_values(text)
         if len(values) == 1:
-            plain.append(item)
+            plain.append(f"{key}={text}")
             continue
         if key in swept:
             raise ConfigError(f"sweep: {key} is swept twice; list all its values once: {key}=v1,v2,...")

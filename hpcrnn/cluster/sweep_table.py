@@ -170,14 +170,19 @@ def status_target(argv: list[str]) -> str | None:
 _VALUED = ("--sort",)  # status_main's options that take a value
 
 
-def status_main(argv: list[str] | None = None) -> int:
-    """``python -m hpcrnn.status SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv]``."""
+# the other usage of hpcrnn.status, named in the sweep table's --help (its options: hpcrnn.status --help)
+RUN_USAGE = "hpcrnn.status CONFIG|RUN_DIR [key=value ...] [options]: where one run stands (hpcrnn.status --help)"
+
+
+def _status_parser(add_help: bool = True, epilog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hpcrnn.status",
-        description="The table of a sweep: each run, its swept values, state, step, best validation "
-        "perplexity, test perplexity and accuracy, and its recipes' mean coherence.",
-        epilog=EPILOG,
+        usage="%(prog)s SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv] [--debug]",
+        description="The table of a sweep: each run, its swept values, state, step, best validation perplexity,\n"
+        "test perplexity and accuracy, and its recipes' mean coherence.",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=add_help,
     )
     p.add_argument(
         "sweep_dir", help=f"a sweep directory (<paths.scratch>/<run.name>{SWEEP_SUFFIX}, holding {SWEEP_FILE})"
@@ -188,7 +193,20 @@ def status_main(argv: list[str] | None = None) -> int:
     fmt.add_argument("--json", action="store_true", help="print the table as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = p.parse_args(argv)
+    return p
+
+
+def sweep_help() -> str:
+    """The sweep table's usage and options for the --help of a run's status: one command, both usages."""
+    text = _status_parser(add_help=False).format_help().strip()
+    return "a sweep directory instead gives the sweep's table:\n" + "\n".join(
+        f"  {line}" if line else line for line in text.splitlines()
+    )
+
+
+def status_main(argv: list[str] | None = None) -> int:
+    """``python -m hpcrnn.status SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv]``."""
+    args = _status_parser(epilog=f"or: {RUN_USAGE}\n\n{EPILOG}").parse_args(argv)
 
     def body() -> int:
         table = sweep_status(Path(args.sweep_dir))

@@ -25,13 +25,43 @@ RESOLVED_MARK = "# hpcrnn: resolved config"
 MAX_BASE_DEPTH = 32  # config files in one base: chain
 
 
+# the top-level sections: ``--SECTION.KEY=VALUE`` on a command line is the override SECTION.KEY=VALUE
+SECTIONS = tuple(k for k, tp in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(tp))
+
+
+# ``~KEY`` (Hydra's habit): the value parse_override gives for a key reset to its schema default
+class _Reset:
+    def __repr__(self) -> str:
+        return "RESET"
+
+
+RESET: Any = _Reset()
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*"  # a hyphen for sbatch's mail-type & co.
+
+
+def override_key(item: str) -> str:
+    """The dotted key an override names, without Hydra's ``+``, ``++`` or ``~`` (``~train.lr``: train.lr)."""
+    key = item.partition("=")[0].strip()
+    return key[1:].strip() if key.startswith("~") else key.lstrip("+").strip()
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
+    """(the dotted key's parts, the value) of one command-line override: ``key=value`` parsed as YAML;
+    Hydra's ``+key=value`` (and ``++key=value``) alike; ``~key``: the value is RESET (back to the schema's
+    default, or, for an entry of a free-form mapping such as slurm.train.additional.foo, removed)."""
+    key = override_key(item)
+    reset = item.lstrip().startswith("~")
+    if reset and "=" in item:
+        raise ConfigError(
+            f"override {item!r}: ~KEY resets a key to its default, it takes no value ({key}=VALUE sets it)"
+        )
+    if not reset and "=" not in item:
         raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. train.max_steps=200")
-    key, _, text = item.partition("=")
-    key = key.strip()
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+    if not re.fullmatch(_DOTTED, key):
         raise ConfigError(f"override {item!r}: {key!r} is not a dotted key like train.max_steps")
+    if reset:
+        return key.split("."), RESET
+    text = item.partition("=")[2]
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as e:
@@ -66,6 +96,10 @@ def _apply(raw: dict, overrides: list[str]) -> list[tuple[str, str]]:
     origins: list[tuple[str, str]] = []
     for item in overrides:
         parts, value = parse_override(item)
+        if value is RESET:
+            _reset(raw, parts, item)
+            origins.append((".".join(parts), item))
+            continue
         node = raw
         for i, p in enumerate(parts[:-1]):
             nxt = node.get(p)
@@ -84,10 +118,37 @@ def _apply(raw: dict, overrides: list[str]) -> list[tuple[str, str]]:
     return origins
 
 
+def _reset(raw: dict, parts: list[str], item: str) -> None:
+    """``~key``: a schema key's value dropped from the composed config (its base chain's included), so the
+    schema's default stands; parts past a free-form mapping (``slurm.train.additional.foo``) name an entry
+    of it, removed. An unknown key, or an entry the mapping lacks, is the override's one-line error."""
+    cls: type = Config
+    for i, p in enumerate(parts):
+        fields = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+        if p not in fields:  # the loader's own error for an unknown key, with its "did you mean"
+            _build(cls, {p: None}, ".".join(parts[:i]), f"override {item!r}")
+        tp = typing.get_type_hints(cls)[p]
+        if not dataclasses.is_dataclass(tp):
+            break
+        cls = tp
+    node: Any = raw
+    for p in parts[:-1]:
+        node = node.get(p) if isinstance(node, dict) else None
+    if i == len(parts) - 1:  # a schema key (or section): absent already is its default already
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+        return
+    if not isinstance(node, dict) or parts[-1] not in node:
+        where = ".".join(parts[:-1])
+        raise ConfigError(f"override {item!r}: {where} has no entry {parts[-1]!r} to remove")
+    del node[parts[-1]]
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """``raw`` with the ``key=value`` overrides applied in order. A mapping given for a section merges into
     it key by key (``train={max_steps: 5}`` keeps the other train settings), an empty one (``{}``, null)
-    changes nothing; any other value replaces the key's."""
+    changes nothing; any other value replaces the key's. ``+key=value`` is ``key=value``; ``~key`` resets
+    the key to its default (an entry of a free-form mapping: removes it)."""
     _apply(raw, overrides)
     return raw
 
@@ -244,8 +305,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     ConfigError naming the file, or the override, that gave the culprit value. ${VAR} and ``file:`` are
     expanded once, in the user's config and overrides: a run's resolved config is data, as it stands."""
     items = list(overrides or [])
-    if any(item.partition("=")[0].strip() == BASE_KEY for item in items):
-        raise ConfigError(f"override {BASE_KEY}=...: {BASE_KEY} is set in a config file, not on the command line")
+    for item in items:
+        if override_key(item) == BASE_KEY:
+            raise ConfigError(f"override {item!r}: {BASE_KEY} is set in a config file, not on the command line")
     p = config_path_of(path)
     resolved = is_resolved(p)
     raw = read_composed(p, expand=not resolved)
