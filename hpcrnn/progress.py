@@ -24,13 +24,17 @@ def _num(x: float) -> str:
     return f"{x:,.0f}" if float(x).is_integer() or x >= 100 else f"{x:,.1f}"
 
 
-def _clock(seconds: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(max(seconds, 0)))
+def clock(seconds: float) -> str:
+    """Seconds as H:MM:SS (hours past a day keep counting)."""
+    s = int(max(seconds, 0))
+    return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class Meter:
     """``update(done)`` as work gets done (cheap: it only prints when a bar or line is due), ``finish()``
-    at the end. ``total`` None: counts and rate without a fraction or ETA."""
+    at the end. ``total`` None: counts and rate without a fraction or ETA. A bar is drawn at the first
+    update (the first item done) and at the last (``done`` reaching ``total``), and at most every
+    ``_BAR_EVERY_S`` in between."""
 
     def __init__(self, label: str, total: float | None = None, unit: str = "", mode: str = "auto"):
         self.label, self.total, self.unit = label, total, unit
@@ -52,14 +56,14 @@ class Meter:
         if extra:
             parts.append(extra)
         if self.total and rate > 0 and done < self.total:
-            parts.append(f"eta {_clock((self.total - done) / rate)}")
-        parts.append(f"elapsed {_clock(took)}")
+            parts.append(f"eta {clock((self.total - done) / rate)}")
+        parts.append(f"elapsed {clock(took)}")
         return ", ".join(parts)
 
     def update(self, done: float, extra: str = "") -> None:
         now = time.time()
         if self.bar:
-            if now - self.last >= _BAR_EVERY_S:
+            if not self.drawn or now - self.last >= _BAR_EVERY_S or (self.total and done >= self.total):
                 self.last, self.drawn = now, True
                 frac = min(1.0, done / self.total) if self.total else None
                 bar = f"[{'#' * int(30 * frac)}{'.' * (30 - int(30 * frac))}] " if frac is not None else ""

@@ -38,6 +38,7 @@ LAYERS = [
             "hpcrnn.status",
             "hpcrnn.sweep",
             "hpcrnn.preprocess",
+            "hpcrnn.sample",
         ],
     ),
 ]

@@ -72,6 +72,16 @@ class ModelConfig:
 
 
 @dataclass
+class WandbConfig:
+    """train.wandb: the run's records also in Weights & Biases (rank 0); ``pip install 'hpcrnn[wandb]'``."""
+
+    project: str = ""  # the W&B project; "": off
+    # offline: files under <run dir>/wandb/ (no network; `wandb sync` them later); online: streamed
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    entity: str | None = None  # the W&B user or team; default: the account's own
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = _f(128, min=1)  # global batch, split evenly over the ranks
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -112,12 +122,15 @@ class TrainConfig:
     # end training after this many validations without a better validation loss; 0: off
     early_stop_patience: int = _f(0, min=0)
     tensorboard: bool = False  # also write metrics.jsonl's scalars as TensorBoard events to <run dir>/tensorboard/
+    wandb: WandbConfig = _f(factory=WandbConfig)
 
 
 @dataclass
 class GenerateConfig:
     name: str = "default"
-    checkpoint: str | None = None  # a checkpoint dir or step number; default: newest complete
+    # a step number, a checkpoint dir, a model file, or by name: "last" (the newest complete, the default)
+    # or "best" (the lowest validation loss); a name wins over a file so named (write ./best for the file)
+    checkpoint: str | None = None
     num_recipes: int = _f(100, min=1)
     # slots decoded together: per-step costs amortise over them (see bench/bench_generate.py)
     batch_size: int = _f(1024, min=1)

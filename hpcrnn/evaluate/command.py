@@ -1,29 +1,58 @@
-"""`python -m hpcrnn.evaluate CONFIG|RUN_DIR [--checkpoint STEP] [--text FILE ...] [--protocol P] [--json]`:
+"""`python -m hpcrnn.evaluate CONFIG|RUN_DIR [--checkpoint STEP|best|last] [--text FILE ...] [--protocol P] [--json]`:
 a checkpoint's held-out figures (hpcrnn/evaluate/metrics.py) on its run's splits or on text files."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 from hpcrnn.cli import make_parser, run_cli
 from hpcrnn.data.corpus import open_corpus
 from hpcrnn.evaluate.metrics import PROTOCOLS, evaluate_split, mode_protocol, score_file
 from hpcrnn.model.restore import open_checked
+from hpcrnn.progress import clock, use_bar
+
+
+class _Report:
+    """The command's progress: a bar for each split (or file) on a terminal, else one line for each on
+    stderr when it is scored (stdout keeps the figures, JSON with --json)."""
+
+    def __init__(self, on: bool):
+        self.on, self.bar = on, on and use_bar()
+        self.t0 = time.time()
+
+    def label(self, what: str) -> str:
+        self.t0 = time.time()
+        return f"hpcrnn.evaluate: {what}" if self.bar else ""
+
+    def done(self, what: str, r: dict) -> None:
+        if self.on and not self.bar:
+            took = clock(time.time() - self.t0)
+            print(f"hpcrnn.evaluate: {what}: {r['tokens']:,} tokens scored in {took}", file=sys.stderr, flush=True)
 
 
 def run_evaluate(
-    cfg, checkpoint: str | None = None, texts: list[str] | tuple = (), protocols: list[str] | tuple = ()
+    cfg,
+    checkpoint: str | None = None,
+    texts: list[str] | tuple = (),
+    protocols: list[str] | tuple = (),
+    progress: bool = False,
 ) -> dict:
     """Figures of a checkpoint (newest complete by default) on its run's val and test splits, in the run's
     own protocol and the standard one (or in ``protocols``); or, for each of ``texts``, by the standard
-    protocol on that file read exactly as preprocessing reads the corpus (``hpcrnn.data.corpus.encode_file``)."""
+    protocol on that file read exactly as preprocessing reads the corpus (``hpcrnn.data.corpus.encode_file``).
+    ``progress``: a bar for each on a terminal, else a line for each on stderr."""
     corpus = open_corpus(cfg.h5_path)
     info, model, meta = open_checked(cfg, corpus, checkpoint)
-    results = []
+    results, report = [], _Report(progress)
     if texts:
         for path in texts:
-            results.append({"source": str(path), "protocol": "standard", **score_file(model, corpus, Path(path))})
+            what = f"{Path(path).name} standard"
+            r = score_file(model, corpus, Path(path), progress=report.label(what))
+            report.done(what, r)
+            results.append({"source": str(path), "protocol": "standard", **r})
     else:
         tokens = corpus.tokens()
         sequences = (meta.get("config") or {}).get("data", {}).get("sequences", "windows")
@@ -32,7 +61,9 @@ def run_evaluate(
             if hi - lo < 2:
                 continue
             for protocol in dict.fromkeys(protocols or [mode_protocol(sequences), "standard"]):
-                r = evaluate_split(model, corpus, tokens, split, protocol, cfg)
+                what = f"{split} {protocol}"
+                r = evaluate_split(model, corpus, tokens, split, protocol, cfg, progress=report.label(what))
+                report.done(what, r)
                 results.append({"source": split, "protocol": protocol, **r})
     return {"run": cfg.run.name, "checkpoint": str(info.path), "step": info.step, "results": results}
 
@@ -57,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--checkpoint",
-        metavar="STEP",
+        metavar="STEP|best|last",
         default=None,
-        help="a step or checkpoint folder (default: the newest complete checkpoint)",
+        help="a step, a checkpoint folder, 'last' (the newest complete checkpoint, the default) or 'best' "
+        "(the lowest validation loss)",
     )
     parser.add_argument(
         "--text",
@@ -80,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     def fn(cfg, args) -> None:
-        res = run_evaluate(cfg, args.checkpoint, args.text, args.protocol)
+        res = run_evaluate(cfg, args.checkpoint, args.text, args.protocol, progress=True)
         print(json.dumps(res, indent=2) if args.json else format_evaluation(res), flush=True)
 
     return run_cli(parser, fn, argv)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from hpcrnn.data.corpus import encode_file
 from hpcrnn.data.sequences import PAD, document_token_id, gather_rows, pad_documents, split_documents
 from hpcrnn.errors import InputError
+from hpcrnn.progress import Meter, use_bar
 
 STANDARD_STREAMS = 10  # parallel streams of the standard protocol (pytorch/examples' eval batch size)
 STANDARD_CHUNK = 256  # tokens per forward pass; the state is carried, so this sets only speed and memory
@@ -85,6 +86,12 @@ def _no_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _meter(label: str, total: int, rank: int) -> Meter | None:
+    """A bar over the ``total`` tokens a split scores, labelled ``label`` ("": none), on rank 0 and only on
+    a terminal: a batch log gets no progress from here (the command prints a line per split)."""
+    return Meter(label, total, "tokens", mode="bar") if label and rank == 0 and use_bar() else None
+
+
 @dataclass(frozen=True)
 class Scoring:
     """How a split is scored: this rank's share of it, the device, the all-reduce that makes the sums
@@ -112,11 +119,15 @@ def evaluate_windows(
     loss: str = "all",
     max_batches: int = 0,
     how: Scoring = Scoring(),
+    progress: str = "",
 ) -> dict:
-    """Independent windows from a zero state (the ``windows`` mode's own protocol)."""
+    """Independent windows from a zero state (the ``windows`` mode's own protocol). ``progress``: the
+    label of a terminal bar ("": none)."""
     n_batches = math.ceil(len(starts) / batch)
     if max_batches:
         n_batches = min(n_batches, max_batches)
+    per = 1 if loss == "last" else window  # tokens scored a window
+    meter = _meter(progress, min(len(starts), n_batches * batch) * per, how.rank)
     sums = Sums(how.unk_id)
     for b in range(n_batches):
         mine = np.array_split(starts[b * batch : (b + 1) * batch], how.world)[how.rank]
@@ -127,6 +138,10 @@ def evaluate_windows(
             logits, _ = model(x[:, :-1], last_only=loss == "last")
         y = x[:, -1] if loss == "last" else x[:, 1:].reshape(-1)
         sums.add(logits.reshape(-1, logits.shape[-1]), y)
+        if meter:
+            meter.update(min(len(starts), (b + 1) * batch) * per)
+    if meter:
+        meter.finish()
     return sums.result(how.reduce)
 
 
@@ -140,14 +155,17 @@ def evaluate_stream(
     streams: int = STANDARD_STREAMS,
     chunk: int = STANDARD_CHUNK,
     how: Scoring = Scoring(),
+    progress: str = "",
 ) -> dict:
-    """The standard protocol: ``tokens[lo:hi]`` as ``streams`` contiguous streams, state carried."""
+    """The standard protocol: ``tokens[lo:hi]`` as ``streams`` contiguous streams, state carried.
+    ``progress``: the label of a terminal bar ("": none)."""
     streams = max(1, min(streams, (hi - lo) // STANDARD_MIN_STREAM))  # a short text: fewer, longer streams
     length = (hi - lo) // streams  # tokens of each stream; every stream predicts its tokens 1..length-1
     rows = np.array_split(np.arange(streams, dtype=np.int64), how.world)[how.rank]
     sums = Sums(how.unk_id)
     if len(rows) == 0 or length < 2:
         return sums.result(how.reduce)
+    meter = _meter(progress, streams * (length - 1), how.rank)
     state = None
     for a in range(0, length - 1, chunk):
         n = min(chunk, length - 1 - a)
@@ -155,6 +173,10 @@ def evaluate_stream(
         with how.ctx():
             logits, state = model(x[:, :-1], state)
         sums.add(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        if meter:
+            meter.update(streams * (a + n))
+    if meter:
+        meter.finish()
     return sums.result(how.reduce)
 
 
@@ -169,10 +191,14 @@ def evaluate_documents(
     batch: int,
     chunk: int,
     how: Scoring = Scoring(),
+    progress: str = "",
 ) -> dict:
-    """Every document from its start, preceded by ``bos``; batched by length, state carried over chunks."""
+    """Every document from its start, preceded by ``bos``; batched by length, state carried over chunks.
+    ``progress``: the label of a terminal bar ("": none)."""
     lengths = np.asarray(ends, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
+    meter = _meter(progress, int(lengths.sum()), how.rank)
+    scored = np.cumsum(lengths[order]) if meter else None  # tokens scored once the first i+1 documents are
     sums = Sums(how.unk_id)
     for b in range(0, len(order), batch):
         mine = np.array_split(order[b : b + batch], how.world)[how.rank]
@@ -186,6 +212,10 @@ def evaluate_documents(
             with how.ctx():
                 logits, state = model(part[:, :-1].clamp_min(0), state)
             sums.add(logits.reshape(-1, logits.shape[-1]), part[:, 1:].reshape(-1))
+        if meter:
+            meter.update(int(scored[min(b + batch, len(order)) - 1]))
+    if meter:
+        meter.finish()
     return sums.result(how.reduce)
 
 
@@ -217,11 +247,13 @@ def evaluate_split(
     *,
     how: Scoring = Scoring(),
     max_batches: int = 0,
+    progress: str = "",
 ) -> dict:
-    """The figures of ``split`` of ``corpus`` by ``protocol`` (windows | documents | standard), in eval mode."""
+    """The figures of ``split`` of ``corpus`` by ``protocol`` (windows | documents | standard), in eval mode.
+    ``progress``: the label of a bar on a terminal ("": none)."""
     was_training = model.training
     model.eval()
-    common = dict(how=dataclasses.replace(how, unk_id=corpus.unk_id))
+    common = dict(how=dataclasses.replace(how, unk_id=corpus.unk_id), progress=progress)
     try:
         if protocol == "windows":
             return evaluate_windows(
@@ -252,9 +284,9 @@ def evaluate_split(
         model.train(was_training)
 
 
-def score_file(model, corpus, path: Path, device: Any = "cpu") -> dict:
+def score_file(model, corpus, path: Path, device: Any = "cpu", progress: str = "") -> dict:
     """The standard protocol's figures of a text file read like ``corpus`` (a Corpus, or a model file's
-    Vocabulary: only the vocabulary and the reading settings are used)."""
+    Vocabulary: only the vocabulary and the reading settings are used). ``progress``: as evaluate_split's."""
     if not path.is_file():
         raise InputError(f"{path}: not a readable text file (--text)")
     try:
@@ -266,4 +298,5 @@ def score_file(model, corpus, path: Path, device: Any = "cpu") -> dict:
     ]
     if len(words) == 0:
         raise InputError(f"{path}: holds no word the vocabulary of {corpus.path} knows (--text)")
-    return evaluate_stream(model, ids, 0, len(ids), how=Scoring(unk_id=corpus.unk_id, device=device))
+    how = Scoring(unk_id=corpus.unk_id, device=device)
+    return evaluate_stream(model, ids, 0, len(ids), how=how, progress=progress)

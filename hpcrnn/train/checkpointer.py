@@ -4,6 +4,7 @@ writes, every rank agrees), and the non-finite-loss guard that keeps a diverged 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from hpcrnn import __version__
 from hpcrnn.config import Config
 from hpcrnn.errors import DivergedError, LockedError, StorageError
+from hpcrnn.run.checkpoints import best_of
 from hpcrnn.run.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
@@ -80,6 +82,7 @@ class Checkpointer:
     seconds: float = 0.0  # how long the last save took: the time-limit check leaves room for one
     finite: FiniteWatch = field(default_factory=FiniteWatch)  # read before every save
     lock: RunLock | None = None  # rank 0's run lock: checked still ours before every write
+    after_save: Callable[[int], None] | None = None  # rank 0, with the step, after each complete save
 
     def check_finite(self, state: TrainState) -> None:
         """Collective: DivergedError on every rank when any rank has seen a non-finite loss since the start."""
@@ -155,6 +158,8 @@ class Checkpointer:
                 f"{self.cfg.checkpoint_dir}: cannot write checkpoint {ckpt.step_dir_name(state.step)}: {why}; "
                 f"the previous checkpoint {prev.path if prev else '(none)'} is intact"
             )
+        if path is not None and self.after_save is not None:
+            self.after_save(state.step)
         self.last_saved, self.seconds = state.step, time.time() - started
         return path
 
@@ -204,9 +209,8 @@ def best_on_disk(state: TrainState, ckpt_dir: Path) -> str | None:
     if state.best_step is None or any(c.step == state.best_step for c in done):
         return None
     old = state.best_step
-    scored = [c for c in done if c.meta.get("val_loss") is not None]
-    if scored:
-        best = min(scored, key=lambda c: (c.meta["val_loss"], -c.step))
+    best = best_of(done)
+    if best is not None:
         state.best_val, state.best_step = float(best.meta["val_loss"]), best.step
         now = f"step {best.step} (val loss {state.best_val:.4f}), the best validated checkpoint"
     else:

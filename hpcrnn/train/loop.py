@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from hpcrnn.run.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
 from hpcrnn.train.checkpointer import Checkpointer, FiniteWatch, diverged_error, nonfinite_check_every
-from hpcrnn.train.metrics import MetricsLog, Pace, Progress
+from hpcrnn.train.metrics import MetricsLog, Pace, Progress, sample_recipes
 from hpcrnn.train.setup import (
     TrainData,
     build_state,
@@ -47,7 +48,8 @@ from hpcrnn.train.setup import (
 )
 from hpcrnn.train.state import TrainState, detach_state
 from hpcrnn.train.stopflag import FLAG, STOP_REQUEUE, STOP_STOPPED, StopFlag
-from hpcrnn.train.tensorboard import EventLog, summary_writer_class
+from hpcrnn.train.tensorboard import EventLog, logdir_line, summary_writer_class
+from hpcrnn.train.wandb_log import check_installed, open_wandb, wanted
 
 # Called at every step boundary with (step, the stop flag) before the ranks agree on stopping, so it may
 # request a stop there: tests stop a run at a chosen step this way.
@@ -127,6 +129,7 @@ def _train(
     precision = resolve_precision(cfg.train.precision, info.device, "train", cfg.source)
     if cfg.train.tensorboard:  # a missing optional package fails now, on every rank, not after set-up
         summary_writer_class(cfg.source)
+    check_installed(cfg)  # train.wandb's package, likewise
     data = load_data(cfg, info)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or 1)
     memory.check(
@@ -149,14 +152,33 @@ def _train(
             print(f"hpcrnn.train: {cfg.run.name} already {how} at step {state.step} ({last.path})", flush=True)
         return TrainResult("done", state.step, EXIT_OK, last.path, last.meta.get("final", {}))
     net = _wrap_ddp(state.model, info)
-    events = EventLog(cfg.run_dir, state.step, cfg.source) if cfg.train.tensorboard and info.is_main else None
-    log = MetricsLog(cfg.metrics_path, info.is_main, lock, events=events)
+    log = _metrics_log(cfg, info, lock, state.step, data.protocol)
     run = Training(cfg, info, data, state, saver, log, Progress(cfg, data.total, info.is_main), precision, finite)
+    saver.after_save = partial(_after_save, run)
     _announce(run, last)
     try:
-        return _loop(run, net, flag, started, hook)
+        result = _loop(run, net, flag, started, hook)
+        if result.status == "done":
+            log.finish(result.step)
+        return result
     finally:
         log.close()
+
+
+def _metrics_log(cfg: Config, info: D.DistInfo, lock: RunLock | None, step: int, protocol: str) -> MetricsLog:
+    """metrics.jsonl and, on rank 0, its views: TensorBoard events (train.tensorboard), a W&B run (train.wandb)."""
+    events = wandb = None
+    if info.is_main and cfg.train.tensorboard:
+        events = EventLog(cfg.run_dir, step, cfg.source, protocol=protocol, config=cfg.to_dict())
+    if info.is_main and wanted(cfg):
+        wandb = open_wandb(cfg, protocol)
+    return MetricsLog(cfg.metrics_path, info.is_main, lock, events=events, wandb=wandb)
+
+
+def _after_save(run: Training, step: int) -> None:
+    """Rank 0, after each checkpoint: metrics.csv again, and for TensorBoard a few recipes sampled now."""
+    model, corpus, device, seed = run.state.model, run.data.corpus, run.info.device, run.cfg.train.seed
+    run.log.checkpoint(step, lambda: sample_recipes(model, corpus, device, seed))
 
 
 def _loop(
@@ -219,6 +241,10 @@ def _announce(run: Training, last: ckpt.CheckpointInfo | None) -> None:
             + (", malloc heap tuned" if heap.heap_tuned() else "")
             + (f", resumed from {last.path.name}" if last else "")
         )
+        if run.log.events:
+            run.progress.line(logdir_line(cfg.run_dir))
+        if run.log.wandb:
+            run.progress.line(run.log.wandb.where())
 
 
 def _agree_on_stop(run: Training, flag: StopFlag, pace: Pace, started: float, hook: StepBoundaryHook | None) -> int:
@@ -315,16 +341,18 @@ def _documents_backward(run: Training, net: torch.nn.Module, batch: torch.Tensor
 
 
 def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-    """At log points a train record and a progress line: the loss is read back only there, keeping the hot
-    loop free of syncs on GPU. In between only a terminal bar moves."""
+    """At log points a train record and a progress line. On a GPU the loss is read back only there (and at
+    the first step, for the bar), keeping the hot loop free of syncs; on the CPU, where a read is free,
+    every step feeds the running loss. In between only a terminal bar moves."""
     step, total, progress = run.state.step, run.data.total, run.progress
-    eta = (total - step) * pace.step_s
-    if step % run.cfg.train.log_every and step != total:
-        if progress.bar:
-            lr = run.state.opt.param_groups[0]["lr"]
-            progress.update(step, progress.last_loss, pace.running_tokens_per_s(), eta, lr, False)
+    log_point = step % run.cfg.train.log_every == 0 or step == total
+    if log_point or run.info.device.type == "cpu" or (progress.bar and progress.last_loss is None):
+        lv = loss.item()
+        progress.note_loss(lv, step)
+    if not log_point:
+        if progress.due():
+            _show(run, pace, False)
         return
-    lv = loss.item()
     tps = pace.tokens_per_s()
     with torch.no_grad():
         keep = y != PAD
@@ -336,8 +364,16 @@ def _log_step(run: Training, pace: Pace, loss: torch.Tensor, logits: torch.Tenso
     epoch = run.data.batches.position(step)[0]
     rec = dict(loss=lv, ppl=math.exp(min(lv, 50)), acc=acc, top5=acc5, tokens_per_s=tps, lr=lr)
     run.log.append(step=step, epoch=epoch, split="train", **rec)
-    progress.update(step, lv, tps, eta, lr, force_line=True)
-    progress.last_loss = lv
+    _show(run, pace, True)
+
+
+def _show(run: Training, pace: Pace, line: bool) -> None:
+    """The bar (or with ``line``, in a batch log, a line): the running loss, the recent pace, the ETA."""
+    step, total = run.state.step, run.data.total
+    tps, ips = pace.window()
+    eta = (total - step) / ips if ips else 0.0
+    lr = run.state.opt.param_groups[0]["lr"]
+    run.progress.update(step, run.progress.last_loss, tps, eta, lr, line, ips)
 
 
 def _evaluate(run: Training, split: str, protocol: str, max_batches: int = 0) -> dict:
