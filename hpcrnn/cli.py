@@ -81,6 +81,17 @@ def _closed_early(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno == errno.EPIPE and _stdout_gone()
 
 
+def add_checkpoint_option(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint STEP|best|last``, as every command that reads a run's checkpoint takes it."""
+    parser.add_argument(
+        "--checkpoint",
+        metavar="STEP|best|last",
+        default=None,
+        help="a step, a checkpoint folder, 'last' (the newest complete checkpoint, the default) or 'best' "
+        "(the lowest validation loss)",
+    )
+
+
 def guarded(prog: str, debug: bool, body: Callable[[], int | None]) -> int:
     """Run ``body`` and map its outcome to the documented exit statuses: a user error is one line naming
     the culprit, a bug one line too (``--debug`` shows the traceback of either). Stdout closed early by

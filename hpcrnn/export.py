@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcrnn import __version__
-from hpcrnn.cli import make_parser, run_cli
+from hpcrnn.cli import add_checkpoint_option, make_parser, run_cli
 from hpcrnn.config import Config
 from hpcrnn.errors import EXIT_OK, InputError
 from hpcrnn.run.checkpoints import MARKER
@@ -113,13 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "model config, provenance).",
     )
     parser.add_argument("-o", "--output", metavar="FILE", required=True, help="the model file to write")
-    parser.add_argument(
-        "--checkpoint",
-        metavar="STEP|best|last",
-        default=None,
-        help="a step, a checkpoint folder, 'last' (the newest complete checkpoint, the default) or 'best' "
-        "(the lowest validation loss)",
-    )
+    add_checkpoint_option(parser)
     return run_cli(parser, lambda cfg, args: run_export(cfg, args.output, args.checkpoint), argv)
 
 

@@ -152,6 +152,7 @@ def split_documents(corpus, split: str) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
-def document_token_id(corpus) -> int:
-    """The token that ends (and so precedes) every document: ``<eor>``, or ``<eos>`` for whitespace text."""
+def document_token_id(corpus) -> int | None:
+    """The token that ends (and so precedes) every document: ``<eor>``, or ``<eos>`` for whitespace text;
+    None when the vocabulary has neither. The one rule, for training, evaluation and generation."""
     return corpus.eor_id if corpus.eor_id is not None else corpus.eos_id

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpcrnn.cli import make_parser, run_cli
+from hpcrnn.cli import add_checkpoint_option, make_parser, run_cli
 from hpcrnn.data.corpus import open_corpus
 from hpcrnn.evaluate.metrics import PROTOCOLS, evaluate_split, mode_protocol, score_file
 from hpcrnn.model.restore import open_checked
@@ -86,13 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "hpcrnn.evaluate",
         "Perplexity, top-1/top-5 accuracy and <unk> rate of a checkpoint on its run's splits or on text files.",
     )
-    parser.add_argument(
-        "--checkpoint",
-        metavar="STEP|best|last",
-        default=None,
-        help="a step, a checkpoint folder, 'last' (the newest complete checkpoint, the default) or 'best' "
-        "(the lowest validation loss)",
-    )
+    add_checkpoint_option(parser)
     parser.add_argument(
         "--text",
         metavar="FILE",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcrnn.data.corpus import open_corpus
+from hpcrnn.data.sequences import document_token_id
 from hpcrnn.errors import InputError
 from hpcrnn.text.detokenize import detokenize
 
@@ -46,7 +47,7 @@ class CorpusView:
         if len(ends) and eor is not None:
             closing = tokens[np.maximum(nxt - 1, 0)] == eor
             ends[closing & (nxt > starts)] -= 1
-        boundary = eor if eor is not None else (c.eos_id if c.eos_id is not None else c.unk_id)
+        boundary = _boundary(c)
         return cls(
             path,
             list(c.vocab),
@@ -68,7 +69,7 @@ class CorpusView:
         """A view with the vocabulary of a model file (``hpcrnn.model.file.Vocabulary``) and no text: prompts
         and decoding work, the figures that compare with real recipes and ``random`` prompts do not."""
         eor = v.eor_id
-        boundary = eor if eor is not None else (v.eos_id if v.eos_id is not None else v.unk_id)
+        boundary = _boundary(v)
         none = np.zeros(0, dtype=np.int64)
         return cls(
             Path(v.path),
@@ -131,3 +132,10 @@ class CorpusView:
             return None
         hi_all = np.append(self.starts[1:], len(self.tokens))
         return int(self.starts[d[0]]), int(hi_all[d[-1]])
+
+
+def _boundary(vocab) -> int:
+    """What precedes a document in the stream (the one rule, data.sequences.document_token_id); a vocabulary
+    with neither <eor> nor <eos> feeds <unk> there, so generation still has a first token."""
+    b = document_token_id(vocab)
+    return int(vocab.unk_id if b is None else b)
