@@ -1,4 +1,5 @@
-"""`python -m hpcrnn.sweep CONFIG key=v1,v2 [key=...] [--cluster auto|slurm|local|debug]` (hpcrnn/cluster/sweep.py)."""
+"""`python -m hpcrnn.sweep CONFIG key=v1,v2|key=range(a,b) [key=...] [--random N [--seed S]]
+[--cluster auto|slurm|local|debug]` (hpcrnn/cluster/sweep.py)."""
 
 import sys
 

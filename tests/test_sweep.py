@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,9 +17,15 @@ import torch
 import yaml
 
 from hpcrnn.cluster import launch as L
+from hpcrnn.cluster import status as status_cmd
 from hpcrnn.cluster import sweep as S
+from hpcrnn.cluster import sweep_dir as SD
 from hpcrnn.cluster.records import read_jobs
+from hpcrnn.cluster.run_status import collect_status
+from hpcrnn.cluster.status import format_status
+from hpcrnn.config import save_resolved
 from hpcrnn.errors import ConfigError
+from hpcrnn.run.provenance import git_commit
 from tests.helpers import run_module, tiny_config
 
 torch.set_num_threads(1)
@@ -53,8 +61,9 @@ def test_product_in_order_named_after_values(tmp_path, tiny_corpus):
     ]
     r = sw.runs[4]
     assert (r.cfg.model.cell, r.cfg.train.lr, r.cfg.train.max_steps) == ("gru", 0.001, 7)  # 1e-3 as a number
-    assert r.cfg.run_dir == Path(tmp_path / "scratch" / "tiny-cell_gru-lr_1e-3")
     assert sw.dir == tmp_path / "scratch" / "tiny-sweep"
+    assert r.cfg.run_dir == sw.dir / "tiny-cell_gru-lr_1e-3"  # the runs live in the sweep directory
+    assert r.made_by == ["model.cell=gru", "train.lr=1e-3", "train.max_steps=7"]  # in the order given
     assert sw.plain == ["train.max_steps=7"] and list(sw.keys) == ["model.cell", "train.lr"]
     # a plain run.name override names the sweep and its runs
     sw2 = S.expand(cfg, ["run.name=exp2", "model.hidden=8,16"])
@@ -80,16 +89,16 @@ def test_labels_are_the_shortest_tails_that_tell_keys_apart():
     }
 
 
-def test_hostile_values_give_safe_distinct_names_inside_scratch(tmp_path, tiny_corpus):
+def test_hostile_values_give_safe_distinct_names_inside_the_sweep_dir(tmp_path, tiny_corpus):
     cfg = tiny_config(tmp_path, tiny_corpus)
     hostile = ["../../etc", "a/b", "a_b", "x;rm -rf ~", "$(id)", "..", "'...'", "ü", "'.'", "a" * 300, "'a b'"]
     sw = S.expand(cfg, ["generate.prompt=" + ",".join(hostile)])
     names = [r.name for r in sw.runs]
     assert len(set(names)) == len(hostile)
-    scratch = (tmp_path / "scratch").resolve()
+    home = sw.dir.resolve()
     for r in sw.runs:
         assert SAFE_NAME.fullmatch(r.name) and len(r.name) <= 200, r.name
-        assert r.cfg.run_dir.resolve().parent == scratch
+        assert r.cfg.run_dir.resolve().parent == home
     assert names[2] == "tiny-prompt_a_b"  # a clean value stays as it is
     assert names[1] != names[2] and names[1].startswith("tiny-prompt_a_b_")  # "a/b": safe part + hash
     assert sw.runs[0].cfg.generate.prompt == "../../etc"  # the value itself is the run's, unchanged
@@ -337,6 +346,11 @@ def test_local_sweep_runs_both_and_a_relaunch_runs_nothing(local_sweep):
         assert len(list(out.glob("recipe-*.txt"))) == 4 and (out / "summary.json").is_file()
         assert read_jobs(r.cfg.run_dir)["launches"][0]["cluster"] == "local"
     assert [p.name for p in sw.dir.glob("corpus-*.h5")] == [sw.runs[0].cfg.h5_path.name]
+    for r in sw.runs:  # each run in the sweep directory, with the overrides that made it
+        assert r.cfg.run_dir.parent == sw.dir
+        assert yaml.safe_load((r.cfg.run_dir / "overrides.yaml").read_text()) == [
+            f"model.hidden={r.values['model.hidden']}"
+        ]
     pre = [read_jobs(r.cfg.run_dir)["launches"][0]["stages"]["preprocess"]["action"] for r in sw.runs]
     assert pre == ["ran", "skipped"]  # one preprocess for the shared corpus
     assert again.returncode == 0, again.stderr
@@ -355,36 +369,32 @@ def test_status_of_a_sweep_is_one_table(local_sweep):
     r = run_module("hpcrnn.status", str(sw.dir))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[1].split() == [
-        "run",
-        "model.hidden",
-        "state",
-        "step",
-        "best_val_ppl",
-        "test_ppl",
-        "test_acc",
-        "coherence",
-    ]
-    assert [ln.split()[:4] for ln in lines[2:]] == [
+    assert lines[1].split() == ["run", "model.hidden", *S.FIXED_COLUMNS]
+    assert [ln.split()[:4] for ln in lines[2:-1]] == [
         ["tiny-hidden_8", "8", "done", "12"],
         ["tiny-hidden_16", "16", "done", "12"],
     ]
+    assert lines[-1] == S.LEGEND and all(re.search(r" \d+\.\d%", ln) for ln in lines[2:-1])  # accuracy in %
 
-    table = json.loads(run_module("hpcrnn.status", str(sw.dir), "--json", "--sort", "hidden", "--desc").stdout)
+    # options before the directory as after it
+    table = json.loads(run_module("hpcrnn.status", "--json", "--sort", "hidden", "--desc", str(sw.dir)).stdout)
     assert [row["run"] for row in table["runs"]] == ["tiny-hidden_16", "tiny-hidden_8"]  # 16 > 8: numeric
     for row in table["runs"]:
         assert row["state"] == "done" and row["step"] == 12
-        assert row["best_val_ppl"] > 1 and row["test_ppl"] > 1 and 0 <= row["test_acc"] <= 1
+        assert row["val_ppl"] > 1 and row["test_ppl"] > 1 and 0 <= row["test_acc_pct"] <= 100
         summary = json.loads((Path(row["run_dir"]) / "generated" / "default" / "summary.json").read_text())
         assert row["coherence"] == summary["generated"]["coherence_mean"]  # None where no recipe names an ingredient
-        metrics = [json.loads(x) for x in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-        vals = [m["ppl"] for m in metrics if m.get("split") == "val" and m.get("protocol") == "windows"]
-        assert row["best_val_ppl"] == min(vals)
+        # the validation perplexity is the run's status' own figure, with its protocol
+        own = json.loads(run_module("hpcrnn.status", row["run_dir"], "--json").stdout)["val_ppl"]
+        assert (row["val_ppl"], row["protocol"]) == (own["ppl"], own["protocol"])
+        text = run_module("hpcrnn.status", row["run_dir"]).stdout
+        assert f"validation perplexity: {row['val_ppl']:.2f}" in text and f"{row['val_ppl']:.2f}" in r.stdout
     rows = list(
         csv.DictReader(io.StringIO(run_module("hpcrnn.status", str(sw.dir), "--csv", "--sort", "test_ppl").stdout))
     )
     assert [float(x["test_ppl"]) for x in rows] == sorted(float(x["test_ppl"]) for x in rows)
     assert rows[0]["model.hidden"] in ("8", "16") and set(rows[0]) == set(table["columns"])
+    assert float(rows[0]["test_acc_pct"]) > 1  # a percentage in CSV too (raw number, the unit in the name)
     bad = run_module("hpcrnn.status", str(sw.dir), "--sort", "nope")
     assert bad.returncode == 2 and "--sort: no column 'nope'; columns: run, model.hidden, state" in bad.stderr
     # the per-run status is unchanged
@@ -435,3 +445,187 @@ def test_a_sweep_directory_belongs_to_one_config(tmp_path, tiny_corpus):
     table = S.sweep_status(tmp_path / "scratch" / "tiny-sweep")
     assert [r["run"] for r in table["runs"]] == ["tiny-hidden_8", "tiny-hidden_16", "tiny-hidden_32"]
     assert table["keys"] == {"model.hidden": ["8", "16", "32"]}
+
+
+# ------------------------------------------------------------------------------------------ layout, provenance
+
+
+def _tree(d: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(d)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(d.rglob("*"))}
+
+
+@pytest.fixture
+def prepped(tmp_path, tiny_corpus):
+    """A 2-run sweep launched here for its preprocess only (fast): both runs set up, one corpus built."""
+    cfg = tiny_config(tmp_path, tiny_corpus, train={"max_steps": 2})
+    sw = S.expand(cfg, ["train.max_steps=3", "model.hidden=8,16", "train.lr=0.01"])
+    assert S.launch_sweep(sw, "debug", ["preprocess"], out=quiet).exit_code == 0
+    return sw
+
+
+def test_runs_live_in_the_sweep_dir_with_their_overrides_and_commit(prepped):
+    sw = prepped
+    listed = {r["name"]: r["run_dir"] for r in S.read_sweep_file(sw.dir)["runs"]}
+    assert listed == {r.name: str(sw.dir / r.name) for r in sw.runs}  # sweep.yaml names the new places
+    assert sorted(p.name for p in (sw.dir.parent).iterdir()) == ["tiny-sweep"]  # nothing else at scratch/'s top
+    for r in sw.runs:
+        d = sw.dir / r.name
+        assert (d / "config.yaml").is_file()
+        # Hydra's overrides.yaml: plain and swept, in the order given, as strings
+        want = ["train.max_steps=3", f"model.hidden={r.values['model.hidden']}", "train.lr=0.01"]
+        assert yaml.safe_load((d / "overrides.yaml").read_text()) == want
+        prov = json.loads((d / "provenance.json").read_text())
+        assert prov["git"] == git_commit() and prov["launches"][-1]["overrides"] == want
+        if prov["git"] is not None:  # this checkout is a git repository: the commit of the code that ran
+            assert re.fullmatch(r"[0-9a-f]{40}", prov["git"]["commit"]) and isinstance(prov["git"]["dirty"], bool)
+        # everything that works on a run works on it: its status, loading its config
+        one = status_cmd.main([str(d), "--json"])
+        assert one == 0
+    # launched again: the same places, nothing lost from provenance
+    again = S.expand(sw.config, ["train.max_steps=3", "model.hidden=8,16", "train.lr=0.01"])
+    assert [r.cfg.run_dir for r in again.runs] == [r.cfg.run_dir for r in sw.runs]
+    S.launch_sweep(again, "debug", ["preprocess"], out=quiet)
+    assert len(json.loads((sw.runs[0].cfg.run_dir / "provenance.json").read_text())["launches"]) == 2
+
+
+def test_a_sweep_launched_before_runs_moved_continues_where_its_runs_are(tmp_path, tiny_corpus):
+    cfg = tiny_config(tmp_path, tiny_corpus)
+    sw = S.expand(cfg, ["model.hidden=8,16"])
+    old = sw.runs[0].cfg
+    old.paths.scratch = str(sw.dir.parent)  # the earlier layout: <paths.scratch>/<run>/
+    save_resolved(old)
+    S.write_sweep_file(sw)
+    again = S.expand(cfg, ["model.hidden=8,16"])
+    assert again.runs[0].cfg.run_dir == sw.dir.parent / sw.runs[0].name
+    assert again.runs[1].cfg.run_dir == sw.dir / sw.runs[1].name
+
+
+def test_a_run_name_may_not_be_one_of_the_sweeps_files(tmp_path):
+    for name in ("sweep.yaml", "corpus-0123456789ab.h5", "corpus-0123456789ab.h5.runs", "curves.png"):
+        with pytest.raises(ConfigError, match=rf"run name '{re.escape(name)}' is the name of the sweep's own file"):
+            SD._check_free(name, tmp_path)
+    SD._check_free("corpus-hidden_8", tmp_path)  # a run of a sweep named corpus is fine
+
+
+def test_a_plain_launch_writes_overrides_and_a_relaunch_keeps_them(tmp_path, tiny_corpus):
+    cfg = tiny_config(tmp_path, tiny_corpus)
+    args = ["--cluster", "debug", "--stages", "preprocess"]
+    assert L.main([str(cfg), "train.max_steps=3", "--model.hidden=8", *args]) == 0
+    run_dir = tmp_path / "scratch" / "tiny"
+    assert yaml.safe_load((run_dir / "overrides.yaml").read_text()) == ["train.max_steps=3", "model.hidden=8"]
+    # launched again from its directory: the new overrides apply on top of the old, so they are appended
+    assert L.main([str(run_dir), "train.lr=0.5", *args]) == 0
+    assert yaml.safe_load((run_dir / "overrides.yaml").read_text()) == [
+        "train.max_steps=3",
+        "model.hidden=8",
+        "train.lr=0.5",
+    ]
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert [x["overrides"] for x in prov["launches"]] == [["train.max_steps=3", "model.hidden=8"], ["train.lr=0.5"]]
+    # from the config file again: that launch's overrides are the whole story
+    assert L.main([str(cfg), "train.max_steps=3", *args]) == 0
+    assert yaml.safe_load((run_dir / "overrides.yaml").read_text()) == ["train.max_steps=3"]
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True
+    )
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_commit_of_a_checkout_clean_dirty_or_none(tmp_path, monkeypatch):
+    pkg = tmp_path / "repo" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("x = 1\n")
+    assert git_commit(pkg) is None  # not a git checkout
+    _git(pkg.parent, "init", "-q")
+    assert git_commit(pkg) is None  # a checkout, but the package is not part of it (no commit yet)
+    _git(pkg.parent, "add", ".")
+    _git(pkg.parent, "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pkg, capture_output=True, text=True).stdout.strip()
+    assert git_commit(pkg) == {"commit": head, "dirty": False}
+    (pkg / "other.txt").write_text("untracked\n")
+    assert git_commit(pkg) == {"commit": head, "dirty": False}  # untracked files do not count
+    (pkg / "__init__.py").write_text("x = 2\n")
+    assert git_commit(pkg) == {"commit": head, "dirty": True}
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))  # the caller's GIT_DIR is not the package's
+    assert git_commit(pkg) == {"commit": head, "dirty": True}
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # git missing: null, never an error
+    assert git_commit(pkg) is None
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+
+def test_status_sorts_with_the_option_before_or_after_the_directory(tmp_path, capsys):
+    d = tmp_path / "x-sweep"
+    d.mkdir()
+    runs = [
+        {"name": f"x-hidden_{h}", "values": {"model.hidden": str(h)}, "run_dir": str(d / f"x-hidden_{h}")}
+        for h in (16, 8, 32)
+    ]
+    (d / "sweep.yaml").write_text(
+        yaml.safe_dump({"config": "x.yaml", "keys": {"model.hidden": ["16", "8", "32"]}, "runs": runs})
+    )
+    orders = []
+    for argv in (
+        ["--sort", "hidden", "--json", str(d)],
+        [str(d), "--sort", "hidden", "--json"],
+        ["--json", str(d), "--sort=hidden"],
+    ):
+        assert status_cmd.main(argv) == 0
+        orders.append([r["run"] for r in json.loads(capsys.readouterr().out)["runs"]])
+    assert orders == [["x-hidden_8", "x-hidden_16", "x-hidden_32"]] * 3
+    assert status_cmd.main(["--desc", "--sort", "hidden", "--json", str(d)]) == 0
+    assert [r["run"] for r in json.loads(capsys.readouterr().out)["runs"]] == [
+        "x-hidden_32",
+        "x-hidden_16",
+        "x-hidden_8",
+    ]
+
+
+def test_print_config_prints_each_runs_config_and_touches_nothing(prepped, capsys):
+    sw = prepped
+    entries = S.read_sweep_file(sw.dir)
+    entries["runs"].append(
+        {"name": "tiny-hidden_99", "values": {"model.hidden": "99"}, "run_dir": str(sw.dir / "tiny-hidden_99")}
+    )
+    (sw.dir / "sweep.yaml").write_text(yaml.safe_dump(entries))
+    before = _tree(sw.dir)
+    assert status_cmd.main([str(sw.dir), "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert [(d["run"]["name"], d["model"]["hidden"]) for d in docs] == [("tiny-hidden_8", 8), ("tiny-hidden_16", 16)]
+    heads = [ln for ln in out.splitlines() if ln.startswith("# run ")]
+    assert heads == [f"# run {r.name}: {r.cfg.run_dir}" for r in sw.runs] and out.count("---\n") == 2
+    assert "tiny-hidden_99: not launched yet" in err
+    assert _tree(sw.dir) == before  # nothing written
+
+
+def test_table_shows_the_figures_the_runs_status_shows(prepped):
+    """Hand-written metrics: periodic validation in the run's own protocol, then the final val and test in
+    it and in the standard one. The table's val_ppl and protocol are collect_status' figure, the test
+    figures in that protocol, accuracy as a percentage, and empty cells explained."""
+    sw = prepped
+    run = sw.runs[0].cfg
+    recs = [
+        {"split": "val", "step": 2, "ppl": 50.0, "acc": 0.30, "protocol": "windows"},
+        {"split": "val", "step": 3, "ppl": 40.0, "acc": 0.40, "protocol": "windows", "final": True},
+        {"split": "val", "step": 3, "ppl": 45.0, "acc": 0.41, "protocol": "standard", "final": True},
+        {"split": "test", "step": 3, "ppl": 42.0, "acc": 0.4612, "protocol": "windows", "final": True},
+        {"split": "test", "step": 3, "ppl": 47.0, "acc": 0.4501, "protocol": "standard", "final": True},
+    ]
+    run.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    own = collect_status(run)["val_ppl"]
+    table = S.sweep_status(sw.dir)
+    row = next(r for r in table["runs"] if r["run"] == run.run.name)
+    test = [r for r in recs if r["split"] == "test" and r["protocol"] == own["protocol"]][-1]
+    assert (row["val_ppl"], row["protocol"]) == (own["ppl"], own["protocol"])
+    assert (row["test_ppl"], row["test_acc_pct"]) == (test["ppl"], pytest.approx(100 * test["acc"]))
+    text = S.format_table(table)
+    assert f"{own['ppl']:.2f}" in text and f"{100 * test['acc']:.1f}%" in text and "0.46" not in text
+    assert f"validation perplexity: {own['ppl']:.2f}" in format_status(collect_status(run))
+    other = text.splitlines()[[r["run"] for r in table["runs"]].index(sw.runs[1].name) + 2]
+    assert other.split()[-5:] == ["-"] * 5  # not trained: no figures, each '-' ...
+    assert text.splitlines()[-1] == S.LEGEND and "not generated" in S.LEGEND  # ... and the legend says why

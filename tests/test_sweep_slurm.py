@@ -1,10 +1,11 @@
 """A 2-value sweep on the real Slurm cluster (started by .ci/run with .ci/slurm-cluster).
 
 Skipped where no cluster answers, except under CI, where that is a failure (tests/test_slurm.py's fixture).
-Checked: one shared preprocess job; train and generate each ONE job array (tasks ``<id>_0``, ``<id>_1``);
-generate submitted with ``aftercorr`` and task i starting only after train task i; an array task preempted
-with USR2 requeues alone and resumes from its checkpoint, its generate task waiting for it; both runs end
-with recipes; the sweep's status table; a relaunch submits nothing.
+Checked: the runs in the sweep directory with their overrides.yaml; one shared preprocess job; train and
+generate each ONE job array (tasks ``<id>_0``, ``<id>_1``); generate submitted with ``aftercorr`` and task i
+starting only after train task i; an array task preempted with USR2 requeues alone and resumes from its
+checkpoint, its generate task waiting for it; both runs end with recipes; the sweep's status table; a
+relaunch submits nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def test_two_value_sweep_runs_as_one_array_per_stage(slurm, tmp_path, tiny_corpu
     sw = expand(cfg_path, ["model.hidden=16,24"])
     r = run_module("hpcrnn.sweep", *args, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+    for x in sw.runs:  # each run in the sweep directory, with the overrides that made it
+        assert x.cfg.run_dir.parent == sw.dir and (x.cfg.run_dir / "provenance.json").is_file()
+        assert (x.cfg.run_dir / "overrides.yaml").read_text().split() == [
+            "-",
+            f"model.hidden={x.values['model.hidden']}",
+        ]
     rec = {x.name: read_jobs(x.cfg.run_dir)["launches"][-1]["stages"] for x in sw.runs}
     a, b = (rec[x.name] for x in sw.runs)
     pre = a["preprocess"]["job_id"]

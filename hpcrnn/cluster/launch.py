@@ -39,6 +39,7 @@ from hpcrnn.cluster.submitit_internals import preemption_signal_name
 from hpcrnn.config import Config, save_resolved
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, LockedError
 from hpcrnn.run.lock import LAUNCH_LOCK_NAME, RunLock
+from hpcrnn.run.provenance import record_launch
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
 
@@ -155,17 +156,22 @@ def _skipped(plans: list[StagePlan]) -> dict[str, dict]:
 
 
 def launch(
-    cfg: Config, cluster: str = "auto", stages: list[str] | None = None, out: Callable[[str], None] = print
+    cfg: Config,
+    cluster: str = "auto",
+    stages: list[str] | None = None,
+    out: Callable[[str], None] = print,
+    overrides: list[str] | None = None,
 ) -> LaunchResult:
     """Check, plan and run (local, debug) or submit (slurm) the pipeline of ``cfg``. One launch of a run at
     a time: a second one, from any node, is refused while the first plans, submits and records its jobs
-    (or, here, runs them), so two launches never submit two pipelines."""
+    (or, here, runs them), so two launches never submit two pipelines. ``overrides`` (the command line's)
+    go to the run's overrides.yaml, with the git commit in provenance.json (hpcrnn/run/provenance.py)."""
     cluster = resolve_cluster(cluster)
     stages = list(stages or STAGES)
     made = _missing_folders(cfg.run_dir)
     try:
         with launch_lock(cfg):
-            return _launch_locked(cfg, cluster, stages, out)
+            return _launch_locked(cfg, cluster, stages, out, overrides)
     except HpcrnnError:
         # a refused first launch leaves nothing behind: not the folder for its lock, nor an empty scratch/
         for folder in made:
@@ -199,9 +205,12 @@ def check_and_plan(cfg: Config, cluster: str, stages: list[str]) -> list[StagePl
     return plan_stages(cfg, stages)
 
 
-def _launch_locked(cfg: Config, cluster: str, stages: list[str], out: Callable[[str], None]) -> LaunchResult:
+def _launch_locked(
+    cfg: Config, cluster: str, stages: list[str], out: Callable[[str], None], overrides: list[str] | None
+) -> LaunchResult:
     plans = check_and_plan(cfg, cluster, stages)
     save_resolved(cfg)  # only now: a refused launch leaves the run's config.yaml as it was
+    record_launch(cfg, overrides)  # overrides.yaml and the code's git commit (provenance.json), as Hydra
     res = LaunchResult(cluster, cfg.run_dir, plans)
     out(f"run {cfg.run.name}: {cfg.run_dir}")
     for p in plans:
@@ -423,6 +432,6 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def fn(cfg: Config, args) -> LaunchResult:
-        return launch(cfg, args.cluster, parse_stages(args.stages))
+        return launch(cfg, args.cluster, parse_stages(args.stages), overrides=args.overrides)
 
     return run_cli(parser, fn, argv)

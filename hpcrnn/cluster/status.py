@@ -24,6 +24,7 @@ from hpcrnn.cluster import sweep_table
 from hpcrnn.cluster.run_status import checkpoint_listing, collect_status, run_metrics
 from hpcrnn.config import Config
 from hpcrnn.fsutil import records_csv
+from hpcrnn.run.figures import figures_line, validation_line
 
 # collect_status lives in run_status.py (the sweep's table reads it too); it is imported from here as well
 __all__ = ["collect_status", "format_checkpoints", "format_status", "main"]
@@ -55,13 +56,9 @@ def format_status(s: dict) -> str:
         lines.append(f"  newest checkpoint: step {c['step']}{of}{final}  {c['path']}")
     else:
         lines.append("  newest checkpoint: none")
-    v = s["val_ppl"]
-    lines.append(
-        f"  validation perplexity: {v['ppl']:.2f} at step {v['step']}"
-        + (f" ({v['protocol']} protocol)" if v.get("protocol") else "")
-        if v
-        else "  validation perplexity: not measured yet"
-    )
+    lines.append(f"  validation perplexity: {validation_line(s['val_ppl'])}")
+    if s.get("final"):
+        lines.append(f"  final figures: {figures_line(s['final'], s.get('protocol') or 'standard')}")
     lines.append(f"  recipes generated: {s['recipes']} of {s['recipes_wanted']}  {s['generated_dir']}")
     logs = [(st, e) for st, e in s["stages"].items() if e.get("stdout")]
     if logs:

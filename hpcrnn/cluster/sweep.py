@@ -1,16 +1,23 @@
-"""Sweeps: the product of listed values as runs, one shared preprocess per data section, each stage one job array.
+"""Sweeps: the product of listed values (or N random draws) as runs in the sweep's directory, one shared
+preprocess per data section, each stage one job array.
 
 ``python -m hpcrnn.sweep CONFIG model.hidden=64,128 train.lr=0.001,0.003 [k=v ...] [--cluster ...]``
+``python -m hpcrnn.sweep CONFIG --random N [--seed S] train.lr='loguniform(1e-4,1e-2)' model.hidden='choice(64,128)'``
 
 - **Expansion** (hpcrnn/cluster/sweep_dir.py): every ``key=v1,v2,...`` (comma-separated YAML scalars;
-  commas inside ``[...]``, ``{...}`` or quotes do not split) is swept, the runs being the product of the lists
-  in the order given; ``key=v`` with one value is a plain override of every run. Each run is an ordinary run
-  named ``<run.name>-<label>_<value>[-...]`` (the label: the shortest dotted tail of the key that tells the
-  swept keys apart, e.g. ``hidden``), in ``<paths.scratch>/<name>/`` as a launch would make it, so everything
-  that works on a run (status, evaluate, export, load, relaunch) works on it.
-- **The sweep directory** ``<paths.scratch>/<run.name>-sweep/`` (sweep_dir.py) holds ``sweep.yaml`` (config, plain
-  overrides, swept keys and values, runs) and the shared corpora ``corpus-<hash>.h5``: runs whose resolved
-  ``data`` section is equal get the same ``data.h5_path`` and one preprocess between them.
+  commas inside ``[...]``, ``{...}`` or quotes do not split), ``key=range(start,stop[,step])`` (Hydra's: stop
+  excluded) or ``key=choice(v1,...)`` is swept, the runs being the product of the lists in the order given;
+  ``key=v`` with one value is a plain override of every run. ``--random N`` draws N distinct runs instead,
+  each key independently (``uniform(a,b)``, ``loguniform(a,b)``; a list as a choice), seeded (``--seed``,
+  default 0): the same command gives the same runs, a larger N the same first ones. Each run is an ordinary
+  run named ``<run.name>-<label>_<value>[-...]`` (the label: the shortest dotted tail of the key that tells
+  the swept keys apart, e.g. ``hidden``), in ``<sweep dir>/<name>/`` (its ``paths.scratch`` is the sweep
+  directory), so everything that works on a run (status, evaluate, export, load, relaunch) works on it.
+- **The sweep directory** ``<paths.scratch>/<run.name>-sweep/`` (sweep_dir.py) holds the runs, ``sweep.yaml``
+  (config, plain overrides, swept keys, values and specs, runs and their run_dir) and the shared corpora
+  ``corpus-<hash>.h5``: runs whose resolved ``data`` section is equal get the same ``data.h5_path`` and one
+  preprocess between them. Each run's ``overrides.yaml`` and ``provenance.json`` (hpcrnn/run/provenance.py)
+  record the overrides that made it, in the order given, and the git commit of the code that ran.
 - **Launch** goes through the launcher's own code (hpcrnn/cluster/launch.py): locally (``local``, ``debug``)
   ``launch()`` of each run, one after another; on Slurm every run's launch lock is taken, each run is checked
   and planned by the launcher's ``check_and_plan``, and each stage is submitted as **one job array** over the
@@ -22,7 +29,8 @@
   as they read a launch's. Runs whose resources for a stage differ (``slurm.*`` swept) get one array per
   distinct set; a run with ``generate.shards > 1`` gets its own generate array after its train task.
 - **Status** (hpcrnn/cluster/sweep_table.py): ``python -m hpcrnn.status <sweep dir> [--sort COLUMN] [--desc]
-  [--json|--csv]`` prints one table from each run's ``collect_status`` and files.
+  [--json|--csv|--print-config]`` (options before or after the directory) prints one table from each run's
+  ``collect_status`` and files.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ from hpcrnn.cluster.sweep_dir import (
 )
 from hpcrnn.cluster.sweep_table import (
     FIXED_COLUMNS,
+    LEGEND,
     format_csv,
     format_table,
     is_sweep_dir,
@@ -75,10 +84,12 @@ from hpcrnn.cluster.sweep_table import (
 from hpcrnn.config import Config, RunConfig, save_resolved
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError
 from hpcrnn.run.lock import RunLock
+from hpcrnn.run.provenance import record_launch
 
 # the expansion (sweep_dir.py) and the table (sweep_table.py) are imported from here as well
 __all__ = [
     "FIXED_COLUMNS",
+    "LEGEND",
     "SWEEP_FILE",
     "SWEEP_LOCK_NAME",
     "SWEEP_SUFFIX",
@@ -164,7 +175,7 @@ def _launch_here(sw: Sweep, cluster: str, stages: list[str], out: Callable) -> S
     for r in sw.runs:
         out(f"=== {r.name}")
         try:
-            res.ran[r.name] = L.launch(r.cfg, cluster, stages, out)
+            res.ran[r.name] = L.launch(r.cfg, cluster, stages, out, overrides=r.made_by)
         except HpcrnnError as e:
             res.failed[r.name] = e
             _log(f"hpcrnn.sweep: run {r.name} failed: {e}")
@@ -198,6 +209,7 @@ def _launch_slurm(sw: Sweep, stages: list[str], out: Callable) -> SweepResult:
         write_sweep_file(sw)
         for r in sw.runs:
             save_resolved(r.cfg)
+            record_launch(r.cfg, r.made_by)
         _header(sw, out)
         records = {r.name: L._skipped(res.plans[r.name]) for r in sw.runs}
         finished = False
@@ -405,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m hpcrnn.sweep CONFIG key=v1,v2 [key=...] [--cluster auto|slurm|local|debug] [--stages ...]``"""
     parser = make_parser(
         "hpcrnn.sweep",
-        "Launch the product of listed values (key=v1,v2,...) as runs named after their values: one shared "
-        "preprocess per distinct data section; on Slurm each stage one job array (generate task i after train "
-        "task i), here one run after another. Launching it again continues what is unfinished.",
+        "Launch the product of listed values (key=v1,v2,... or key=range(start,stop[,step]), stop excluded) "
+        "or N random draws (--random N) as runs named after their values, in <paths.scratch>/<run.name>-sweep/: "
+        "one shared preprocess per distinct data section; on Slurm each stage one job array (generate task i "
+        "after train task i), here one run after another. Launching it again continues what is unfinished.",
     )
     parser.add_argument(
         "--cluster",
@@ -419,13 +432,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages", default="all", metavar="LIST", help="comma-separated subset of preprocess,train,generate"
     )
+    parser.add_argument(
+        "--random",
+        type=int,
+        metavar="N",
+        help="random search: N runs, each swept key drawn independently: key='uniform(a,b)', "
+        "key='loguniform(a,b)' (uniform in log space), key='choice(v1,v2)'; a list or range() is drawn from "
+        "as a choice; the same command (and --seed) gives the same runs",
+    )
+    parser.add_argument("--seed", type=int, help="the seed of --random's draws (default 0)")
     args = parse_cli(parser, argv)
 
     def body() -> int:
-        sw = expand(args.config, args.overrides)
+        if args.random is None and args.seed is not None:
+            raise ConfigError("--seed: seeds the draws of --random; give --random N too")
+        sw = expand(args.config, args.overrides, args.random, args.seed or 0)
         if args.print_config:
             for r in sw.runs:
-                sys.stdout.write(f"# run {r.name}: {' '.join(r.overrides)}\n{r.cfg.to_yaml()}---\n")
+                sys.stdout.write(f"# run {r.name}: {' '.join(r.made_by)}\n{r.cfg.to_yaml()}---\n")
             return EXIT_OK
         return launch_sweep(sw, args.cluster, parse_stages(args.stages)).exit_code
 

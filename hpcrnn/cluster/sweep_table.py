@@ -20,23 +20,36 @@ from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError
 from hpcrnn.fsutil import read_jsonl
 from hpcrnn.run.generated import SUMMARY, output_dir, read_json
 
-FIXED_COLUMNS = ("state", "step", "best_val_ppl", "test_ppl", "test_acc", "coherence")
-
-
-def _own_protocol(metrics: list[dict]) -> str | None:
-    """The protocol of the run's periodic validations (its own), else of its final one."""
-    periodic = [r.get("protocol") for r in metrics if r.get("split") == "val" and not r.get("final")]
-    final = [r.get("protocol") for r in metrics if r.get("split") == "val"]
-    return (periodic or final or [None])[-1]
+FIXED_COLUMNS = ("state", "step", "val_ppl", "protocol", "test_ppl", "test_acc_pct", "coherence")
+_NUMERIC = ("step", "val_ppl", "test_ppl", "test_acc_pct", "coherence")  # right-aligned in the text table
+# why a cell is empty, the text table's last line (JSON and CSV leave it null or empty)
+LEGEND = (
+    "-: no value yet (val_ppl: not validated yet; test_ppl, test_acc_pct: no final test evaluation yet; "
+    "coherence: not generated, or no recipe names an ingredient; step: not trained yet)"
+)
 
 
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
+def _figures(s: dict, metrics: list[dict]) -> dict[str, Any]:
+    """val_ppl and its protocol exactly as the run's own status shows them (``collect_status``'s figure),
+    and the final test evaluation in that same protocol (status' ``final``), accuracy as a percentage."""
+    val = s.get("val_ppl") or {}
+    protocol = val.get("protocol") or s.get("protocol")
+    out: dict[str, Any] = {"val_ppl": _num(val.get("ppl")), "protocol": protocol}
+    test = (s.get("final") or {}).get("test")  # the final figures in the run's own protocol
+    if test:
+        acc = _num(test.get("acc"))
+        out["test_ppl"], out["test_acc_pct"] = _num(test.get("ppl")), None if acc is None else 100 * acc
+    return out
+
+
 def run_row(entry: dict, keys: list[str]) -> dict[str, Any]:
-    """One run's row: its swept values and, from its directory, state, step, best validation perplexity,
-    final test perplexity and accuracy (the run's own protocol) and its recipes' mean coherence."""
+    """One run's row: its swept values and, from its directory, state, step, the validation perplexity its
+    status shows (and that figure's protocol), the final test perplexity and accuracy (%) in that protocol,
+    and its recipes' mean coherence."""
     row: dict[str, Any] = {"run": entry["name"]}
     values = entry.get("values") or {}
     for k in keys:
@@ -58,13 +71,7 @@ def run_row(entry: dict, keys: list[str]) -> dict[str, Any]:
     steps = [r["step"] for r in metrics if isinstance(r.get("step"), int) and r.get("split")]
     ckpt = (s.get("checkpoint") or {}).get("step")
     row["step"] = max(steps + ([ckpt] if isinstance(ckpt, int) else []), default=None)
-    own = _own_protocol(metrics)
-    val = [_num(r.get("ppl")) for r in metrics if r.get("split") == "val" and r.get("protocol") == own]
-    val = [v for v in val if v is not None]
-    row["best_val_ppl"] = min(val) if val else None
-    tests = [r for r in metrics if r.get("split") == "test" and r.get("final") and r.get("protocol") == own]
-    if tests:
-        row["test_ppl"], row["test_acc"] = _num(tests[-1].get("ppl")), _num(tests[-1].get("acc"))
+    row.update(_figures(s, metrics))
     summary = read_json(output_dir(cfg) / SUMMARY) or {}
     gen = summary.get("generated") if isinstance(summary, dict) else None
     row["coherence"] = _num(gen.get("coherence_mean")) if isinstance(gen, dict) else None
@@ -120,9 +127,11 @@ def sort_rows(table: dict, column: str | None, desc: bool = False) -> None:
 def _cell(col: str, v: Any) -> str:
     if v is None:
         return "-"
-    if col in ("best_val_ppl", "test_ppl"):
-        return f"{v:.2f}"
-    if col in ("test_acc", "coherence"):
+    if col in ("val_ppl", "test_ppl"):
+        return f"{v:.2f}"  # as the run's status prints it
+    if col == "test_acc_pct":
+        return f"{v:.1f}%"
+    if col == "coherence":
         return f"{v:.3f}"
     return str(v)
 
@@ -131,15 +140,30 @@ def format_table(table: dict) -> str:
     cols = table["columns"]
     cells = [cols] + [[_cell(c, r.get(c)) for c in cols] for r in table["runs"]]
     width = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    numeric = {"step", *FIXED_COLUMNS[1:]}
-    lines = [f"sweep {table['sweep_dir']} ({len(table['runs'])} runs of {table['config']})"]
+    lines = [
+        f"sweep {table['sweep_dir']} ({len(table['runs'])} runs of {table['config']}); val_ppl as each run's "
+        f"status shows it, test_ppl and test_acc_pct in that figure's protocol"
+    ]
     for row in cells:
         lines.append(
             "  ".join(
-                c.rjust(w) if cols[i] in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, width))
+                c.rjust(w) if cols[i] in _NUMERIC else c.ljust(w) for i, (c, w) in enumerate(zip(row, width))
             ).rstrip()
         )
+    lines.append(LEGEND)
     return "\n".join(lines)
+
+
+def print_configs(raw: dict) -> None:
+    """Each launched run's resolved config, as ``hpcrnn.plot --print-config`` prints several: YAML documents,
+    each headed by ``# run NAME: PATH`` and ended by ``---``; a run not launched yet is named on stderr.
+    Only the runs' config.yaml files are read (``raw``: the sweep's sweep.yaml)."""
+    for r in raw["runs"]:
+        run_dir = Path(str(r.get("run_dir") or ""))
+        if not (run_dir / RESOLVED_NAME).is_file():
+            print(f"hpcrnn.status: run {r['name']}: not launched yet (no {run_dir / RESOLVED_NAME})", file=sys.stderr)
+            continue
+        sys.stdout.write(f"# run {r['name']}: {run_dir}\n{load_config(run_dir).to_yaml()}---\n")
 
 
 def format_csv(table: dict) -> str:
@@ -177,9 +201,10 @@ RUN_USAGE = "hpcrnn.status CONFIG|RUN_DIR [key=value ...] [options]: where one r
 def _status_parser(add_help: bool = True, epilog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hpcrnn.status",
-        usage="%(prog)s SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv] [--debug]",
-        description="The table of a sweep: each run, its swept values, state, step, best validation perplexity,\n"
-        "test perplexity and accuracy, and its recipes' mean coherence.",
+        usage="%(prog)s SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv | --print-config] [--debug]",
+        description="The table of a sweep: each run, its swept values, state, step, validation perplexity (as\n"
+        "the run's status shows it) and its protocol, test perplexity and accuracy (%) in that protocol, and\n"
+        "its recipes' mean coherence. Options go before or after SWEEP_DIR.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=add_help,
@@ -192,6 +217,11 @@ def _status_parser(add_help: bool = True, epilog: str | None = None) -> argparse
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the table as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
+    fmt.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print each run's resolved config (one YAML document a run, headed by '# run NAME: PATH') and exit",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -205,10 +235,13 @@ def sweep_help() -> str:
 
 
 def status_main(argv: list[str] | None = None) -> int:
-    """``python -m hpcrnn.status SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv]``."""
+    """``python -m hpcrnn.status SWEEP_DIR [--sort COLUMN] [--desc] [--json | --csv | --print-config]``."""
     args = _status_parser(epilog=f"or: {RUN_USAGE}\n\n{EPILOG}").parse_args(argv)
 
     def body() -> int:
+        if args.print_config:  # the runs' config.yaml only: no status, no Slurm
+            print_configs(read_sweep_file(Path(args.sweep_dir).absolute()))
+            return EXIT_OK
         table = sweep_status(Path(args.sweep_dir))
         sort_rows(table, args.sort, args.desc)
         if args.json:
