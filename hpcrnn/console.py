@@ -35,6 +35,7 @@ def usage() -> str:
     lines = [
         "usage: hpcrnn <command> [ARGS ...]     (the same as: python -m hpcrnn.<command> [ARGS ...])",
         "       hpcrnn --version",
+        '       hpcrnn --completion bash|zsh   (shell completion: eval "$(hpcrnn --completion bash)" in ~/.bashrc)',
         "",
         "commands:",
     ]
@@ -46,6 +47,22 @@ def usage() -> str:
 def _error(msg: str) -> int:
     print(f"hpcrnn: error: {msg}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _completion(name: str, rest: list[str]) -> int:
+    from hpcrnn import completion  # noqa: PLC0415 -- only for these two options
+
+    if name == "--completion":
+        if len(rest) != 1 or rest[0] not in ("bash", "zsh"):
+            return _error("--completion takes one shell: bash or zsh")
+        sys.stdout.write(completion.script(rest[0]))
+        return 0
+    # --complete LINE POINT: what the shell function asks; never an error the shell would show
+    line = rest[0] if rest else ""
+    point = int(rest[1]) if len(rest) > 1 and rest[1].isdigit() else None
+    for c in completion.complete(line, point, list(COMMANDS)):
+        print(c)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if name in ("-V", "--version"):
         print(f"hpcrnn {__version__}")
         return 0
+    if name in ("--completion", "--complete"):
+        return _completion(name, rest)
     if name not in COMMANDS:
         hint = difflib.get_close_matches(name, list(COMMANDS), n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from hpcrnn.cli import EPILOG, guarded
-from hpcrnn.config import GenerateConfig, _build, prompt_text
+from hpcrnn.config import GenerateConfig, _build, from_dict, load_config, prompt_text
 from hpcrnn.errors import EXIT_OK, EXIT_USAGE, ConfigError, HpcrnnError
 
 __all__ = ["main", "SEPARATOR"]
@@ -66,6 +66,12 @@ def make_sample_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when present")
     p.add_argument("--interactive", action="store_true", help="read one prompt a line from stdin")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config these recipes would come from (the settings given applied to its "
+        "generate section) and exit; no model is loaded",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -130,8 +136,25 @@ def _interactive(lm, args: argparse.Namespace, given: dict, printer: _Printer) -
             code = EXIT_USAGE
 
 
+def print_config(path: str, given: dict) -> None:
+    """The run's (or model file's) resolved config with the options' generate settings in it."""
+    from hpcrnn.model.file import is_model_file, read_model_file  # noqa: PLC0415
+
+    if is_model_file(path):
+        mf = read_model_file(path)
+        cfg = from_dict({**mf.config, "model": mf.model}, str(path), expand=False)
+    else:
+        cfg = load_config(path)
+    for k, v in given.items():
+        setattr(cfg.generate, k, v)
+    sys.stdout.write(cfg.to_yaml())
+
+
 def run_sample(args: argparse.Namespace) -> int:
     given = settings(args)
+    if args.print_config:
+        print_config(args.model, given)
+        return EXIT_OK
     if args.interactive and args.prompt is not None:
         raise ConfigError("--prompt with --interactive: the prompts come from stdin, one a line")
     prompt = _prompt(args.prompt)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import hpcrnn
 from hpcrnn import console
@@ -231,3 +232,22 @@ def test_the_launcher_checks_the_folder_the_job_will_write(tmp_path):
     with pytest.raises(Exception, match="generated/default"):
         launch_plan._check_generate_folder(cfg, plans)  # training continues past the folder's checkpoint
     launch_plan._check_generate_folder(_with(cfg_path, "generate.temperature=1.0"), plans)  # a new folder
+
+
+def test_print_config_of_a_run_and_a_model_file(run, capsys, tmp_path, monkeypatch):
+    """--print-config prints the config the recipes would come from, the options in its generate section,
+    and loads no model (a run) or builds none (a model file)."""
+    _, cfg = run
+    monkeypatch.setattr(hpcrnn, "load", lambda *a, **k: pytest.fail("--print-config loaded the model"))
+    assert S.main([str(cfg.run_dir), "--temperature", "0.3", "--top-k", "7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["generate"]["temperature"] == 0.3 and printed["generate"]["top_k"] == 7
+    assert printed["model"] == cfg.to_dict()["model"] and printed["run"]["name"] == cfg.run.name
+    monkeypatch.undo()
+    from hpcrnn.export import main as export_main
+
+    assert export_main([str(cfg.run_dir), "-o", str(tmp_path / "m.pt")]) == 0
+    capsys.readouterr()
+    assert S.main([str(tmp_path / "m.pt"), "--seed", "9", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["generate"]["seed"] == 9 and printed["model"] == cfg.to_dict()["model"]
