@@ -207,3 +207,16 @@ def test_user_corpora_end_to_end(tmp_path, case, shared_5k):
         assert c.tokenizer == "char" and c.num_documents == 5
     out = list((tmp_path / "scratch" / "e2e" / "generated").glob("*/recipe-*.txt"))
     assert len(out) == 2 and all(p.read_text(encoding="utf-8") for p in out)
+
+
+def test_cli_shards_build_the_same_corpus_one_process_would_skip(tmp_path):
+    """data.shards is not a corpus setting: a corpus built in 2 shards is up to date for 1 shard."""
+    cfg = write_config(tmp_path, small_corpus(tmp_path / "r.txt", n=80))
+    r = run_module("hpcrnn.preprocess", str(cfg), "data.shards=2")
+    assert r.returncode == 0, r.stderr
+    assert "shard 2/2" in r.stdout and "wrote" in r.stdout
+    out = tmp_path / "scratch" / "pp" / "corpus.h5"
+    assert open_corpus(out).attrs["counts"]["documents"] == 80
+    assert not list(out.parent.glob(".corpus.h5.shards-*"))
+    r1 = run_module("hpcrnn.preprocess", str(cfg), "data.shards=1")
+    assert r1.returncode == 0 and "up to date" in r1.stdout

@@ -18,7 +18,10 @@ dict lookup a token); ``char`` maps code points through a table, so there is no 
 character.
 
 This module runs the stage (fingerprint, run lock, temporary file and rename); reading and tokenizing are in
-``hpcrnn.data.stream``, the splits, vocabulary, encoding and HDF5 writing in ``hpcrnn.data.encode``.
+``hpcrnn.data.stream``, the splits, vocabulary, encoding and HDF5 writing in ``hpcrnn.data.encode``. With
+``data.shards > 1`` the same corpus is built in N tasks of bounded memory (``hpcrnn.data.shards``; the steps
+a launcher would run are ``preprocess_shard``, ``preprocess_reduce``, ``preprocess_encode`` and
+``preprocess_finish`` at the end of this module).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcrnn.config import corpus_settings
+from hpcrnn.data import shards
 from hpcrnn.data.corpus import FORMAT_VERSION, open_h5
 from hpcrnn.data.encode import (
     _assign_splits,  # noqa: F401 -- re-exported: bench/scale_split.py imports it from here
@@ -210,13 +214,19 @@ def _build_and_rename(cfg, out: Path, settings: dict, sources: list, fp: str, t0
     with _SigtermAsInterrupt() as guard:
         try:
             given = fixed_vocabulary(cfg) if cfg.data.vocab_from else None
-            built = _build_corpus(cfg, settings, sources, given, _BATCH_CHARS)
-            _write_h5(tmp, built, settings, fp, sources)
-            counts = built.counts
+            if cfg.data.shards > 1:
+                job = _shard_job(cfg, settings, sources, fp, cfg.data.shards)
+                shards.remove_other_work_dirs(out, job.work)
+                counts = shards.run_local(job, given, tmp)
+            else:
+                built = _build_corpus(cfg, settings, sources, given, _BATCH_CHARS)
+                _write_h5(tmp, built, settings, fp, sources)
+                counts = built.counts
             if guard.received:
                 raise KeyboardInterrupt("SIGTERM")
             os.replace(tmp, out)
             fsync_dir(out.parent)
+            shards.remove_other_work_dirs(out, None)  # the shards' outputs are in corpus.h5 now
         except OSError as e:  # disk full, quota: the old corpus.h5 (if any) is untouched
             raise StorageError(f"{out}: cannot write the corpus: {e.strerror or e}") from None
         finally:
@@ -255,3 +265,55 @@ def _refuse_replacing_a_trained_corpus(cfg, out: Path) -> None:
             f"{out}: its inputs or data settings changed, but the checkpoints of run {cfg.run.name!r} "
             f"({trained[-1].path}) were trained on it: give a new run.name to preprocess and train on the new data"
         )
+
+
+# The sharded stage as a launcher runs it (a job array: ``preprocess_shard`` and ``preprocess_encode`` once per
+# shard index, ``preprocess_reduce`` and ``preprocess_finish`` once, in the order read, reduce, encode,
+# finish); ``run_preprocess`` with ``data.shards > 1`` runs all of them here. Each step skips what an
+# earlier run of it wrote, so a requeued task redoes only its own shard.
+
+
+def _shard_job(cfg, settings: dict, sources: list, fp: str, count: int):
+    return shards.make_job(cfg.data, settings, sources, fp, Path(cfg.h5_path), count, _BATCH_CHARS)
+
+
+def shard_job(cfg, count: int | None = None):
+    """The sharded job of ``cfg`` (``count`` shards, default ``data.shards``)."""
+    settings, sources = data_settings(cfg), resolve_sources(cfg.data.corpus)
+    return _shard_job(cfg, settings, sources, fingerprint_of(settings, sources), count or cfg.data.shards)
+
+
+def preprocess_shard(cfg, index: int, count: int) -> float:
+    """Read and tokenize slice ``index`` of ``count``; returns the task's peak RSS in MiB."""
+    return shards.read_shard(shard_job(cfg, count), index)
+
+
+def preprocess_reduce(cfg, count: int) -> None:
+    """Count the train words of all shards and choose the vocabulary."""
+    shards.reduce_shards(shard_job(cfg, count), fixed_vocabulary(cfg) if cfg.data.vocab_from else None)
+
+
+def preprocess_encode(cfg, index: int, count: int) -> float:
+    """Map shard ``index`` to the vocabulary; returns the task's peak RSS in MiB."""
+    return shards.encode_shard(shard_job(cfg, count), index)
+
+
+def preprocess_finish(cfg, count: int) -> PreprocessResult:
+    """Write ``corpus.h5`` from the shards and remove their outputs (under the run's preprocess lock)."""
+    t0 = time.perf_counter()
+    job = shard_job(cfg, count)
+    out = Path(cfg.h5_path)
+    with RunLock(cfg.run_dir, "preprocess"):
+        if _existing_fingerprint(out) == job.fingerprint:
+            return _up_to_date(out, t0)
+        _refuse_replacing_a_trained_corpus(cfg, out)
+        tmp = _tmp_name(out)
+        try:
+            counts = shards.finish_shards(job, tmp)
+            os.replace(tmp, out)
+            fsync_dir(out.parent)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        shards.remove_other_work_dirs(out, None)
+    return PreprocessResult(out, False, counts, time.perf_counter() - t0)

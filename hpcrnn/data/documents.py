@@ -30,21 +30,30 @@ def prepared_documents(
     mojibake repaired, MealMaster/MasterCook tables canonicalised; ``structured``: keep tab tokens. The one
     path from a file to documents, for preprocessing and for scoring any text (hpcrnn.evaluate)."""
     for raw in iter_documents(path, document_start, stats, fmt):
-        text = clean_document(raw)
-        if not text:
-            continue
-        if repair and not text.isascii():
-            text, n_rep = repair_mojibake(text)
-            if n_rep:
-                stats.repaired_documents += 1
-                stats.repaired_chars += n_rep
-                text = unicodedata.normalize("NFC", text)
         kind = stats.formats[str(path)]
-        if kind == "mealmaster":
-            text = clean_document(_canonical_mealmaster(text))
-        elif kind == "mastercook":
-            text = clean_document(_canonical_mastercook(text))
-        yield text, kind != "plain"
+        text = prepare_document(raw, kind, repair, stats)
+        if text:
+            yield text, kind != "plain"
+
+
+def prepare_document(raw: str, kind: str, repair: bool, stats: ReadStats) -> str:
+    """One document's text as the tokenizer sees it ("" for none): cleaned, mojibake repaired (counted in
+    ``stats``), a MealMaster/MasterCook table canonicalised. Whole files and slices of one (data.shards)
+    read documents through this one function."""
+    text = clean_document(raw)
+    if not text:
+        return ""
+    if repair and not text.isascii():
+        text, n_rep = repair_mojibake(text)
+        if n_rep:
+            stats.repaired_documents += 1
+            stats.repaired_chars += n_rep
+            text = unicodedata.normalize("NFC", text)
+    if kind == "mealmaster":
+        text = clean_document(_canonical_mealmaster(text))
+    elif kind == "mastercook":
+        text = clean_document(_canonical_mastercook(text))
+    return text
 
 
 def _canonical_mealmaster(text: str) -> str:

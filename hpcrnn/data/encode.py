@@ -88,12 +88,16 @@ def _given_vocabulary(stream: _Stream, layout: _Layout, doc_split: np.ndarray, g
     """As ``_vocabulary``, but the vocabulary of ``data.vocab_from`` in its own order: ids mean what they
     meant to the model trained on it, and the words it lacks become ``<unk>`` (or are dropped)."""
     train_counts = _train_counts(stream, layout, doc_split)
+    return _choose_given_vocabulary(stream.interner, train_counts, stream.tokenizer, given, sources)
+
+
+def _choose_given_vocabulary(interner, train_counts: np.ndarray, tokenizer: str, given, sources: list[Source]):
+    """``_given_vocabulary`` from the train count of each provisional id (the sharded path merges them)."""
     seen = train_counts > 0
-    interner = stream.interner
     # a word of the given vocabulary this corpus never has gets a provisional id no token carries
     final_prov = [interner[t.encode("utf-8")] for t in given.tokens]
     train_counts = np.pad(train_counts, (0, interner.next_id - len(train_counts)))
-    specials, line_token = _specials(stream.tokenizer)
+    specials, line_token = _specials(tokenizer)
     plain = [i for t, i in zip(given.tokens, final_prov) if t not in (*specials, line_token)]
     if not any(seen[i] for i in plain if i < len(seen)):
         raise InputError(
@@ -106,13 +110,18 @@ def _given_vocabulary(stream: _Stream, layout: _Layout, doc_split: np.ndarray, g
 def _vocabulary(stream: _Stream, layout: _Layout, doc_split: np.ndarray, min_count: int, sources: list[Source]):
     """(vocabulary strings, their provisional ids, train counts per provisional id): from the train
     documents only; the specials first, then by descending count, ties by string."""
-    interner = stream.interner
     train_counts = _train_counts(stream, layout, doc_split)
-    specials, line_token = _specials(stream.tokenizer)
+    return _choose_vocabulary(stream.interner, train_counts, stream.tokenizer, min_count, sources)
+
+
+def _choose_vocabulary(interner, train_counts: np.ndarray, tokenizer: str, min_count: int, sources: list[Source]):
+    """``_vocabulary`` from the train count of each provisional id (the sharded path merges them): the
+    order of the provisional ids does not matter, only the counts and the strings."""
+    specials, line_token = _specials(tokenizer)
     itos_prov = interner.itos()
     keep = train_counts >= min_count
     keep[[interner[t.encode()] for t in specials + [line_token]]] = True
-    if stream.tokenizer == "recipe" and TAB.encode() in interner:
+    if tokenizer == "recipe" and TAB.encode() in interner:
         keep[interner[TAB.encode()]] = True  # the column break of structured formats is never <unk>
     special_ids = [interner[t.encode()] for t in specials]
     rest = [int(i) for i in np.flatnonzero(keep) if int(i) not in special_ids]
@@ -128,14 +137,21 @@ def _vocabulary(stream: _Stream, layout: _Layout, doc_split: np.ndarray, min_cou
     return vocab, final_prov, train_counts
 
 
+def _lookup_table(n_types: int, final_prov: list[int], n_vocab: int, drop: bool):
+    """(provisional id -> final id, the drop sentinel or None): rare words map to ``<unk>`` (id 0) or,
+    with ``drop``, to a sentinel beyond the vocabulary."""
+    dtype = _smallest_uint(n_vocab + (1 if drop else 0))
+    drop_id = np.iinfo(dtype).max if drop else None  # a sentinel beyond the vocabulary
+    lut = np.full(n_types, drop_id if drop else _UNK_ID, dtype=dtype)
+    lut[np.asarray(final_prov, dtype=np.int64)] = np.arange(len(final_prov), dtype=dtype)
+    return lut, drop_id
+
+
 def _map_to_vocabulary(stream: _Stream, layout: _Layout, final_prov: list[int], n_vocab: int, drop: bool):
     """Provisional ids -> final ids in place, chunk by chunk (the uint32 ids go as the small ones come);
     rare words become ``<unk>`` (id 0) or, with ``drop``, leave the stream and shorten their documents.
     Returns the lookup table and its drop sentinel (None without ``drop``)."""
-    dtype = _smallest_uint(n_vocab + (1 if drop else 0))
-    drop_id = np.iinfo(dtype).max if drop else None  # a sentinel beyond the vocabulary
-    lut = np.full(stream.interner.next_id, drop_id if drop else _UNK_ID, dtype=dtype)
-    lut[np.asarray(final_prov, dtype=np.int64)] = np.arange(len(final_prov), dtype=dtype)
+    lut, drop_id = _lookup_table(stream.interner.next_id, final_prov, n_vocab, drop)
     lengths, offset = layout.lengths, layout.offset_in_chunk
     for c in range(len(stream.chunks)):
         ids = lut[stream.chunks[c]]
@@ -196,18 +212,27 @@ def _window_starts(
 
 def _check_held_out_files(tokens: np.ndarray, vocab: list[str], ranges: dict, sources: list[Source]) -> None:
     """A val/test file of a {train, val, test} mapping whose words are all unknown is a mistake."""
-    breaks = np.array([i for i, t in enumerate(vocab) if t in (EOR, EOS, NL)], dtype=tokens.dtype)
     for s in ("val", "test"):
         a, b = ranges[s]
-        seg = tokens[a:b]
-        words = seg[~np.isin(seg, breaks)]
-        if len(words) and not np.any(words != _UNK_ID):
-            files = ", ".join(str(x.path) for x in sources if x.split == s)
-            raise InputError(
-                f"{files}: every word of the {s} file is unknown to the vocabulary of the "
-                f"train file {_train_name(sources)} (another language, or another "
-                f"tokenization?)"
-            )
+        n_words, n_known = _held_out_words(tokens[a:b], vocab)
+        _check_held_out_split(s, n_words, n_known, sources)
+
+
+def _held_out_words(seg: np.ndarray, vocab: list[str]) -> tuple[int, int]:
+    """(words, words the vocabulary knows) of a stretch of final ids: line and document breaks are not words."""
+    breaks = np.array([i for i, t in enumerate(vocab) if t in (EOR, EOS, NL)], dtype=seg.dtype)
+    words = seg[~np.isin(seg, breaks)]
+    return len(words), int(np.count_nonzero(words != _UNK_ID))
+
+
+def _check_held_out_split(s: str, n_words: int, n_known: int, sources: list[Source]) -> None:
+    if n_words and not n_known:
+        files = ", ".join(str(x.path) for x in sources if x.split == s)
+        raise InputError(
+            f"{files}: every word of the {s} file is unknown to the vocabulary of the "
+            f"train file {_train_name(sources)} (another language, or another "
+            f"tokenization?)"
+        )
 
 
 def _build_corpus(cfg, settings: dict, sources: list[Source], given, batch_chars: int) -> _BuiltCorpus:
@@ -218,7 +243,7 @@ def _build_corpus(cfg, settings: dict, sources: list[Source], given, batch_chars
     stats = ReadStats()
     stream = _read_stream(d, sources, stats, batch_chars)
     layout = _document_layout(stream)
-    n_docs, n_types = len(stream.doc_src), stream.interner.next_id
+    n_types = stream.interner.next_id
     doc_split = _split_documents(sources, stream.doc_src, settings)
     if d.vocab_from:
         vocab, final_prov, train_counts = _given_vocabulary(stream, layout, doc_split, given, sources)
@@ -229,29 +254,13 @@ def _build_corpus(cfg, settings: dict, sources: list[Source], given, batch_chars
     lut, drop_id = _map_to_vocabulary(stream, layout, final_prov, len(vocab), drop)
     tokens, order = _assemble(stream, layout, doc_split, lut.dtype)
     sorted_lengths, sorted_split = layout.lengths[order], doc_split[order]
-    starts = np.zeros(n_docs, dtype=np.int64)
-    np.cumsum(sorted_lengths[:-1], out=starts[1:])
-    n_tok = len(tokens)
-    split_tokens = [int(sorted_lengths[sorted_split == k].sum()) for k in range(3)]
-    unk_total = int(np.count_nonzero(tokens == _UNK_ID))
-    bounds = np.cumsum([0] + split_tokens)
-    ranges = {s: [int(bounds[i]), int(bounds[i + 1])] for i, s in enumerate(SPLITS)}
-    windows = _window_starts(ranges, split_tokens, settings, sources)
+    starts, split_tokens, ranges, windows = _positions(sorted_lengths, sorted_split, settings, sources)
     if any(x.split for x in sources):
         _check_held_out_files(tokens, vocab, ranges, sources)
-    counts = {
-        "documents": n_docs,
-        "documents_by_split": dict(zip(SPLITS, [int((sorted_split == k).sum()) for k in range(3)])),
-        "tokens": n_tok,
-        "tokens_by_split": dict(zip(SPLITS, split_tokens)),
-        "windows": {s: int(len(w)) for s, w in windows.items()},
-        "vocab_size": len(vocab),
-        "types_seen": n_types - (0 if stream.closes_with_eor else 1),
-        "unk_tokens": unk_total,
-        "unk_rate": unk_total / max(1, n_tok),
-        "dropped_tokens": (total_before - n_tok) if drop else 0,
-        **_read_counts(stats),
-    }
+    types_seen = n_types - (0 if stream.closes_with_eor else 1)
+    unk_total = int(np.count_nonzero(tokens == _UNK_ID))
+    dropped = (total_before - len(tokens)) if drop else 0
+    counts = _corpus_counts(sorted_split, split_tokens, windows, len(vocab), types_seen, unk_total, dropped, stats)
     return _BuiltCorpus(
         tokens=tokens,
         vocab=vocab,
@@ -265,6 +274,35 @@ def _build_corpus(cfg, settings: dict, sources: list[Source], given, batch_chars
         ranges=ranges,
         counts=counts,
     )
+
+
+def _positions(sorted_lengths: np.ndarray, sorted_split: np.ndarray, settings: dict, sources: list[Source]):
+    """(document starts, tokens of each split, split ranges, window starts) of documents stored in split
+    order with these lengths."""
+    starts = np.zeros(len(sorted_lengths), dtype=np.int64)
+    np.cumsum(sorted_lengths[:-1], out=starts[1:])
+    split_tokens = [int(sorted_lengths[sorted_split == k].sum()) for k in range(3)]
+    bounds = np.cumsum([0] + split_tokens)
+    ranges = {s: [int(bounds[i]), int(bounds[i + 1])] for i, s in enumerate(SPLITS)}
+    return starts, split_tokens, ranges, _window_starts(ranges, split_tokens, settings, sources)
+
+
+def _corpus_counts(sorted_split, split_tokens, windows, n_vocab, types_seen, unk_total, dropped, stats) -> dict:
+    """The corpus file's ``counts`` (the same keys, in the same order, for the sharded path)."""
+    n_tok = sum(split_tokens)
+    return {
+        "documents": len(sorted_split),
+        "documents_by_split": dict(zip(SPLITS, [int((sorted_split == k).sum()) for k in range(3)])),
+        "tokens": n_tok,
+        "tokens_by_split": dict(zip(SPLITS, split_tokens)),
+        "windows": {s: int(len(w)) for s, w in windows.items()},
+        "vocab_size": n_vocab,
+        "types_seen": types_seen,
+        "unk_tokens": unk_total,
+        "unk_rate": unk_total / max(1, n_tok),
+        "dropped_tokens": dropped,
+        **_read_counts(stats),
+    }
 
 
 def _read_counts(stats: ReadStats) -> dict:
@@ -286,20 +324,16 @@ def _train_name(sources: list[Source]) -> str:
     return str((train or sources)[0].path)
 
 
-def _write_h5(tmp: Path, built: _BuiltCorpus, settings: dict, fp: str, sources: list[Source]) -> None:
-    """Write ``built`` and its settings to ``tmp`` and fsync it (the caller renames it into place)."""
-    tokens, n_tok = built.tokens, len(built.tokens)
+def _write_h5(tmp: Path, built: _BuiltCorpus, settings: dict, fp: str, sources: list[Source], segments=None) -> None:
+    """Write ``built`` and its settings to ``tmp`` and fsync it (the caller renames it into place).
+    ``segments``: instead of ``built.tokens`` (then an empty array of the final dtype), the token arrays
+    that make up the stream, in order (the sharded path: one shard's split at a time, never all of it)."""
     h5py = h5py_module()
     with create_h5(tmp) as f:
-        # gzip level 1 with byte shuffle: higher levels cost several times the time for a few percent.
-        f.create_dataset(
-            "tokens",
-            data=tokens,
-            chunks=(max(1, min(_H5_CHUNK, n_tok)),),
-            compression="gzip",
-            compression_opts=1,
-            shuffle=tokens.dtype.itemsize > 1,
-        )
+        if segments is None:
+            _write_tokens(f, built.tokens)
+        else:
+            _write_token_segments(f, segments, built.counts["tokens"], built.tokens.dtype)
         f.create_dataset("vocab", data=np.array(built.vocab, dtype=object), dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("vocab_counts", data=built.vocab_counts)
         f.create_dataset("documents", data=built.starts)
@@ -313,23 +347,68 @@ def _write_h5(tmp: Path, built: _BuiltCorpus, settings: dict, fp: str, sources: 
                 g.create_dataset(s, data=w, chunks=(min(len(w), 1 << 18),), compression="gzip", compression_opts=1)
             else:
                 g.create_dataset(s, data=w)
-        a = f.attrs
-        a["format_version"] = FORMAT_VERSION
-        a["hpcrnn_version"] = __version__
-        for k, v in settings.items():
-            a[k] = json.dumps(v) if isinstance(v, list) else v
-        a["vocab_hash"] = hashlib.sha256("\n".join(built.vocab).encode("utf-8")).hexdigest()
-        a["fingerprint"] = fp
-        a["split_ranges"] = json.dumps(built.ranges)
-        a["sources"] = json.dumps([s.describe() for s in sources])
-        a["source_formats"] = json.dumps(built.counts.get("formats", {}))
-        # where each split came from: the files of a {train, val, test} mapping, or a seeded shuffle
-        by_files = any(s.split for s in sources)
-        a["split_mode"] = "files" if by_files else "shuffle"
-        a["split_files"] = json.dumps(
-            {k: [str(s.path) for s in sources if s.split == k] for k in SPLITS} if by_files else {}
-        )
-        a["counts"] = json.dumps(built.counts)
-        a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _write_attrs(f.attrs, built, settings, fp, sources)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+def _token_layout(n_tok: int, dtype) -> dict:
+    # gzip level 1 with byte shuffle: higher levels cost several times the time for a few percent.
+    return {
+        "chunks": (max(1, min(_H5_CHUNK, n_tok)),),
+        "compression": "gzip",
+        "compression_opts": 1,
+        "shuffle": np.dtype(dtype).itemsize > 1,
+    }
+
+
+def _write_tokens(f, tokens: np.ndarray) -> None:
+    f.create_dataset("tokens", data=tokens, **_token_layout(len(tokens), tokens.dtype))
+
+
+def _write_token_segments(f, segments, n_tok: int, dtype) -> None:
+    """The ``tokens`` dataset of ``n_tok`` tokens from consecutive arrays, written a whole number of HDF5
+    chunks at a time (a partial chunk written twice would be decompressed and compressed again)."""
+    layout = _token_layout(n_tok, dtype)
+    ds = f.create_dataset("tokens", shape=(n_tok,), dtype=dtype, **layout)
+    chunk = layout["chunks"][0]
+    pos, pending = 0, np.empty(0, dtype=dtype)  # pending: less than a chunk, waiting for the next segment
+    for seg in segments:
+        seg = np.asarray(seg, dtype=dtype)
+        if len(pending):
+            take = min(chunk - len(pending), len(seg))
+            pending, seg = np.concatenate([pending, seg[:take]]), seg[take:]
+            if len(pending) < chunk:
+                continue
+            ds[pos : pos + chunk] = pending
+            pos, pending = pos + chunk, pending[:0]
+        whole = len(seg) // chunk * chunk
+        if whole:
+            ds[pos : pos + whole] = seg[:whole]
+            pos += whole
+        pending = seg[whole:].copy()
+    if len(pending):
+        ds[pos : pos + len(pending)] = pending
+        pos += len(pending)
+    if pos != n_tok:  # cannot happen: the segments are the shards' own counts
+        raise RuntimeError(f"wrote {pos} tokens, expected {n_tok}")
+
+
+def _write_attrs(a, built: _BuiltCorpus, settings: dict, fp: str, sources: list[Source]) -> None:
+    a["format_version"] = FORMAT_VERSION
+    a["hpcrnn_version"] = __version__
+    for k, v in settings.items():
+        a[k] = json.dumps(v) if isinstance(v, list) else v
+    a["vocab_hash"] = hashlib.sha256("\n".join(built.vocab).encode("utf-8")).hexdigest()
+    a["fingerprint"] = fp
+    a["split_ranges"] = json.dumps(built.ranges)
+    a["sources"] = json.dumps([s.describe() for s in sources])
+    a["source_formats"] = json.dumps(built.counts.get("formats", {}))
+    # where each split came from: the files of a {train, val, test} mapping, or a seeded shuffle
+    by_files = any(s.split for s in sources)
+    a["split_mode"] = "files" if by_files else "shuffle"
+    a["split_files"] = json.dumps(
+        {k: [str(s.path) for s in sources if s.split == k] for k in SPLITS} if by_files else {}
+    )
+    a["counts"] = json.dumps(built.counts)
+    a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

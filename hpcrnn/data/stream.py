@@ -124,27 +124,39 @@ def _read_stream(data, sources: list[Source], stats: ReadStats, batch_chars: int
     plain = all(not s.path.name.endswith((".xz", ".gz", ".bz2")) for s in sources)
     meter = Meter("preprocess: read", sum(s.size for s in sources) / 1e6 if plain else None, "MB")
     for si, src in enumerate(sources):
-        n_before = len(stream.doc_src)
-        batch: list[str] = []
-        batch_size = 0
-        structured = False  # this file's documents have tab-separated tables (TAB tokens)
-        for text, structured in prepared_documents(src.path, data.document_start, data.format, data.repair, stats):
-            batch.append(text)
-            batch_size += len(text)
-            stream.doc_src.append(si)
-            stream.doc_ingr.append(ingredient_block(text) if structured or text[:6].lower() == "title:" else (0, 0))
-            if batch_size >= batch_chars:
-                _add_batch(stream, batch, structured)
-                batch, batch_size = [], 0
-                meter.update(stats.bytes / 1e6, f"{len(stream.doc_src):,} documents")
-        if len(stream.doc_src) == n_before:
+        documents = prepared_documents(src.path, data.document_start, data.format, data.repair, stats)
+
+        def progress():
+            meter.update(stats.bytes / 1e6, f"{len(stream.doc_src):,} documents")
+
+        if not _read_source(stream, si, documents, batch_chars, progress):
             raise InputError(f"{src.path}: the corpus file is empty (no text)")
-        if batch:  # batches hold one file's documents: one format, one tab rule
-            _add_batch(stream, batch, structured)
     meter.finish()
     if not stream.doc_src:
         raise InputError(f"{sources[0].path}: the corpus is empty")
     return stream
+
+
+def _read_source(stream: _Stream, si: int, documents, batch_chars: int, on_batch) -> int:
+    """Tokenize the (text, structured) ``documents`` of source ``si`` into ``stream`` in batches of about
+    ``batch_chars`` characters (batches hold one file's documents: one format, one tab rule); returns how
+    many documents there were. ``on_batch()`` after each full batch (progress)."""
+    n_before = len(stream.doc_src)
+    batch: list[str] = []
+    batch_size = 0
+    structured = False  # this file's documents have tab-separated tables (TAB tokens)
+    for text, structured in documents:
+        batch.append(text)
+        batch_size += len(text)
+        stream.doc_src.append(si)
+        stream.doc_ingr.append(ingredient_block(text) if structured or text[:6].lower() == "title:" else (0, 0))
+        if batch_size >= batch_chars:
+            _add_batch(stream, batch, structured)
+            batch, batch_size = [], 0
+            on_batch()
+    if batch:
+        _add_batch(stream, batch, structured)
+    return len(stream.doc_src) - n_before
 
 
 def _document_layout(stream: _Stream) -> _Layout:
