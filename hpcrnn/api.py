@@ -4,6 +4,8 @@
     lm = hpcrnn.load("scratch/lstm256")              # a run directory, a config file or a model file
     lm = hpcrnn.load("scratch/lstm256", checkpoint="best")  # or "last", a step, a checkpoint folder
     print(lm.generate(n=3, prompt="Chocolate cake", seed=1)[0])
+    given = hpcrnn.recipe_prompt("Baba Ganouj", ["6 lg Eggplants", "2 tb Tahini", "1 lg Garlic clove"])
+    print(lm.generate(prompt=[given, "Apple pie"])[0])  # one recipe for each prompt
 
 Nothing here decodes or scores by itself: ``generate`` runs the generation job's decoding
 (``hpcrnn.generate.job.decode_recipes``) and writes each recipe's text as the job writes its file
@@ -25,12 +27,13 @@ import torch
 
 from hpcrnn.config import Config, GenerateConfig, _build, prompt_text
 from hpcrnn.errors import ConfigError, InputError
+from hpcrnn.generate.prompts import recipe_prompt
 from hpcrnn.model.file import Vocabulary
 from hpcrnn.model.trained import open_trained
 
-__all__ = ["LanguageModel", "load", "initial_weights"]
+__all__ = ["LanguageModel", "load", "initial_weights", "recipe_prompt"]
 
-_GENERATE_KEYS = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size")
+_GENERATE_KEYS = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size", "listed_bias", "unlisted_bias")
 
 
 def _warn_once(msg: str) -> None:
@@ -88,7 +91,7 @@ class LanguageModel:
     def generate(
         self,
         n: int = 1,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         *,
         temperature: float | None = None,
         top_k: int | None = None,
@@ -96,39 +99,51 @@ class LanguageModel:
         max_tokens: int | None = None,
         seed: int | None = None,
         batch_size: int | None = None,
+        listed_bias: float | None = None,
+        unlisted_bias: float | None = None,
     ) -> list[str]:
         """``n`` recipes as text, recipe *i* of ``python -m hpcrnn.generate`` with the same settings (those
         not given: the config's ``generate`` section). ``prompt``: as ``generate.prompt`` ("" the start of
         a recipe, one line a title, several lines fed as is, ``file:PATH`` a file's text, ``random`` a
-        window of test text)."""
+        window of test text). A list of prompts (e.g. of :func:`hpcrnn.recipe_prompt`): ``n`` recipes for
+        each, batched together, returned prompt by prompt (``n`` for the first prompt, then the second's);
+        the recipe ``j`` (0-based) of prompt ``p`` is recipe ``j * len(prompt) + p + 1`` of the job with a
+        ``generate.prompts`` file of the same prompts. ``listed_bias`` / ``unlisted_bias``: as
+        ``generate.listed_bias`` / ``generate.unlisted_bias`` (decoding that follows the listed ingredients)."""
         from hpcrnn.generate.describe import recipe_text  # noqa: PLC0415
         from hpcrnn.generate.job import decode_recipes  # noqa: PLC0415
-        from hpcrnn.generate.prompts import plan_prompt  # noqa: PLC0415
+        from hpcrnn.generate.prompts import plan_prompt, plan_prompts, recipe_count  # noqa: PLC0415
         from hpcrnn.model.precision import resolve_precision  # noqa: PLC0415
 
         src = "lm.generate"
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"{src}: n: {n!r} is not a positive number of recipes")
         values = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        values["batch_size"] = batch_size
+        values.update(batch_size=batch_size, listed_bias=listed_bias, unlisted_bias=unlisted_bias)
         given = {k: v for k, v in values.items() if v is not None}
         # the config's own checks (types, ranges), so a value the job refuses is refused here too
         g: GenerateConfig = _build(
             GenerateConfig, {"num_recipes": n, **given}, "generate", src, base=self.config.generate
         )
-        if prompt is not None:
+        many = _prompt_list(prompt, src)
+        g = dataclasses.replace(g, prompts=None)  # the config's prompts file is the job's, not this call's
+        if many is None and prompt is not None:
             if not isinstance(prompt, str):
-                raise ConfigError(f"{src}: prompt: expected a string, got {type(prompt).__name__}")
+                raise ConfigError(f"{src}: prompt: expected a string or a list of strings, got {type(prompt).__name__}")
             g = dataclasses.replace(g, prompt=prompt_text(prompt, "generate.prompt", src))
+        elif many is not None:
+            g = dataclasses.replace(g, prompt="")
         cfg = dataclasses.replace(self.config, generate=g)
         cv = self._corpus_view()
-        pp = plan_prompt(cfg, cv)
+        pp = plan_prompt(cfg, cv) if many is None else plan_prompts(cfg, cv, many)
         device = self.device
         precision = resolve_precision(g.precision, device, "generate", src, say=_warn_once)
+        total = recipe_count(cfg, pp)
         texts: dict[int, str] = {}
-        for i, shown, toks, _ in decode_recipes(cfg, cv, self.model, pp, list(range(1, n + 1)), device, precision):
+        for i, shown, toks, _ in decode_recipes(cfg, cv, self.model, pp, list(range(1, total + 1)), device, precision):
             texts[i] = recipe_text(cv.vocab, cv.tokenizer, shown, toks)
-        return [texts[i] for i in range(1, n + 1)]
+        k = total // n  # prompts
+        return [texts[j * k + p + 1] for p in range(k) for j in range(n)]
 
     def evaluate(self, text: str | os.PathLike) -> dict:
         """What ``python -m hpcrnn.evaluate --text FILE`` reports for ``text`` (a string of text, or a
@@ -161,6 +176,20 @@ class LanguageModel:
             return {"source": "<text>", "protocol": "standard", **figures}
         finally:
             self.model.train(was_training)
+
+
+def _prompt_list(prompt, src: str) -> list[str] | None:
+    """``prompt`` as a list of prompt texts (each checked as ``generate.prompt`` is), or None: one prompt."""
+    if not isinstance(prompt, (list, tuple)):
+        return None
+    if not prompt:
+        raise ConfigError(f"{src}: prompt: an empty list; give at least one prompt")
+    out = []
+    for k, p in enumerate(prompt):
+        if not isinstance(p, str) or not p.strip():
+            raise ConfigError(f"{src}: prompt[{k}]: {p!r} is not a prompt (a non-empty string)")
+        out.append(prompt_text(p, "generate.prompt", f"{src}: prompt[{k}]"))
+    return out
 
 
 def load(path: str | os.PathLike, *, checkpoint: int | str | None = None, device: Any = "auto") -> LanguageModel:

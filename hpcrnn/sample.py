@@ -32,6 +32,8 @@ _SETTINGS = {
     "top_p": "--top-p",
     "max_tokens": "--max-tokens",
     "seed": "--seed",
+    "listed_bias": "--listed-bias",
+    "unlisted_bias": "--unlisted-bias",
 }
 
 
@@ -57,6 +59,20 @@ def make_sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="1: off")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="recipe i draws from stream (S, i)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="tokens generated per recipe at most")
+    p.add_argument(
+        "--listed-bias",
+        type=float,
+        default=None,
+        metavar="B",
+        help="in the instructions, favour the ingredients the recipe lists and has not named yet (0: off)",
+    )
+    p.add_argument(
+        "--unlisted-bias",
+        type=float,
+        default=None,
+        metavar="B",
+        help="in the instructions, disfavour ingredient words the recipe does not list (0: off)",
+    )
     p.add_argument(
         "--checkpoint",
         default=None,

@@ -19,7 +19,7 @@ PKG = ROOT / "hpcrnn"
 LAYERS = [
     (0, ["hpcrnn.errors", "hpcrnn.fsutil", "hpcrnn.progress", "hpcrnn.process", "hpcrnn.text"]),
     (1, ["hpcrnn.config"]),
-    (2, ["hpcrnn.cli"]),
+    (2, ["hpcrnn.cli", "hpcrnn.completion"]),  # completion reads the schema; commands' parsers only by runpy
     (3, ["hpcrnn.run"]),
     (4, ["hpcrnn.data.corpus", "hpcrnn.data.sources", "hpcrnn.data.documents"]),  # the corpus file, read
     (5, ["hpcrnn.model"]),
@@ -39,6 +39,7 @@ LAYERS = [
             "hpcrnn.sweep",
             "hpcrnn.preprocess",
             "hpcrnn.sample",
+            "hpcrnn.evaluate.__main__",  # --complete generates: the entry point sits above generate
         ],
     ),
 ]

@@ -14,7 +14,7 @@ from hpcrnn.errors import ConfigError, HpcrnnError
 from hpcrnn.model.source import generation_done
 from hpcrnn.run.checkpoints import list_complete, training_done
 from hpcrnn.run.compat import shape_diff_text
-from hpcrnn.run.generated import PLAN, output_dir, present_recipes
+from hpcrnn.run.generated import PLAN, output_dir, present_recipes, recipes_wanted
 
 STAGES = ("preprocess", "train", "generate")
 
@@ -57,7 +57,7 @@ def stage_complete(cfg: Config, stage: str, strict: bool = False) -> tuple[bool,
         ok = training_done(cfg)
         return ok, "training reached its target step" if ok else "training not finished"
     ok = generation_done(cfg)
-    return ok, (f"{cfg.generate.num_recipes} recipes generated" if ok else "generation not done")
+    return ok, (f"{recipes_wanted(cfg)} recipes generated" if ok else "generation not done")
 
 
 def plan_stages(cfg: Config, stages: list[str]) -> list[StagePlan]:

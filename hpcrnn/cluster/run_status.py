@@ -18,7 +18,8 @@ from hpcrnn.config import Config
 from hpcrnn.errors import InputError
 from hpcrnn.fsutil import read_jsonl
 from hpcrnn.run.checkpoints import best_of, latest, list_complete, retained
-from hpcrnn.run.generated import output_dir
+from hpcrnn.run.figures import final_figures, latest_validation, own_protocol
+from hpcrnn.run.generated import output_dir, recipes_wanted
 from hpcrnn.run.lock import LOCK_NAME, process_start
 
 
@@ -158,18 +159,17 @@ def collect_status(cfg: Config) -> dict:
         refused=[r for r in metrics if r.get("event") == "requeue-refused"],
         nodes=slurm.job_nodes(on_slurm),
     )
-    val = [r for r in metrics if r.get("split") == "val" and r.get("ppl") is not None]
     return {
         "run": cfg.run.name,
         "run_dir": str(run_dir),
         "jobs_dir": str(cfg.jobs_dir),
         "stages": {stage: _stage_entry(cfg, stage, facts) for stage in STAGES},
         "checkpoint": facts.newest,
-        "val_ppl": {"ppl": val[-1]["ppl"], "step": val[-1].get("step"), "protocol": val[-1].get("protocol")}
-        if val
-        else None,
+        "val_ppl": latest_validation(metrics),
+        "final": final_figures(metrics),
+        "protocol": own_protocol(metrics),
         "recipes": _count_recipes(cfg),
-        "recipes_wanted": cfg.generate.num_recipes,
+        "recipes_wanted": recipes_wanted(cfg),
         "generated_dir": str(output_dir(cfg)),
         "requeues": [
             {k: r.get(k) for k in ("reason", "step", "job_id", "restart_count", "time")} for r in facts.requeues
@@ -182,16 +182,6 @@ def run_metrics(cfg: Config) -> list[dict]:
     if not cfg.run_dir.is_dir():
         raise InputError(_no_run_dir(cfg))
     return read_jsonl(cfg.metrics_path)
-
-
-def _own_protocol(metrics: list[dict]) -> str | None:
-    """The protocol of the run's validations (its own, which meta.json's ``val_loss`` is measured by): the
-    periodic ones', else the first final one (the run's own protocol is evaluated first)."""
-    val = [r for r in metrics if r.get("split") == "val" and r.get("protocol")]
-    periodic = [r for r in val if not r.get("final")]
-    if periodic:
-        return periodic[-1]["protocol"]
-    return val[0]["protocol"] if val else None
 
 
 def _megabytes(path: Path) -> float:
@@ -226,7 +216,7 @@ def checkpoint_listing(cfg: Config) -> dict:
     return {
         "run": cfg.run.name,
         "checkpoint_dir": str(cfg.checkpoint_dir),
-        "protocol": _own_protocol(read_jsonl(cfg.metrics_path)),
+        "protocol": own_protocol(read_jsonl(cfg.metrics_path)),
         "keep_last": cfg.train.keep_last,
         "checkpoints": rows,
     }

@@ -56,6 +56,9 @@ class DataConfig:
     # a run directory or model file whose vocabulary this corpus takes (words it lacks become <unk>;
     # min_count is not used), so that train.init_from's weights fit
     vocab_from: str | None = None
+    # preprocessing in N tasks, each reading one slice of the inputs (a Slurm job array under launch, processes
+    # here); the corpus is the same, bit for bit, for any N, so this is not one of the CORPUS_KEYS
+    shards: int = _f(1, min=1)
 
 
 @dataclass
@@ -131,7 +134,8 @@ class GenerateConfig:
     # a step number, a checkpoint dir, a model file, or by name: "last" (the newest complete, the default)
     # or "best" (the lowest validation loss); a name wins over a file so named (write ./best for the file)
     checkpoint: str | None = None
-    num_recipes: int = _f(100, min=1)
+    # recipes to write; with generate.prompts, recipes per prompt. Default: 100, or 1 per prompt
+    num_recipes: int | None = _f(None, min=1)
     # slots decoded together: per-step costs amortise over them (see bench/bench_generate.py)
     batch_size: int = _f(1024, min=1)
     temperature: float = _f(0.8, min=0.0)
@@ -142,6 +146,12 @@ class GenerateConfig:
     # "": the start of a recipe; "random": a random data.window-token window of test text; "file:PATH": the
     # text of a file (read when the config is loaded: the resolved config holds the text)
     prompt: str = ""
+    # a file of prompts in the corpus layout, each starting with "Title:" (a title alone, a title and
+    # ingredient lines, or any beginning of a recipe): num_recipes recipes for each
+    prompts: str | None = None
+    # none: each prompt fed as written; ingredients: each prompt is a whole recipe, fed up to the end of its
+    # ingredient block, and its own instructions are the reference (the real figures in summary.json)
+    prompts_cut: Literal["none", "ingredients"] = "none"
     shards: int = _f(1, min=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison
@@ -149,6 +159,11 @@ class GenerateConfig:
     # (CUDA, CPUs with AMX or AVX512-BF16; bf16 elsewhere runs fp32 and says so), as autocast does; state
     # and sampling stay fp32. auto resolves once per output folder (generated/<name>/plan.json)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # in a recipe's instructions: added to the log-probability of the words naming a listed ingredient of
+    # this recipe not yet named there; unlisted_bias: subtracted from that of the ingredient words no
+    # listed line names (hpcrnn/generate/constrain.py). 0: off
+    listed_bias: float = _f(0.0, min=0.0)
+    unlisted_bias: float = _f(0.0, min=0.0)
 
 
 @dataclass

@@ -158,5 +158,23 @@ def _resolve_paths(cfg: Config, src: str, expand: Expand = True) -> None:
     t.init_from = _abs(t.init_from) if t.init_from else None
     key = "generate.prompt"
     g.prompt = prompt_text(g.prompt, key, src) if expands(expand, key) else _check_text(g.prompt, key, src)
+    _resolve_prompts_file(cfg, src, expand)
     if g.checkpoint and not g.checkpoint.isdigit() and g.checkpoint not in ("best", "last"):  # names stay names
         g.checkpoint = _abs(g.checkpoint)
+
+
+def _resolve_prompts_file(cfg: Config, src: str, expand: Expand = True) -> None:
+    """``generate.prompts``: absolute, like ``data.corpus``; a user's config (not a run's resolved one, whose
+    file may since have moved) names a file that exists, so a launch fails now rather than in a queued job.
+    Fills in ``generate.num_recipes``' default: 100 recipes, or 1 per prompt."""
+    g, key = cfg.generate, "generate.prompts"
+    if g.prompts is not None:
+        if not g.prompts.strip():
+            raise ConfigError(f"{src}: {key}: empty; give a file of prompts or leave the key out")
+        g.prompts = _abs(g.prompts)  # ${VAR} already expanded by the coercion
+        if expands(expand, key) and not os.path.isfile(g.prompts):
+            raise ConfigError(f"{src}: {key}: {g.prompts}: no such file")
+        if g.prompt:
+            raise ConfigError(f"{src}: {key}: set either generate.prompt or generate.prompts, not both")
+    if g.num_recipes is None:
+        g.num_recipes = 100 if g.prompts is None else 1

@@ -1,8 +1,9 @@
-"""`python -m hpcrnn.evaluate` (hpcrnn/evaluate/command.py)."""
+"""`python -m hpcrnn.evaluate` (hpcrnn/evaluate/command.py; ``--complete`` generates, so the entry point is
+served by hpcrnn/generate/complete.py, which sits above both)."""
 
 import sys
 
-from hpcrnn.evaluate.command import main
+from hpcrnn.generate.complete import main
 
 if __name__ == "__main__":
     sys.exit(main())

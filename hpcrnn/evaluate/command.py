@@ -1,15 +1,21 @@
 """`python -m hpcrnn.evaluate CONFIG|RUN_DIR [--checkpoint STEP|best|last] [--text FILE ...] [--protocol P] [--json]`:
-a checkpoint's held-out figures (hpcrnn/evaluate/metrics.py) on its run's splits or on text files."""
+a checkpoint's held-out figures (hpcrnn/evaluate/metrics.py) on its run's splits or on text files.
+
+``--complete FILE`` (real recipes: each cut after its ingredient block, the rest generated and compared)
+needs generation, a stage above this one: its figures come from :mod:`hpcrnn.generate.complete`, whose
+``main`` is this command's with that option served (the entry point ``python -m hpcrnn.evaluate``)."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hpcrnn.cli import add_checkpoint_option, make_parser, run_cli
 from hpcrnn.data.corpus import open_corpus
+from hpcrnn.errors import ConfigError
 from hpcrnn.evaluate.metrics import PROTOCOLS, evaluate_split, mode_protocol, score_file
 from hpcrnn.model.restore import open_checked
 from hpcrnn.progress import clock, use_bar
@@ -81,7 +87,8 @@ def format_evaluation(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, complete: Callable | None = None) -> int:
+    """The command; ``complete(cfg, args)``: what serves ``--complete FILE`` (:mod:`hpcrnn.generate.complete`)."""
     parser = make_parser(
         "hpcrnn.evaluate",
         "Perplexity, top-1/top-5 accuracy and <unk> rate of a checkpoint on its run's splits or on text files.",
@@ -103,9 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         help="score the splits by this protocol (repeatable; default: the run's own and standard); windows "
         "uses data.window, e.g. data.window=50 for the lecture's 50-token windows",
     )
+    parser.add_argument(
+        "--complete",
+        metavar="FILE",
+        default=None,
+        help="real recipes (corpus layout): cut each after its ingredient block, generate the rest with the "
+        "config's sampling, and compare listed-used, extra items, structure and ending with the real "
+        "instructions, whose perplexity given the real ingredient block is reported too",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     def fn(cfg, args) -> None:
+        if args.complete is not None:
+            if complete is None:
+                raise ConfigError("--complete: run it as python -m hpcrnn.evaluate (this entry point cannot generate)")
+            return complete(cfg, args)
         res = run_evaluate(cfg, args.checkpoint, args.text, args.protocol, progress=True)
         print(json.dumps(res, indent=2) if args.json else format_evaluation(res), flush=True)
 

@@ -4,7 +4,8 @@ A fixed number of *slots* each hold one recipe; every step feeds one token per s
 :class:`hpcrnn.generate.stepper.Stepper` (carrying the recurrent state, rather than re-running a window of
 past words per new word) and picks the next tokens with :mod:`hpcrnn.generate.sampling`. A slot whose
 recipe ends (stop token or ``max_tokens``) takes the next recipe at once (its state zeroed), so the batch
-stays full until the queue runs dry.
+stays full until the queue runs dry. With a :class:`hpcrnn.generate.constrain.Lexicon` (``generate.listed_bias``
+/ ``unlisted_bias``), each slot's bias is added to its logits before sampling; without one, nothing of it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpcrnn.generate.constrain import Lexicon, Tracker
 from hpcrnn.generate.sampling import greedy, sample_scaled
 from hpcrnn.generate.stepper import Stepper
 
@@ -57,6 +59,7 @@ class _Batch:
     cur: torch.Tensor  # [b] the tokens fed at the next step
     state: Any = None  # the recurrent state (nn.LSTM's layout)
     work: torch.Tensor | None = None  # the sampler's float32 buffer, reused while the batch keeps its shape
+    con: Tracker | None = None  # the slots' bias (lexically constrained decoding); None: off
 
 
 class _Queue:
@@ -104,6 +107,7 @@ def generate_batched(
     precision: str = "fp32",
     sync_every: int | None = None,
     memory: int | None = None,
+    lexicon: Lexicon | None = None,
 ) -> Iterator[tuple[int, list[int], bool]]:
     """Continuous batched generation with a RecurrentLM. Yields ``(key, generated ids without the stop
     token, stopped at the stop token)`` as recipes finish (not in job order).
@@ -114,6 +118,7 @@ def generate_batched(
     finished in between idles until then. Finished slots take the next job; when none is left the batch
     shrinks to the live slots. ``precision``: that of the matrix products (see :mod:`hpcrnn.generate.stepper`).
     ``memory``: the most tokens one job reads (its prompt and ``max_tokens``): a pointer's ring is no longer.
+    ``lexicon``: the tables of lexically constrained decoding (:mod:`hpcrnn.generate.constrain`); None: off.
     """
     device = torch.device(device)
     if sync_every is None:
@@ -129,7 +134,7 @@ def generate_batched(
     # uniforms per generated token: as many as the first job brings (one per draw; see hpcrnn.generate.sampling)
     rounds = 1 if is_greedy else int(np.asarray(first[0].uniforms).reshape(len(first[0].uniforms), -1).shape[1])
     rule = _Rule(max_tokens, stop_id, top_k, top_p, is_greedy, rounds)
-    batch = _start(first, rule, device)
+    batch = _start(first, rule, device, lexicon)
     step = 0
     while True:
         # inference mode per step, not around the loop: a generator suspended inside the block would leave
@@ -147,8 +152,8 @@ def generate_batched(
             return
 
 
-def _start(first: list[Job], rule: _Rule, device: torch.device) -> _Batch:
-    """The batch of the first jobs, one slot each."""
+def _start(first: list[Job], rule: _Rule, device: torch.device, lexicon: Lexicon | None) -> _Batch:
+    """The batch of the first jobs, one slot each (and their tracker, with a ``lexicon``)."""
     b, P = len(first), max(len(j.prompt) for j in first)
     prompt = torch.zeros(b, P, dtype=torch.long)
     plen = torch.zeros(b, dtype=torch.long)
@@ -160,7 +165,7 @@ def _start(first: list[Job], rule: _Rule, device: torch.device) -> _Batch:
             uni[r] = _uniforms(j, rule.max_tokens, rule.rounds)
     prompt, plen, uni = prompt.to(device), plen.to(device), uni.to(device)
     zeros = torch.zeros(b, dtype=torch.long, device=device)
-    return _Batch(
+    batch = _Batch(
         keys=[j.key for j in first],
         prompt=prompt,
         plen=plen,
@@ -171,6 +176,11 @@ def _start(first: list[Job], rule: _Rule, device: torch.device) -> _Batch:
         done=torch.zeros(b, dtype=torch.bool, device=device),
         cur=prompt[:, 0].clone(),
     )
+    if lexicon is not None:
+        batch.con = Tracker(lexicon, b, device)
+        for r, j in enumerate(first):
+            batch.con.begin(r, j.prompt)
+    return batch
 
 
 def _step(batch: _Batch, step_fn: Stepper, rule: _Rule) -> None:
@@ -180,6 +190,8 @@ def _step(batch: _Batch, step_fn: Stepper, rule: _Rule) -> None:
     gidx = t.ngen.clamp(max=rule.max_tokens - 1)
     if t.work is None or t.work.shape != logits.shape:
         t.work = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    if t.con is not None:
+        logits = t.con.add(logits, t.work)  # float32, in the sampler's buffer (which it may overwrite)
     if rule.greedy:
         nxt = greedy(logits, t.work)
     else:
@@ -194,6 +206,8 @@ def _step(batch: _Batch, step_fn: Stepper, rule: _Rule) -> None:
     pnext = t.prompt.gather(1, (t.pos + 1).clamp(max=t.prompt.shape[1] - 1)[:, None])[:, 0]
     t.cur = torch.where(forcing, pnext, nxt)
     t.pos += 1
+    if t.con is not None:
+        t.con.after(t.gen, t.ngen, nxt, live)
 
 
 def _turn_over(batch: _Batch, queue: _Queue, rule: _Rule) -> list[tuple[int, list[int], bool]]:
@@ -239,6 +253,8 @@ def _refill(batch: _Batch, r: int, job: Job, rule: _Rule) -> None:
     t.ngen[r] = 0
     t.done[r] = False
     t.cur[r] = t.prompt[r, 0]
+    if t.con is not None:
+        t.con.begin(r, job.prompt)
 
     def zero(s):
         s[:, r] = 0
@@ -257,4 +273,6 @@ def _shrink(batch: _Batch, keep: list[int], rule: _Rule) -> None:
     )
     if not rule.greedy:
         t.uni = t.uni.index_select(0, ks)
+    if t.con is not None:
+        t.con.keep(ks, keep)
     t.state = _map_state(t.state, lambda s: s.index_select(1, ks).contiguous())

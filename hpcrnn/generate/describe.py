@@ -24,6 +24,7 @@ import torch
 from hpcrnn.generate import quality as Q
 from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.text.detokenize import detokenize
+from hpcrnn.text.tokenize import tokenize
 
 INGREDIENT_SAMPLE = 2000  # training recipes read to derive the ingredient words (a seeded sample)
 
@@ -46,17 +47,37 @@ def build_quality_context(cv: CorpusView, seed: int = 0) -> QualityContext:
     if not cv.has_text:
         _log(f"quality: {cv.path} holds no corpus text: no ingredient words, no novelty, no real recipes")
         return QualityContext(frozenset(), None, 0)
-    train = cv.docs(0)
-    rng = np.random.default_rng([seed % 2**64, 0x1E5])
-    pick = train if len(train) <= INGREDIENT_SAMPLE else np.sort(rng.choice(train, INGREDIENT_SAMPLE, replace=False))
-    words = Q.build_ingredient_words([Q.parse_recipe(cv.text(cv.doc_tokens(d))) for d in pick])
+    words = ingredient_words(cv, seed)
     stream = cv.split_stream(0)
     index = Q.CopyIndex(stream, len(cv.vocab))
     _log(
-        f"quality: {len(words)} ingredient words from {len(pick)} training recipes, copy index over "
+        f"quality: {len(words)} ingredient words from {_sample_size(cv)} training recipes, copy index over "
         f"{len(stream):,} training tokens ({time.time() - t0:.1f} s)"
     )
     return QualityContext(words, index, len(stream))
+
+
+_WORDS: dict[tuple, frozenset] = {}  # per corpus and seed: the job's decoding and its figures derive them once
+
+
+def _sample_size(cv: CorpusView) -> int:
+    return min(len(cv.docs(0)), INGREDIENT_SAMPLE)
+
+
+def ingredient_words(cv: CorpusView, seed: int = 0) -> frozenset:
+    """The corpus' ingredient words (:func:`hpcrnn.generate.quality.build_ingredient_words`) from a seeded
+    sample of training recipes; empty without the corpus text."""
+    if not cv.has_text:
+        return frozenset()
+    key = (str(cv.path), cv.vocab_hash, len(cv.tokens), seed)
+    if key not in _WORDS:
+        train = cv.docs(0)
+        rng = np.random.default_rng([seed % 2**64, 0x1E5])
+        pick = (
+            train if len(train) <= INGREDIENT_SAMPLE else np.sort(rng.choice(train, INGREDIENT_SAMPLE, replace=False))
+        )
+        _WORDS[key] = Q.build_ingredient_words([Q.parse_recipe(cv.text(cv.doc_tokens(d))) for d in pick])
+    return _WORDS[key]
 
 
 def real_sample_quality(cv: CorpusView, qc: QualityContext, n: int, seed: int) -> tuple[list[dict], list[int]]:
@@ -79,11 +100,28 @@ def real_sample_quality(cv: CorpusView, qc: QualityContext, n: int, seed: int) -
 _DESCRIBE_CTX: tuple | None = None
 
 
-def describe_recipe(shown: list[int], toks: list[int]) -> tuple[str, str | None, dict]:
-    """(text, title, quality figures) of one recipe: its shown prompt ids and its generated ids."""
+def describe_recipe(shown: list[int], toks: list[int], listed: list[str] | None = None) -> tuple[str, str | None, dict]:
+    """(text, title, quality figures) of one recipe: its shown prompt ids and its generated ids; ``listed``:
+    the ingredient lines of its prompt, for ``listed_used`` and ``extra_items`` (None: no prompt set)."""
     vocab, tokenizer, words, index = _DESCRIBE_CTX
     text = recipe_text(vocab, tokenizer, shown, toks)
-    return text, Q.parse_recipe(text).title, Q.recipe_quality(text, toks, words, index)
+    p = Q.parse_recipe(text)
+    quality = Q.recipe_quality(text, toks, words, index)
+    if listed is not None:
+        quality.update(Q.listed_figures(listed, p.instructions, words))
+    return text, p.title, quality
+
+
+def real_prompted_quality(cv: CorpusView, qc: QualityContext, recipes: list[tuple[str, list[str]]]) -> list[dict]:
+    """The figures of real recipes (text, the ingredient lines given) as of generated ones: the whole
+    recipe's tokens count (tokenized like the corpus), and its own instructions use the lines given."""
+    out = []
+    for text, listed in recipes:
+        ids = cv.ids(tokenize(text, cv.tokenizer))
+        q = Q.recipe_quality(text, ids, qc.ingredient_words, qc.index)
+        q.update(Q.listed_figures(listed, Q.parse_recipe(text).instructions, qc.ingredient_words))
+        out.append(q)
+    return out
 
 
 def recipe_text(vocab: list[str], tokenizer: str, shown: list[int], toks: list[int]) -> str:
@@ -155,11 +193,11 @@ class Describer:
             )
             self.pool.submit(int).result()  # fork the workers now, before this process initialises CUDA
 
-    def submit(self, shown: list[int], toks: list[int]) -> Callable[[], tuple]:
+    def submit(self, shown: list[int], toks: list[int], listed: list[str] | None = None) -> Callable[[], tuple]:
         """A thunk the writer thread calls for the result (computed there, or awaited from a worker)."""
         if self.pool is None:
-            return lambda: describe_recipe(shown, toks)
-        return self.pool.submit(describe_recipe, shown, toks).result
+            return lambda: describe_recipe(shown, toks, listed)
+        return self.pool.submit(describe_recipe, shown, toks, listed).result
 
     def close(self) -> None:
         if self.pool is not None:

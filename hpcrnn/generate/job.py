@@ -16,10 +16,15 @@ What ``run_generate`` does:
   recipe exists yet is simply replaced. Other settings with the default ``generate.name`` write to a
   folder named after them (``generated/t1.0/``, see :func:`hpcrnn.run.generated.output_name`), said in
   one line; a folder given by name that holds other settings is refused, naming the ``generate.name`` to pass.
+* With ``generate.prompts`` (a file of prompts), ``generate.num_recipes`` recipes for each prompt,
+  numbered as :mod:`hpcrnn.generate.prompts` says, batched across prompts; each index entry names its
+  prompt (``prompt_number``, ``prompt_title``) and the figures ``listed_used`` / ``extra_items``.
 * Generates this shard's missing recipes with a fixed number of *slots* (``generate.batch_size``) by
   continuous batched decoding (:mod:`hpcrnn.generate.decode`), primed as :mod:`hpcrnn.generate.prompts`
   says. Shard ``s`` of ``n`` owns recipes ``i`` with ``(i - 1) % n == s``; a rerun skips every recipe
   already present (from any shard layout), so a killed job continues where it stopped.
+* ``generate.listed_bias`` / ``unlisted_bias`` (0: off) steer the instructions towards the recipe's listed
+  ingredients (:mod:`hpcrnn.generate.constrain`).
 * Describes and writes each finished recipe off the decoding loop (:mod:`hpcrnn.generate.describe`).
 * When every recipe 1..N is present, the task that notices writes ``index.jsonl`` and ``summary.json``
   (generated figures beside the same figures of a sample of real test-split recipes).
@@ -47,7 +52,7 @@ from hpcrnn.cli import make_parser, run_cli
 from hpcrnn.config import Config, ModelConfig
 from hpcrnn.errors import EXIT_OK, ConfigError, InputError, StorageError
 from hpcrnn.fsutil import atomic_write_json
-from hpcrnn.generate import quality as Q
+from hpcrnn.generate.constrain import lexicon
 from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.generate.decode import generate_batched
 from hpcrnn.generate.describe import (
@@ -56,11 +61,12 @@ from hpcrnn.generate.describe import (
     RecipeWriter,
     available_cpus,
     build_quality_context,
+    ingredient_words,
     quality_workers,
-    real_sample_quality,
     torch_threads,
 )
-from hpcrnn.generate.prompts import PromptPlan, make_job, plan_prompt
+from hpcrnn.generate.prompts import PromptPlan, PromptSet, make_job, plan_prompt, recipe_count
+from hpcrnn.generate.summary import job_summary
 from hpcrnn.model import memory
 from hpcrnn.model.file import ModelFile, read_model_file
 from hpcrnn.model.precision import resolve_precision
@@ -110,7 +116,7 @@ class _Source:
     """What this call generates from, checked against each other: corpus, prompt, checkpoint, device."""
 
     cv: CorpusView
-    prompt: PromptPlan
+    prompt: PromptPlan | PromptSet
     info: CheckpointInfo
     model: torch.nn.Module  # on the CPU until the describing workers have forked
     device: torch.device
@@ -165,8 +171,10 @@ def view_for(cfg: Config, mf: ModelFile) -> CorpusView:
     return CorpusView.of_vocabulary(mf.vocabulary)
 
 
-def prompt_ring(pp: PromptPlan, max_tokens: int) -> int:
+def prompt_ring(pp: PromptPlan | PromptSet, max_tokens: int) -> int:
     """The most tokens one recipe reads: its prompt and what it generates (a pointer's ring needs no more)."""
+    if isinstance(pp, PromptSet):
+        return max(len(p.fixed) for p in pp.plans) + max_tokens
     return (pp.window if pp.kind == "random" else len(pp.fixed)) + max_tokens
 
 
@@ -193,18 +201,18 @@ def _open_source(cfg: Config, out: Path) -> _Source:
     except OSError as e:
         raise StorageError(f"{out}: cannot create: {e.strerror or e}") from None
     want = resolve_precision(cfg.generate.precision, device, "generate", cfg.source, say=_log)
-    precision = _agree_plan(cfg, out, info, cv, want)
+    precision = _agree_plan(cfg, out, info, cv, want, prompt)
     return _Source(cv, prompt, info, model, device, precision)
 
 
-def _agree_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, precision: str) -> str:
+def _agree_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, precision: str, pp) -> str:
     try:
-        return _pin_plan(cfg, out, info, cv, precision)
+        return _pin_plan(cfg, out, info, cv, precision, pp)
     except OSError as e:
         raise StorageError(f"{out / PLAN}: cannot write: {e.strerror or e}") from None
 
 
-def _pin_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, precision: str) -> str:
+def _pin_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, precision: str, pp=None) -> str:
     """Pin (checkpoint, vocabulary, settings, resolved precision) in ``plan.json`` — created by the first
     task, atomically — or check that this task agrees with the pinned plan. A plan under which no recipe
     exists yet is stale (e.g. a job killed before its first recipe) and is replaced. Returns the
@@ -215,6 +223,8 @@ def _pin_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, prec
         "settings": generation_settings(cfg),
         "precision": precision,
     }
+    if isinstance(pp, PromptSet):  # only then: a plan without prompts stays as it was
+        mine["prompts"] = pp.record()
     path = out / PLAN
     theirs = read_json(path)
     if theirs is None:
@@ -223,7 +233,7 @@ def _pin_plan(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, prec
         theirs = read_json(path) or {}
 
     def key(p: dict):
-        return (p.get("checkpoint", {}).get("step"), p.get("vocab_hash"), p.get("settings"))
+        return (p.get("checkpoint", {}).get("step"), p.get("vocab_hash"), p.get("settings"), p.get("prompts"))
 
     if key(theirs) == key(mine):
         return theirs.get("precision") or precision
@@ -250,6 +260,12 @@ def _plan_conflict(cfg: Config, out: Path, theirs: dict, mine: dict, cv: CorpusV
         return InputError(
             f"{out}: holds recipes made with vocabulary {str(theirs.get('vocab_hash'))[:12]}, the "
             f"corpus {cv.path} has {cv.vocab_hash[:12]}: choose another generate.name"
+        )
+    if theirs.get("prompts") != mine.get("prompts"):
+        what = (theirs.get("prompts") or {}).get("source") or "generate.prompt"
+        return InputError(
+            f"{out}: holds recipes made from other prompts ({what}): choose another generate.name "
+            f"(or remove the folder)"
         )
     old = theirs.get("settings") or {}
     name = settings_name(old, mine["settings"])
@@ -293,7 +309,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
     out = output_dir(cfg)
     keep_freed_memory()  # see hpcrnn/process.py: otherwise every decoding step page-faults its tensors
     src = _open_source(cfg, out)
-    mine = shard_recipes(cfg.generate.num_recipes, shard, num_shards)
+    mine = shard_recipes(recipe_count(cfg, src.prompt), shard, num_shards)
     remove_own_temporaries(out, set(mine))
     present = present_recipes(out)
     todo = [i for i in mine if i not in present]
@@ -308,7 +324,7 @@ def run_generate(cfg: Config, shard: int = 0, num_shards: int = 1) -> GenerateRe
             f"shard {shard + 1}/{num_shards}: wrote {written} recipes, {tokens:,} tokens in "
             f"{seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s)"
         )
-    complete = merge(cfg, out, src.info, src.cv, qc)
+    complete = merge(cfg, out, src.info, src.cv, qc, src.prompt)
     return GenerateResult(
         out,
         shard,
@@ -359,20 +375,23 @@ def _decode(
     for i, shown, toks, stopped in decode_recipes(cfg, src.cv, model, src.prompt, todo, src.device, src.precision):
         tokens += len(toks) + int(stopped)
         written += 1
-        writer.put((i, len(shown), toks, stopped, describer.submit(shown, toks)))
+        listed = src.prompt.entry(i).listed if isinstance(src.prompt, PromptSet) else None
+        writer.put((i, len(shown), toks, stopped, describer.submit(shown, toks, listed)))
         meter.update(written, f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tokens/s")
     meter.finish()
     return written, tokens, time.perf_counter() - t0
 
 
 def decode_recipes(
-    cfg: Config, cv: CorpusView, model, pp: PromptPlan, todo: list[int], device, precision: str
+    cfg: Config, cv: CorpusView, model, pp: PromptPlan | PromptSet, todo: list[int], device, precision: str
 ) -> Iterator[tuple[int, list[int], list[int], bool]]:
     """Recipes ``todo`` as they finish: (number, shown prompt ids, generated ids, stopped at the end of the
     recipe). The job's decoding, and ``hpcrnn.load(...).generate``'s, so both make the same recipes."""
     g = cfg.generate
     hidden_of: dict[int, int] = {}
     prompts: dict[int, list[int]] = {}
+    words = ingredient_words(cv, cfg.data.seed) if g.unlisted_bias else frozenset()
+    lex = lexicon(g, cv.vocab, cv.tokenizer, words, device)  # None with both biases 0: plain decoding
 
     def jobs():
         for i in todo:
@@ -394,6 +413,7 @@ def decode_recipes(
         device=device,
         precision=precision,
         memory=prompt_ring(pp, g.max_tokens),
+        lexicon=lex,
     ):
         yield i, prompts.pop(i)[hidden_of.pop(i) :], toks, stopped
 
@@ -412,53 +432,37 @@ def _write_one(cfg: Config, src: _Source, out: Path, index_name: str, item: tupl
         "stream": [g.seed, i],
         "checkpoint_step": src.info.step,
         "prompt": g.prompt,
-        "sampling": {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "max_tokens": g.max_tokens},
+        "sampling": {
+            "temperature": g.temperature,
+            "top_k": g.top_k,
+            "top_p": g.top_p,
+            "max_tokens": g.max_tokens,
+            **{k: getattr(g, k) for k in ("listed_bias", "unlisted_bias") if getattr(g, k)},  # set: recorded
+        },
         "precision": src.precision,
         "quality": quality,
     }
+    if isinstance(src.prompt, PromptSet):
+        entry = src.prompt.entry(i)
+        record["prompt"] = src.prompt.source
+        record["prompt_number"], record["prompt_title"] = entry.number, entry.title
     write_recipe(out, index_name, i, text, record)
 
 
-def merge(cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, qc: QualityContext | None = None) -> bool:
+def merge(
+    cfg: Config, out: Path, info: CheckpointInfo, cv: CorpusView, qc: QualityContext | None = None, pp=None
+) -> bool:
     """Write index.jsonl and summary.json once every recipe 1..N is present. Deterministic content, so
     two tasks that both see the set complete write the same bytes (each atomically)."""
-    n = cfg.generate.num_recipes
+    n = recipe_count(cfg, pp)
     present = present_recipes(out)
     if any(i not in present for i in range(1, n + 1)):
         return False
     records = [present[i] for i in range(1, n + 1)]
-    write_merged(out, records, _summary(cfg, info, cv, qc or build_quality_context(cv, cfg.data.seed), records))
+    qc = qc or build_quality_context(cv, cfg.data.seed)
+    write_merged(out, records, job_summary(cfg, info, cv, qc, records, pp))
     _log(f"{out}: all {n} recipes present; wrote index.jsonl and {SUMMARY}")
     return True
-
-
-def _summary(cfg: Config, info: CheckpointInfo, cv: CorpusView, qc: QualityContext, records: list[dict]) -> dict:
-    g = cfg.generate
-    real, real_len = real_sample_quality(cv, qc, g.quality_sample, cfg.data.seed)
-    generated = Q.summarize([r["quality"] for r in records], [r["tokens"] for r in records])
-    generated["stopped_at_end_of_recipe"] = round(sum(r["stopped"] == "eor" for r in records) / len(records), 4)
-    return {
-        "name": g.name,
-        "run": cfg.run.name,
-        "num_recipes": g.num_recipes,
-        "checkpoint": {"step": info.step, "path": str(info.path)},
-        "vocab_hash": cv.vocab_hash,
-        "settings": generation_settings(cfg),
-        "precision": records[0].get("precision"),
-        "generated": generated,
-        "real_test_sample": Q.summarize(real, real_len),
-        "ingredient_words": len(qc.ingredient_words),
-        "train_tokens": qc.train_tokens,
-        "definitions": {
-            "structure": "has a title, at least one ingredient line and instructions (>= 5 words)",
-            "coherence": "share of the distinct ingredient words named in the instructions that appear in "
-            "the recipe's own ingredient lines (ingredient words: names in training ingredient "
-            "lines, see hpcrnn/generate/quality.py)",
-            "repeated_4grams": "1 - distinct token 4-grams / token 4-grams (generated tokens only)",
-            "longest_copy": "longest run of tokens copied verbatim from the training split's token stream "
-            "(generated tokens only; whole recipe for real ones)",
-        },
-    }
 
 
 def _cli(cfg: Config, args) -> GenerateResult:

@@ -30,6 +30,17 @@ Every figure is computed the same way for a generated recipe and for a held-out 
     Novelty: the longest run of tokens copied verbatim from the training split's token stream, exact
     (:class:`CopyIndex`). For a generated recipe it is measured on the generated tokens (not the prompt).
 
+``listed_used`` and ``extra_items`` (a prompted recipe: the ingredients it was given)
+    Kiddon et al. (2016)'s two measures of writing a recipe from a given ingredient list, with the same
+    simple matcher as ``coherence`` (normalised words, no synonyms). The *listed* lines are the ingredient
+    lines of the prompt (for a real recipe: its own ingredient lines). A listed line's *head noun* is the
+    last of its name words (:func:`name_words`, in order: ``olive oil`` -> ``oil``, ``1 lg Garlic clove``
+    -> ``clove``, ``Lemons, juiced`` -> ``lemon``); a line without one is not counted. ``listed_used`` is
+    the share of the listed lines whose head noun the instructions name; ``extra_items`` the number of
+    distinct ingredient words (the corpus' vocabulary above) that the instructions name and that appear in
+    no listed line (any word of it). Both are ``None`` for a prompt that lists no ingredient line, and
+    ``extra_items`` is ``None`` without ingredient words (a model file without its corpus).
+
 Aggregates over many recipes come from :func:`summarize`.
 """
 
@@ -197,6 +208,25 @@ def coherence(p: ParsedRecipe, ingredient_words: frozenset[str]) -> tuple[float 
     return len(mentioned & own) / len(mentioned), len(mentioned)
 
 
+def head_noun(line: str) -> str | None:
+    """The head noun of an ingredient line: the last of its name words (English names end with their head)."""
+    ws = [w for w in words(ingredient_name(line)) if w not in NOT_INGREDIENTS and w not in UNITS]
+    return ws[-1] if ws else None
+
+
+def listed_figures(listed: Sequence[str], instructions: str, ingredient_words: frozenset[str]) -> dict:
+    """``listed_used``, ``extra_items`` (see the module docstring) and ``listed`` (lines with a head noun)
+    of instructions written for the ingredient lines ``listed``."""
+    heads = [h for h in map(head_noun, listed) if h]
+    if not heads:
+        return {"listed": 0, "listed_used": None, "extra_items": None}
+    said = set(words(instructions))
+    own = set().union(*(words(line) for line in listed))
+    extra = len({w for w in said if w in ingredient_words and w not in own}) if ingredient_words else None
+    used = sum(h in said for h in heads) / len(heads)
+    return {"listed": len(heads), "listed_used": round(used, 4), "extra_items": extra}
+
+
 # ---------------------------------------------------------------- repetition
 
 
@@ -361,4 +391,9 @@ def summarize(qualities: list[dict], lengths: list[int] | None = None) -> dict:
         out["longest_copy_max"] = int(max(cp))
     if lengths is not None and lengths:
         out["tokens_mean"] = _mean(lengths)
+    if any("listed_used" in q for q in qualities):  # prompted recipes only: unprompted summaries unchanged
+        used = [q["listed_used"] for q in qualities if q.get("listed_used") is not None]
+        out["listed_used_mean"] = _mean(used)
+        out["extra_items_mean"] = _mean([q["extra_items"] for q in qualities if q.get("extra_items") is not None])
+        out["listed_recipes"] = len(used)
     return out

@@ -47,6 +47,8 @@ _TAGS = {
     "prompt": "prompt",
     "precision": "",
     "sampler": "sampler",
+    "listed_bias": "lb",
+    "unlisted_bias": "ub",
 }
 
 
@@ -124,6 +126,11 @@ def generation_settings(cfg: Config) -> dict:
         "prompt": g.prompt,
         "precision": g.precision,
         "sampler": SAMPLER,
+        # only when set, so that the folders of unprompted settings keep their names
+        **({"prompts": g.prompts, "prompts_cut": g.prompts_cut} if g.prompts else {}),
+        # the same: at 0 (off) the recipes and folder names are those of before the settings existed
+        **({"listed_bias": g.listed_bias} if g.listed_bias else {}),
+        **({"unlisted_bias": g.unlisted_bias} if g.unlisted_bias else {}),
     }
 
 
@@ -220,6 +227,24 @@ def generation_done(cfg: Config, step: int) -> bool:
             return False
         if step != s.get("checkpoint", {}).get("step"):
             return False
-        return all((out / recipe_file_name(i)).is_file() for i in range(1, cfg.generate.num_recipes + 1))
+        total = (s.get("prompts") or {}).get("recipes", cfg.generate.num_recipes)  # per prompt, times prompts
+        return all((out / recipe_file_name(i)).is_file() for i in range(1, total + 1))
     except Exception:
         return False
+
+
+def recipes_wanted(cfg: Config) -> int:
+    """How many recipes the generation job writes: ``num_recipes``, or that many for each prompt of
+    ``generate.prompts`` (as its summary recorded them; before the job, one per ``Title:`` line of the
+    file, the corpus layout's start of a prompt). Never raises: an unreadable file counts as no prompts."""
+    g = cfg.generate
+    if not g.prompts:
+        return g.num_recipes
+    try:
+        recorded = ((read_json(output_dir(cfg) / SUMMARY) or {}).get("prompts") or {}).get("recipes")
+        if isinstance(recorded, int):
+            return recorded
+        with open(g.prompts, encoding="utf-8", errors="replace") as f:
+            return g.num_recipes * sum(1 for line in f if line.startswith("Title:"))
+    except Exception:
+        return 0
