@@ -16,7 +16,8 @@ Generation's heap. A generation step makes and drops several tensors of megabyte
 10 MB each for 512 slots x 5,288 words). glibc's malloc hands such blocks back to the OS when they are freed
 and maps fresh pages for the next one, so every step pays page faults on all of them (comparable to the
 step's arithmetic). ``keep_freed_memory`` tells malloc to serve blocks up to 32 MB from its heap and to keep
-freed heap memory, so the same pages are reused step after step. It is a process-wide setting: the
+freed heap memory, so the same pages are reused step after step (what is larger, a pointer's ring of
+keys, is allocated once per batch and never copied: hpcrnn/generate/ring.py). It is a process-wide setting: the
 generation job and the benchmark call it at their start; a library import does not. A no-op where there is
 no glibc (``mallopt`` missing).
 """

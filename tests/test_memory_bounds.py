@@ -56,7 +56,7 @@ def test_model_file_shapes_are_checked_before_the_model_is_built(tmp_path, tiny_
 
 def test_the_generation_ring_holds_what_a_recipe_reads():
     model = build_model(ModelConfig(hidden=16, embedding=8, pointer=512), 40).eval()
-    ring = Stepper(model, memory=60).zero_state(3)[-3]
-    assert ring.shape == (1, 3, 60, 16)
-    assert Stepper(model).zero_state(3)[-3].shape == (1, 3, 512, 16)
-    assert Stepper(model, memory=10**6).zero_state(1)[-3].shape == (1, 1, 512, 16)
+    for memory, places in ((60, 60), (None, 512), (10**6, 512)):
+        step = Stepper(model, memory=memory)
+        step.zero_state(3)
+        assert step.ring.keys.shape == (3, places, 16) and step.ring.toks.shape == (3, places)

@@ -4,13 +4,15 @@ pointer that learns to copy what a plain LM cannot predict."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from hpcrnn.config import ModelConfig
 from hpcrnn.generate.stepper import Stepper
 from hpcrnn.model.pointer import Pointer
-from hpcrnn.model.rnn import build_model, token_loss
+from hpcrnn.model.rnn import build_model, token_loss, whole_distribution
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train.loop import run_train
 from tests.helpers import prepared, stop_at
@@ -95,7 +97,8 @@ def test_stepper_equals_the_model_with_temperature_and_banned_tokens(cell):
         got = torch.stack(got, 1)
         ref = want / temperature if temperature else want.clone()
         ref[..., list(banned)] = float("-inf")
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        # the stepper's logits are log p / temperature up to a constant per row (all sampling needs)
+        torch.testing.assert_close(got.log_softmax(-1), ref.log_softmax(-1), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -165,3 +168,160 @@ def test_a_pointer_model_exports_loads_and_generates_the_same(tmp_path, tiny_cor
     assert file_lm.config.model.pointer == 30
     assert int(file_lm.model.pointer.boundary) == int(run_lm.model.pointer.boundary) >= 0
     assert file_lm.generate(n=3) == run_lm.generate(n=3)
+
+
+# ------------------------------------------------------------------ training's loss from the targets alone
+
+
+def _grads(m, loss) -> dict:
+    m.zero_grad()
+    loss.backward()
+    return {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+
+
+def _chunked_losses(m, x, y, chunk: int, carry: bool, targets: bool, **kw):
+    """The loss of every chunk (the memory carried, detached, from one to the next when ``carry``), and
+    the gradients of their sum."""
+    losses, state = [], None
+    for a in range(0, x.shape[1], chunk):
+        xs, ys = x[:, a : a + chunk], y[:, a : a + chunk]
+        out, new = m(xs, state if carry else None, targets=ys if targets else None)
+        out = out.reshape(-1, *out.shape[2:])
+        losses.append(token_loss(m, out, ys.reshape(-1), **kw))
+        state = tuple(s.detach() for s in new)
+    total = torch.stack(losses).sum()
+    return torch.stack(losses).detach(), _grads(m, total)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("carry", [True, False], ids=["memory carried", "windows"])
+def test_the_loss_from_the_targets_equals_the_loss_of_the_whole_distribution(cell, carry):
+    """model(x, state, targets=y) gives log p(y) without building the mixture: the same losses and
+    gradients as the whole distribution's, chunk after chunk, with document boundaries inside chunks."""
+    m = lively(cell, memory=12).train()  # the memory (12) fills up and wraps within the 40 positions
+    x, y = torch.randint(0, V, (B, 40)), torch.randint(0, V, (B, 40))
+    x[0, 5] = x[1, 17] = x[2, 30] = 3  # boundaries inside chunks
+    y[:, ::3] = x[:, ::3]  # targets the pointer can copy: its mass takes part
+    for kw in ({}, {"ignore_index": -100, "reduction": "sum"}):
+        yk = y.clone()
+        if kw:
+            yk[1, 20:] = -100  # a padded tail (documents mode)
+        torch.manual_seed(1)
+        want, want_g = _chunked_losses(m.eval(), x, yk, 9, carry, targets=False, **kw)
+        got, got_g = _chunked_losses(m.eval(), x, yk, 9, carry, targets=True, **kw)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert want_g.keys() == got_g.keys() and "pointer.query.weight" in got_g
+        for k in want_g:
+            torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_targets_give_log_p_of_each_target_and_the_last_word_alone():
+    m = lively(memory=30)
+    x, y = torch.randint(0, V, (B, 15)), torch.randint(0, V, (B, 15))
+    full, state_full = m(x)
+    got, state = m(x, targets=y)
+    torch.testing.assert_close(got, full.gather(-1, y[..., None])[..., 0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(state, state_full):
+        assert torch.equal(a, b)  # the same memory carried
+    last, _ = m(x, last_only=True, targets=y[:, -1])
+    torch.testing.assert_close(last, full[:, -1].gather(-1, y[:, -1:])[:, 0], rtol=1e-5, atol=1e-5)
+    with whole_distribution(m):  # a step that reports accuracy gets the distribution
+        assert torch.equal(m(x, targets=y)[0], full)
+    assert m(x, targets=y)[0].shape == (B, 15)
+
+
+def test_the_plain_model_returns_logits_with_or_without_targets():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(hidden=16, embedding=8), V).eval()
+    x, y = torch.randint(0, V, (B, 10)), torch.randint(0, V, (B, 10))
+    a, b = m(x)[0], m(x, targets=y)[0]
+    assert torch.equal(a, b) and a.shape == (B, 10, V)
+
+
+def test_the_trainer_feeds_the_targets_and_reports_accuracy_from_the_whole_distribution(tmp_path, tiny_corpus):
+    from hpcrnn.fsutil import read_jsonl
+    from hpcrnn.train import loop
+
+    stream = {"sequences": "stream", "window": 12}
+    _, cfg = prepared(tmp_path, tiny_corpus, data=stream, model={"pointer": 20}, train={"max_steps": 4, "log_every": 2})
+    shapes = []
+    real = loop.lm_loss
+
+    def spy(model, batch, loss_mode, state=None):
+        out = real(model, batch, loss_mode, state)
+        shapes.append(out[1].dim())
+        return out
+
+    loop.lm_loss, saved = spy, loop.lm_loss
+    try:
+        assert run_train(cfg).status == "done"
+    finally:
+        loop.lm_loss = saved
+    assert shapes == [1, 2, 1, 2]  # log p(y) alone, the distribution at the log points (steps 2 and 4)
+    train = [r for r in read_jsonl(cfg.metrics_path) if r.get("split") == "train"]
+    assert [r["step"] for r in train] == [2, 4] and all(0 <= r["acc"] <= r["top5"] <= 1 for r in train)
+
+
+# ------------------------------------------------------------------ generation: the ring stays in place
+
+
+def _one_at_a_time(m, seq: torch.Tensor) -> torch.Tensor:
+    """log p after each token, the model fed one token at a time (its memory then holds at most the newest
+    ``memory`` places, as the generation ring does; one pass over a chunk scores the whole chunk)."""
+    out, state = [], None
+    for t in seq:
+        logp, state = m(t.view(1, 1), state)
+        out.append(logp[0, 0])
+    return torch.stack(out).log_softmax(-1)
+
+
+def test_the_ring_follows_slots_that_end_are_refilled_and_dropped_without_moving():
+    """The decoder's row operations on the state (a refilled slot's row zeroed, a shrink keeping some rows,
+    hpcrnn/generate/decode.py) give every slot what the model gives its own tokens; the ring is neither
+    copied nor reallocated, and the state's pointer parts are two numbers a slot."""
+    m = lively(memory=8)  # the memory wraps within the 14 steps
+    seqs = {k: torch.randint(4, V, (14,)) for k in range(7)}
+    seqs[2][6] = 3  # a boundary inside a slot's recipe
+    # the ring's 8 places hold the current token and the 7 before it: the model carrying 7 scores the same
+    ref = copy.deepcopy(m)
+    ref.pointer.memory = 7
+    want = {k: _one_at_a_time(ref, s) for k, s in seqs.items()}
+    step = Stepper(m)
+    state = step.zero_state(4)
+    keys = step.ring.keys
+    assert [tuple(s.shape) for s in state[-2:]] == [(1, 4), (1, 4)] and keys.shape == (4, 8, 16)
+    slots, pos = [0, 1, 2, 3], [0, 0, 0, 0]  # the recipe each slot reads, and where it is in it
+    events = {
+        3: ("refill", 1, 4),
+        5: ("shrink", [0, 2, 3]),
+        7: ("refill", 0, 5),
+        8: ("shrink", [1, 2]),
+        9: ("refill", 1, 6),
+    }
+    for t in range(14):
+        if t in events:
+            ev = events[t]
+            if ev[0] == "refill":  # as decode._refill: every part of the slot's row zeroed
+                _, r, k = ev
+                for s in state:
+                    s[:, r] = 0
+                slots[r], pos[r] = k, 0
+            else:  # as decode._shrink
+                ks = torch.tensor(ev[1])
+                state = tuple(s.index_select(1, ks).contiguous() for s in state)
+                slots, pos = [slots[i] for i in ev[1]], [pos[i] for i in ev[1]]
+        tokens = torch.stack([seqs[k][p] for k, p in zip(slots, pos)])
+        out, state = step(tokens, state)
+        for r, (k, p) in enumerate(zip(slots, pos)):
+            torch.testing.assert_close(out[r].log_softmax(-1), want[k][p], rtol=1e-4, atol=1e-4, msg=f"t {t} slot {r}")
+        pos = [p + 1 for p in pos]
+    assert step.ring.keys is keys  # never reallocated
+    assert sorted(state[-2][0].tolist()) == [1, 2]  # the two live slots use rows 0 and 1
+
+
+def test_the_generation_ring_has_the_places_a_recipe_reads():
+    model = build_model(ModelConfig(hidden=16, embedding=8, pointer=512), 40).eval()
+    for memory, places in ((60, 60), (None, 512), (10**6, 512)):
+        step = Stepper(model, memory=memory)
+        step.zero_state(3)
+        assert step.ring.keys.shape == (3, places, 16) and step.ring.toks.shape == (3, places)

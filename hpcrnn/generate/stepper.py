@@ -21,13 +21,15 @@ multiplies bf16 natively: AMX on a CPU, a GPU's tensor cores), while the input t
 nonlinearities and the recurrent state stay fp32; the logits come out bf16 (rounded once, after summing).
 Which precision a job uses is decided once, in hpcrnn/model/precision.py.
 
-The logits are returned in a buffer that the next call (with the same batch size) overwrites.
+The logits are returned in a buffer that the next call (with the same or a smaller batch) overwrites.
 
 The state layout is ``nn.LSTM``'s: ``(h, c)`` of shape ``[layers, B, H]`` (``h`` alone for GRU/RNN).
-A model with a pointer (hpcrnn/model/pointer.py) adds its memory as a ring per slot, ``keys [1, B, M, H]``,
-``tokens [1, B, M]``, ``count [1, B]`` (rows on dim 1, so a slot is reset or dropped like ``(h, c)``); its
-step mixes the pointer into the probabilities, so the temperature and the banned tokens are applied to
-the mixture's log-probabilities instead of being folded into the output layer.
+A model with a pointer (hpcrnn/model/pointer.py) keeps its memory in a ring the stepper allocates once
+(hpcrnn/generate/ring.py) and adds two small parts to the state, ``slot [1, B]`` and ``count [1, B]`` (rows
+on dim 1, so a slot is reset or dropped like ``(h, c)``); its step mixes the pointer into the
+probabilities, so the temperature and the banned tokens are applied to the mixture's log-probabilities
+(into a reused buffer) instead of being folded into the output layer. One state at a time per stepper:
+``zero_state`` starts a new ring.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import copy
 from collections.abc import Sequence
 
 import torch
+
+from hpcrnn.generate.ring import Ring
 
 TABLE_LIMIT_BYTES = 512 * 2**20  # larger input tables (huge vocabularies) multiply per step instead
 
@@ -82,6 +86,7 @@ class Stepper:
                 self.table = torch.addmm(self.bias[0], emb, w_ih0_t)
             self._head_weights(model.head, temperature, banned, device)
         self._out: dict = {}  # per batch size: reused output buffers (see __call__)
+        self.ring: Ring | None = None  # a pointer's memory, made by zero_state
 
     def _recurrent_weights(self, rnn: torch.nn.Module, device: torch.device) -> torch.Tensor:
         """Per layer: transposed weights in the product precision and the summed biases (GRU: the n gate's
@@ -135,20 +140,23 @@ class Stepper:
         self.head_w_t = wa.to(self.mm_dtype)
 
     def _buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A reused buffer; a smaller batch (the batch shrinks as the last recipes end) gets the first rows
+        of the one it has, rather than a fresh allocation (past malloc's mmap threshold every new one would
+        be mapped afresh and page-fault)."""
         buf = self._out.get(name)
-        if buf is None or buf.shape != shape:
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
             buf = self._out[name] = torch.empty(shape, dtype=dtype, device=self.device)
             if name == "head_in":  # the bias column
                 buf.zero_()[:, self.hidden] = 1.0
-        return buf
+        return buf[: shape[0]]
 
     def zero_state(self, batch: int):
         z = torch.zeros(self.layers, batch, self.hidden, device=self.device)
         state = (z, z.clone()) if self.cell == "lstm" else z
         if self.pointer is None:
             return state
-        ring = self.pointer.zero_ring(batch, self.hidden, self.device)
-        return (*(state if isinstance(state, tuple) else (state,)), *ring)
+        self.ring = Ring(self.pointer, batch, self.hidden, self.device)
+        return (*(state if isinstance(state, tuple) else (state,)), *self.ring.state(batch))
 
     def _mm(self, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor | None = None):
         """``bias + x @ w_t`` in fp32; the product in the stepper's precision."""
@@ -195,11 +203,18 @@ class Stepper:
         return self._point(tokens, x, state), state
 
     def _point(self, tokens: torch.Tensor, x: torch.Tensor, state) -> torch.Tensor:
-        """The pointer's mixture as sampling-ready logits: log p / temperature, banned tokens -inf."""
-        ring = state[2:] if self.cell == "lstm" else state[1:]
-        logp = self.pointer.step(x, tokens, self._head(x), ring, limit=self.device.type == "cpu")
-        if self.temperature > 0:
-            logp.div_(self.temperature)
+        """The pointer's mixture as sampling-ready logits: log p / temperature (up to a constant per row),
+        banned tokens -inf."""
+        if self.ring is None:
+            raise ValueError("a pointer model's generation state comes from Stepper.zero_state")
+        B, V = len(tokens), self.vocab_size
+        logits = self._head(x)
+        if logits.dtype != torch.float32:  # bf16 products: the mixture is formed in fp32
+            logits = self._buffer("logits32", (B, V), torch.float32).copy_(logits)
+        work = self._buffer("work", (B, V), torch.float32)
+        logp = self.ring.step(x, tokens, logits, *state[-2:], work)
+        if self.temperature > 0 and self.temperature != 1.0:
+            logp.mul_(1.0 / self.temperature)
         if self.banned:
             logp[:, self.banned] = float("-inf")
         return logp

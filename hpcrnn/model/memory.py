@@ -53,6 +53,7 @@ def generate_bytes(cfg: Config, model_cfg: ModelConfig, vocab_size: int, ring: i
     total = parameters(model_cfg, vocab_size) * F32 + 3 * b * vocab_size * F32
     if model_cfg.pointer:
         total += b * min(model_cfg.pointer, ring) * (model_cfg.hidden * F32 + 8)
+        total += 2 * b * vocab_size * F32  # the ring's mixture: its work and mass buffers
     return total
 
 

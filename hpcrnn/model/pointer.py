@@ -13,13 +13,16 @@ Nothing says which words to copy: the network learns it from the loss, the same 
 without the pointer (a recipe's instructions mostly name what its ingredient list named, so that is what
 it learns to copy there). The model returns ``log p`` where it returned logits, so cross entropy,
 accuracy, top-k/top-p sampling and temperature work unchanged (``log_softmax`` of log-probabilities is
-the identity).
+the identity). Training's loss needs only the target's probability: given the targets, the model returns
+``log p(y)`` alone (:meth:`Pointer.target_logp`), never building the [B, T, V] mixture, which cost 43% of
+training's speed.
 
 The memory is carried like the recurrent state: the keys (outputs, detached) and the tokens of the newest
 (up to) ``memory`` positions, ``[M, B, H]`` and ``[M, B]`` (token + 1; 0 marks an empty place), rows on
 dim 1 like ``nn.LSTM``'s state, so truncated BPTT, checkpoints (rows split by rank) and evaluation carry
 it as they carry ``(h, c)``. A document starts at the boundary token (``<eor>``, which precedes every
-recipe): nothing before the newest boundary is pointed at.
+recipe): nothing before the newest boundary is pointed at. Generation keeps it in a ring of its own
+(hpcrnn/generate/ring.py).
 """
 
 from __future__ import annotations
@@ -46,34 +49,50 @@ class Pointer(nn.Module):
         # -1: none, the memory is one document
         self.register_buffer("boundary", torch.tensor(int(boundary)))
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, mem=None, last_only: bool = False):
+    def forward(
+        self, h: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, mem=None, last_only: bool = False, targets=None
+    ):
         """h [B, T, H]: last-layer outputs; x [B, T]: the tokens read; logits [B, T, V] ([B, V] with
-        ``last_only``: the last position only) -> (log p of the same shape, the new memory)."""
+        ``last_only``: the last position only) -> (log p of the same shape, the new memory). With
+        ``targets`` [B, T] ([B]): log p(target) [B, T] ([B]) instead, the whole distribution never built."""
         B, T, H = h.shape
         # no memory yet (windows mode, a stream's first step): score the chunk alone rather than a memory
         # of empty places, which would be masked out anyway
         keys_m, toks_m = self._none(B, H, h.device) if mem is None else mem
         M = keys_m.shape[0]
-        h = h.float()
-        keys = torch.cat([keys_m.transpose(0, 1).float(), h], 1)  # [B, M + T, H]
+        h, keys_m = h.float(), keys_m.float()
         toks = torch.cat([toks_m.t(), x + 1], 1)  # [B, M + T]
         valid = self._valid(toks, M, T)  # [B, T, M + T]
+        hq = h
         if last_only:
-            h, valid, logits = h[:, -1:], valid[:, -1:], logits[:, None]
+            hq, valid, logits = h[:, -1:], valid[:, -1:], logits[:, None]
+            targets = None if targets is None else targets[:, None]
         with torch.autocast(h.device.type, enabled=False):
-            logp = self.mix(torch.tanh(self.query(h)), keys, toks, valid, logits.float())
-        return (logp[:, 0] if last_only else logp), self._newest(keys.detach(), toks)
+            q = torch.tanh(self.query(hq))
+            # the memory's scores and the chunk's, apart: no [B, M + T, H] copy of the keys
+            scores = torch.cat([torch.bmm(q, keys_m.permute(1, 2, 0)), torch.bmm(q, h.transpose(1, 2))], -1)
+            scores = scores.masked_fill(~valid, float("-inf"))
+            if targets is None:
+                out = self.mix(q, scores, toks, logits.float())
+            else:
+                out = self.target_logp(q, scores, toks, logits.float(), targets)
+        return (out[:, 0] if last_only else out), self._newest(keys_m, h.detach(), toks)
 
     def _none(self, batch: int, hidden: int, device):
         return torch.zeros(0, batch, hidden, device=device), torch.zeros(0, batch, dtype=torch.long, device=device)
 
-    def _newest(self, keys: torch.Tensor, toks: torch.Tensor):
-        """The carried memory: the newest ``memory`` places of [B, L, ...]. Never padded to ``memory``: it
+    def _newest(self, keys_m: torch.Tensor, h: torch.Tensor, toks: torch.Tensor):
+        """The carried memory: the newest ``memory`` places of the memory ``keys_m`` [M, B, H] followed by
+        the chunk's outputs ``h`` [B, T, H] (tokens: of ``toks`` [B, M + T]). Never padded to ``memory``: it
         grows to that length over the first steps of a stream (every rank's carry has the same length at
         the same step, so checkpoints join it by rows), and a windows-mode step, whose carry is dropped,
         allocates no more than its window."""
-        keys, toks = keys[:, -self.memory :], toks[:, -self.memory :]
-        return keys.transpose(0, 1).contiguous(), toks.t().contiguous()
+        keep, T = self.memory, h.shape[1]
+        if T >= keep:
+            keys = h[:, -keep:].transpose(0, 1)
+        else:
+            keys = torch.cat([keys_m[max(0, keys_m.shape[0] + T - keep) :], h.transpose(0, 1)], 0)
+        return keys.contiguous(), toks[:, -keep:].t().contiguous()
 
     def _valid(self, toks: torch.Tensor, M: int, T: int) -> torch.Tensor:
         """Which remembered position each query may point at: filled, not after the query, and in the
@@ -86,40 +105,26 @@ class Pointer(nn.Module):
         same = seg[:, None, :] == seg[:, M:, None]  # [B, T, L]
         return causal[None] & same & (toks > 0)[:, None, :]
 
-    def mix(self, q, keys, toks, valid, logits) -> torch.Tensor:
+    def mix(self, q, scores, toks, logits) -> torch.Tensor:
         """log p: the vocabulary softmax weighted by the sentinel's share, plus the pointer's mass on the
-        remembered tokens. q [B, T, H], keys [B, L, H], toks/valid [B, (T,) L], logits [B, T, V]."""
-        scores = torch.bmm(q, keys.transpose(1, 2)).masked_fill(~valid, float("-inf"))
+        remembered tokens. q [B, T, H], scores [B, T, L] (-inf where not pointed at), toks [B, L], logits
+        [B, T, V]."""
         sentinel = (q @ self.sentinel + self.sentinel_bias)[..., None]
         a = torch.softmax(torch.cat([scores, sentinel], -1), -1)
         p = torch.softmax(logits, -1) * a[..., -1:]
         idx = (toks - 1).clamp_min(0)[:, None, :].expand(-1, q.shape[1], -1)
         return p.scatter_add(2, idx, a[..., :-1]).add(_TINY).log()
 
-    @torch.no_grad()
-    def step(self, x: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor, mem, limit: bool) -> torch.Tensor:
-        """One generation step: x [B, H] the last layer's output, tokens [B] the tokens read, logits
-        [B, V] -> log p [B, V]. ``mem``: the stepper's ring ``(keys [1, B, M, H], toks [1, B, M],
-        count [1, B])``, updated in place; a boundary token empties its slot's memory first. ``limit``:
-        score only the places filled so far (one host read; worth it on a CPU)."""
-        keys, toks, count = mem
-        M = keys.shape[2]
-        fresh = tokens != self.boundary
-        toks.mul_(fresh[None, :, None])
-        count.mul_(fresh[None])
-        rows = torch.arange(len(tokens), device=tokens.device)
-        at = count[0] % M
-        keys[0, rows, at] = x
-        toks[0, rows, at] = tokens + 1
-        count.add_(1)
-        n = min(M, int(count.max())) if limit else M
-        k, t = keys[0, :, :n], toks[0, :, :n]
-        q = torch.tanh(self.query(x))[:, None]  # [B, 1, H]
-        return self.mix(q, k, t, (t > 0)[:, None], logits.float()[:, None])[:, 0]
-
-    def zero_ring(self, batch: int, hidden: int, device):
-        return (
-            torch.zeros(1, batch, self.memory, hidden, device=device),
-            torch.zeros(1, batch, self.memory, dtype=torch.long, device=device),
-            torch.zeros(1, batch, dtype=torch.long, device=device),
-        )
+    def target_logp(self, q, scores, toks, logits, targets) -> torch.Tensor:
+        """log p(target) [B, T] of the same mixture as :meth:`mix`, for training's loss, which needs no
+        other word: ``log(g * softmax(logits)[y] + sum over j with x_j = y of a_j + tiny)``, as the
+        log-sum of its two parts (no [B, T, V] mixture, no scatter; ``log_softmax`` + gather is what cross
+        entropy does). The pointer's mass on y compares the remembered tokens with y: [B, T, L]. A target
+        below 0 (padding) gets a value that the loss ignores."""
+        sentinel = (q @ self.sentinel + self.sentinel_bias)[..., None]
+        la = torch.log_softmax(torch.cat([scores, sentinel], -1), -1)
+        y = targets.clamp_min(0)[..., None]
+        vocab = la[..., -1] + torch.log_softmax(logits, -1).gather(-1, y)[..., 0]
+        hit = toks[:, None, :] == y + 1  # [B, T, L]; an empty place (0) never matches
+        mass = torch.where(hit, la[..., :-1].exp(), 0.0).sum(-1)
+        return torch.logaddexp(vocab, (mass + _TINY).log())

@@ -44,16 +44,21 @@ class RecurrentLM(nn.Module):
         if cfg.tie_weights:
             self.head.weight = self.embed.weight  # same shape when embedding == hidden (validated)
         self.pointer = Pointer(cfg.hidden, cfg.pointer, boundary) if cfg.pointer else None
+        self.whole = False  # see whole_distribution
 
-    def forward(self, x: torch.Tensor, state=None, last_only: bool = False):
+    def forward(self, x: torch.Tensor, state=None, last_only: bool = False, targets: torch.Tensor | None = None):
         """x: [B, T] token ids -> logits [B, T, V] (or [B, V] with last_only; log-probabilities with a
-        pointer), new state."""
+        pointer), new state. ``targets`` [B, T] ([B] with last_only), for a loss that needs no more: a
+        pointer model returns log p(target) [B, T] ([B]) instead of the whole distribution (unless inside
+        :func:`whole_distribution`); the plain model returns its logits all the same (cross entropy wants
+        them)."""
         rnn_state, mem = self.split_state(state)
         h, rnn_state = self.rnn(self.drop(self.embed(x)), rnn_state)
         logits = self.head(self.drop(h[:, -1] if last_only else h))
         if self.pointer is None:
             return logits, rnn_state
-        logp, mem = self.pointer(h, x, logits, mem, last_only)
+        targets = None if self.whole else targets
+        logp, mem = self.pointer(h, x, logits, mem, last_only, targets)
         return logp, (*(rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)), *mem)
 
     def split_state(self, state):
@@ -118,10 +123,28 @@ def check_weights(cfg: ModelConfig, vocab_size: int, weights: dict, src: str) ->
             raise InputError(f"{src}: weight {k}: {what}{declared}: the weights do not fit its model section")
 
 
+@contextlib.contextmanager
+def whole_distribution(net: nn.Module, wanted: bool = True):
+    """Within: a model (``net`` may be DDP-wrapped) given ``targets`` still returns the whole distribution,
+    for a step that also reports accuracy (its argmax). A switch on the model rather than an argument, so
+    that the trainer's loss function keeps its signature."""
+    model = getattr(net, "module", net)
+    saved, model.whole = model.whole, wanted
+    try:
+        yield
+    finally:
+        model.whole = saved
+
+
 def token_loss(net: nn.Module, out: torch.Tensor, y: torch.Tensor, **kw) -> torch.Tensor:
-    """The next-word cross entropy of a model's output (``net`` may be DDP-wrapped). A pointer model's
-    output is already log-probabilities: ``nll_loss`` gives the same value without another log-softmax
-    pass over [N, V] and its backward."""
+    """The next-word cross entropy of a model's output (``net`` may be DDP-wrapped), with ``F.nll_loss``'s
+    ``ignore_index`` and ``reduction``. A pointer model's output is already log-probabilities: the whole
+    distribution [N, V] (``nll_loss`` gives the same value without another log-softmax pass over it and
+    its backward), or log p(y) [N] itself (from ``targets``)."""
+    if out.shape == y.shape:  # log p(y): the negated mean (or sum) over the positions not ignored
+        keep = y != kw.get("ignore_index", -100)
+        total = -torch.where(keep, out.float(), 0.0).sum()
+        return total if kw.get("reduction", "mean") == "sum" else total / keep.sum()
     pointer = getattr(getattr(net, "module", net), "pointer", None)
     return (F.cross_entropy if pointer is None else F.nll_loss)(out.float(), y, **kw)
 

@@ -33,8 +33,9 @@ from hpcrnn.errors import EXIT_OK, EXIT_REQUEUE, EXIT_STOPPED, LockedError
 from hpcrnn.evaluate.metrics import Scoring, evaluate_split
 from hpcrnn.model import memory
 from hpcrnn.model.precision import autocast, resolve_precision
-from hpcrnn.model.rnn import count_parameters, token_loss
+from hpcrnn.model.rnn import count_parameters, token_loss, whole_distribution
 from hpcrnn.run import corpus_users
+from hpcrnn.run.figures import figures_line
 from hpcrnn.run.lock import RunLock
 from hpcrnn.train import checkpoint as ckpt
 from hpcrnn.train import distributed as D
@@ -67,14 +68,16 @@ class TrainResult:
 
 def lm_loss(model, batch: torch.Tensor, loss_mode: str, state=None):
     """(mean loss, logits, targets, new state). ``all``: every position; ``last``: only the word after the
-    window, as the lecture's Keras script (one-hot 50-word windows, LSTM(256)) trains."""
+    window, as the lecture's Keras script (one-hot 50-word windows, LSTM(256)) trains. The model is given
+    the targets: a pointer model then returns log p(target) alone (``logits`` is that [N]), unless inside
+    ``whole_distribution``, where the step needs the distribution (accuracy at a log point)."""
     x, y = batch[:, :-1], batch[:, 1:]
     if loss_mode == "last":
-        logits, state = model(x, state, last_only=True)
         y = y[:, -1]
+        logits, state = model(x, state, last_only=True, targets=y)
     else:
-        logits, state = model(x, state)
-        logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+        logits, state = model(x, state, targets=y)
+        logits, y = logits.reshape(-1, *logits.shape[2:]), y.reshape(-1)
     return token_loss(model, logits, y), logits, y, state
 
 
@@ -287,14 +290,17 @@ def _optimise(run: Training, net: torch.nn.Module, batch: torch.Tensor):
     t, state = run.cfg.train, run.state
     batch = batch.to(run.info.device, non_blocking=True)
     state.opt.zero_grad(set_to_none=True)
-    if isinstance(run.data.batches, DocumentBatches):
-        loss, logits, y = _documents_backward(run, net, batch)
-    else:
-        carry = None if run.data.batches.resets(state.step) else state.carry
-        with run.autocast():
-            loss, logits, y, carry = lm_loss(net, batch, t.loss, carry)
-        _backward(run, loss)
-        state.carry = detach_state(carry) if run.cfg.data.sequences == "stream" else None
+    # the step _log_step reports accuracy at needs the whole distribution; the others only the loss
+    done = state.step + 1
+    with whole_distribution(net, done % t.log_every == 0 or done == run.data.total):
+        if isinstance(run.data.batches, DocumentBatches):
+            loss, logits, y = _documents_backward(run, net, batch)
+        else:
+            carry = None if run.data.batches.resets(state.step) else state.carry
+            with run.autocast():
+                loss, logits, y, carry = lm_loss(net, batch, t.loss, carry)
+            _backward(run, loss)
+            state.carry = detach_state(carry) if run.cfg.data.sequences == "stream" else None
     scaler = state.scaler
     if scaler is not None and scaler.is_enabled():  # fp16: unscaled gradients are clipped, inf/nan steps skipped
         scaler.unscale_(state.opt)
@@ -330,9 +336,9 @@ def _documents_backward(run: Training, net: torch.nn.Module, batch: torch.Tensor
         part = batch[:, a : a + chunk + 1]
         sync = i == len(starts) - 1 or not hasattr(net, "no_sync")
         with contextlib.nullcontext() if sync else net.no_sync(), run.autocast():
-            logits, state = net(part[:, :-1].clamp_min(0), state)
-            logits = logits.reshape(-1, logits.shape[-1])
-            y = part[:, 1:].reshape(-1)
+            y = part[:, 1:]
+            logits, state = net(part[:, :-1].clamp_min(0), state, targets=y)
+            logits, y = logits.reshape(-1, *logits.shape[2:]), y.reshape(-1)
             loss_sum = token_loss(net, logits, y, ignore_index=PAD, reduction="sum")
             _backward(run, loss_sum * scale)
         state = detach_state(state)
@@ -395,11 +401,14 @@ def _validate(run: Training) -> dict:
         state.best_val, state.best_step, state.evals_since_best = val["loss"], state.step, 0
     else:
         state.evals_since_best += 1
-    _record_eval(run, "val", val, protocol=run.data.protocol)
+    # a subset of the split (only the windows protocol stops after eval_batches); the final evaluation reads all
+    estimate = cfg.train.eval_batches > 0 and run.data.protocol == "windows"
+    _record_eval(run, "val", val, protocol=run.data.protocol, estimate=estimate)
     if run.info.is_main:
+        how = f"estimate on {cfg.train.eval_batches} batches" if estimate else "full split"
         run.progress.line(
-            f"step {state.step} val loss {val['loss']:.4f} ppl {val['ppl']:.1f} "
-            f"acc {val['acc']:.3f} top5 {val['top5']:.3f}"
+            f"step {state.step} val loss {val['loss']:.4f} ppl {val['ppl']:.2f} "
+            f"acc {val['acc']:.1%} top5 {val['top5']:.1%} ({run.data.protocol} protocol, {how})"
         )
     return val
 
@@ -457,7 +466,7 @@ def _finish(run: Training, started: float, early_stop: bool = False) -> TrainRes
     run.log.agree()
     path = run.saver.save(run.state, done=True, val=final.get("val"), final=final, early_stop=stopped)
     if run.info.is_main:
-        msg = ", ".join(f"{k} ppl {v['ppl']:.2f} acc {v['acc']:.3f}" for k, v in final.items() if k != "standard")
+        msg = figures_line(final, run.data.protocol)
         took = time.time() - started
         run.progress.line(f"hpcrnn.train: done at step {run.state.step} in {took:.0f} s: {msg}; {path}")
     return TrainResult("done", run.state.step, EXIT_OK, path, final)

@@ -1,0 +1,125 @@
+"""The pointer's memory in generation: one preallocated ring per slot, never copied when slots come and go.
+
+A pointer model (hpcrnn/model/pointer.py) generating in a batch of slots remembers, per slot, the
+last-layer outputs (keys) and the tokens of the newest ``memory`` positions of its recipe: ``[B, M, H]``,
+a gigabyte for 1,000 slots x 512 places x 512 floats. The decoder (hpcrnn/generate/decode.py) treats every
+part of the state alike: it zeroes a slot's row when the slot takes a new recipe and keeps the rows of the
+live slots (``index_select`` on dim 1) when the batch shrinks. Done to the keys themselves, every shrink
+copied the whole ring into freshly mapped pages (the kernel's time, page faults, was half the job's).
+
+So the keys and tokens live here, allocated once, and the state carries only two small tensors per slot
+(rows on dim 1, like ``(h, c)``): ``slot [1, B]``, the ring row a slot uses (plus 1; 0: a new recipe, any
+free row will do), and ``count [1, B]``, how many tokens it has read (0 empties its memory: a place is
+filled iff its index is below the count). Rows in use are always ``[0, B)``: a refilled slot takes the row
+of the recipe it replaces; after a shrink the live rows above B move into the freed rows below it, one row
+copy per finished recipe at most.
+
+A ring serves one batch (one state) at a time: the Stepper makes a new one for every ``zero_state``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hpcrnn.model.pointer import Pointer
+
+
+class Ring:
+    def __init__(self, pointer: Pointer, batch: int, hidden: int, device: torch.device):
+        self.pointer = pointer
+        self.memory = M = pointer.memory
+        self.keys = torch.zeros(batch, M, hidden, device=device)
+        self.toks = torch.zeros(batch, M, dtype=torch.long, device=device)
+        self.rows = batch  # rows in use: [0, rows)
+        self.in_order = True  # slot i uses row i (until the first shrink)
+        self.cpu = torch.device(device).type == "cpu"
+        self._mass: torch.Tensor | None = None  # [B, V] zeros between steps (see step)
+
+    def state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        slot = torch.arange(1, batch + 1, device=self.keys.device)[None]
+        return slot, torch.zeros(1, batch, dtype=torch.long, device=self.keys.device)
+
+    def place(self, slot: torch.Tensor) -> torch.Tensor:
+        """The ring row of every slot [B] after the decoder's changes to the rows (updates ``slot``)."""
+        s = slot[0]
+        if len(s) != self.rows:
+            self._compact(s)
+        elif not self.cpu or not bool((s > 0).all()):
+            self._take_free_rows(s)
+        return s - 1
+
+    def _take_free_rows(self, s: torch.Tensor) -> None:
+        """Slots that took a new recipe (0) take the rows no live slot uses (those of the recipes they
+        replaced), on the device without a host read."""
+        live = s > 0
+        used = torch.zeros(len(s), dtype=torch.long, device=s.device)
+        used.scatter_add_(0, (s - 1).clamp_min(0), live.long())
+        free = torch.argsort((used > 0).int(), stable=True)  # the free rows first
+        k = (~live).long().cumsum(0).sub_(1).clamp_min_(0)
+        s.copy_(torch.where(live, s, free[k] + 1))  # in order stays in order: the free rows are the zeros'
+
+    def _compact(self, s: torch.Tensor) -> None:
+        """After a shrink to B slots: live rows at or above B move into free rows below B; new recipes take
+        the remaining free rows. One host read; at most one row copy per finished recipe."""
+        B, want = len(s), s.tolist()
+        if B > self.keys.shape[0]:
+            raise ValueError(f"a batch of {B} slots for a pointer ring of {self.keys.shape[0]}: start a new state")
+        used = {v - 1 for v in want if v}
+        free = iter(sorted(set(range(B)) - used))
+        for k, v in enumerate(want):
+            if v and v - 1 < B:
+                continue
+            row = next(free)
+            if v:  # a live slot's memory moves down
+                self.keys[row].copy_(self.keys[v - 1])
+                self.toks[row].copy_(self.toks[v - 1])
+            want[k] = row + 1
+        s.copy_(torch.tensor(want, dtype=s.dtype))
+        self.rows = B
+        self.in_order = want == list(range(1, B + 1))
+
+    @torch.no_grad()
+    def step(
+        self, x: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor, slot, count, work: torch.Tensor
+    ) -> torch.Tensor:
+        """One generation step of every slot: x [B, H] the last layer's output, tokens [B] the tokens read,
+        logits [B, V] fp32 (overwritten: the result), ``work`` a float32 buffer of its shape -> the
+        mixture's log p [B, V] up to a constant per row (what sampling and argmax need), with the ring and
+        ``slot``/``count`` [1, B] updated in place. A boundary token empties its slot's memory first. Only
+        the places up to the fullest slot's count are scored (one host read; worth it on a CPU).
+
+        ``p(w) = g softmax(z)(w) + sum over j with x_j = w of a_j`` is ``z_w`` shifted by ``log g - lse(z)``
+        for a word not remembered; the remembered words' entries become ``logaddexp(z_w, log mass_w +
+        lse - log g)``, [B, n] work. The logits are not rewritten: ``lse`` is the one pass over [B, V]."""
+        P, M = self.pointer, self.memory
+        rows, c = self.place(slot), count[0]
+        c.mul_(tokens != P.boundary)
+        at = c % M
+        self.keys[rows, at] = x
+        self.toks[rows, at] = tokens
+        c.add_(1)
+        n = min(M, int(c.max())) if self.cpu else M
+        q = torch.tanh(P.query(x))
+        keys, toks = self.keys[: len(rows), :n], self.toks[: len(rows), :n]
+        if self.in_order:  # every slot in its own row (no shrink yet): nothing to reorder
+            scores = torch.bmm(q[:, None], keys.transpose(1, 2))[:, 0]
+        else:  # the ring is read in place, in row order: q goes to the rows, the scores come back
+            by_row = torch.empty_like(q).index_copy_(0, rows, q)
+            scores = torch.bmm(by_row[:, None], keys.transpose(1, 2))[:, 0].index_select(0, rows)
+            toks = toks.index_select(0, rows)
+        scores.masked_fill_(torch.arange(n, device=c.device) >= c[:, None], float("-inf"))
+        la = torch.log_softmax(torch.cat([scores, (q @ P.sentinel + P.sentinel_bias)[:, None]], 1), 1)
+        lse = logits[:, :1] - torch.log_softmax(logits, 1, out=work)[:, :1]
+        self._add_pointer_mass(logits, toks, la[:, :-1].exp_(), lse - la[:, -1:])
+        return logits
+
+    def _add_pointer_mass(self, z: torch.Tensor, toks: torch.Tensor, a: torch.Tensor, shift: torch.Tensor) -> None:
+        """``z[w] = logaddexp(z[w], log mass(w) + shift)`` for the remembered words, where a word's mass
+        sums its places (a word may be remembered at several; empty places carry 0)."""
+        if self._mass is None or self._mass.shape[0] < z.shape[0] or self._mass.shape[1] != z.shape[1]:
+            self._mass = torch.zeros_like(z)
+        buf = self._mass[: z.shape[0]]
+        mass = buf.scatter_add_(1, toks, a).gather(1, toks)
+        buf.scatter_(1, toks, 0.0)  # zeros again for the next step, touching [B, n] places only
+        old = z.gather(1, toks)
+        z.scatter_(1, toks, torch.where(mass > 0, torch.logaddexp(old, mass.log_().add_(shift)), old))
