@@ -239,3 +239,15 @@ def test_api_and_sample_take_the_settings_like_the_job(tmp_path):
     assert settings(args) == {"listed_bias": 2.0, "unlisted_bias": 0.5}
     with pytest.raises(ConfigError, match="--unlisted-bias"):
         settings(make_sample_parser().parse_args(["run", "--unlisted-bias", "-1"]))
+
+
+def test_a_folder_without_the_biases_names_their_default():
+    """A folder written before (or without) a bias: the one-line note shows its value there as the default."""
+    from hpcrnn.generate.job import settings_diff
+
+    assert settings_diff({"temperature": 0.8}, {"temperature": 0.8, "listed_bias": 2.0}) == (
+        "generate.listed_bias=0.0 (config: 2.0)"
+    )
+    assert settings_diff({"temperature": 0.8, "unlisted_bias": 1.5}, {"temperature": 0.8}) == (
+        "generate.unlisted_bias=1.5 (config: 0.0)"
+    )

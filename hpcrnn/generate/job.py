@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from hpcrnn.cli import make_parser, run_cli
-from hpcrnn.config import Config, ModelConfig
+from hpcrnn.config import Config, GenerateConfig, ModelConfig
 from hpcrnn.errors import EXIT_OK, ConfigError, InputError, StorageError
 from hpcrnn.fsutil import atomic_write_json
 from hpcrnn.generate.constrain import lexicon
@@ -277,13 +277,19 @@ def _plan_conflict(cfg: Config, out: Path, theirs: dict, mine: dict, cv: CorpusV
 
 
 def settings_diff(old: dict, new: dict) -> str:
-    """The settings that differ, the folder's value first: ``generate.temperature=0.8 (config: 1.0)``."""
+    """The settings that differ, the folder's value first: ``generate.temperature=0.8 (config: 1.0)``. A
+    setting one side does not record (named only when set, such as the biases) is its default there."""
+    default = GenerateConfig()
+
+    def value(d: dict, k: str):
+        return d[k] if k in d else getattr(default, k, None)
+
     return "; ".join(
-        f"generate.{k}={old.get(k)!r} (config: {v!r})"
+        f"generate.{k}={value(old, k)!r} (config: {value(new, k)!r})"
         if k != "sampler"
-        else f"sampling rule version {old.get(k)!r} (this hpcrnn: {v!r})"
-        for k, v in new.items()
-        if old.get(k) != v
+        else f"sampling rule version {old.get(k)!r} (this hpcrnn: {new.get(k)!r})"
+        for k in dict.fromkeys([*new, *old])
+        if value(old, k) != value(new, k)
     )
 
 
