@@ -18,7 +18,6 @@ import gzip
 import lzma
 import re
 import unicodedata
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,50 +179,6 @@ def _first_match(window: bytes, later: re.Pattern, eof: bool) -> int | None:
     return None
 
 
-def _range_text_chunks(path: Path, piece: Piece, stats: ReadStats) -> Iterator[str]:
-    """``hpcrnn.data.sources.iter_text_chunks`` for the bytes of one piece (which begins at a line start)."""
-    offset = piece.start
-    carry = b""
-    first = piece.start == 0
-    try:
-        with _open_binary(path) as f:
-            if piece.start:
-                f.seek(piece.start)
-            left = piece.end - piece.start if piece.end >= 0 else float("inf")
-            while True:
-                block = f.read(int(min(_CHUNK_BYTES, left))) if left > 0 else b""
-                left -= len(block)
-                data = carry + block
-                if not block:
-                    carry = b""
-                elif b"\n" in block:
-                    cut = data.rindex(b"\n") + 1
-                    data, carry = data[:cut], data[cut:]
-                else:
-                    carry = data
-                    continue
-                if not data:
-                    break
-                if first and data.startswith(b"\xef\xbb\xbf"):
-                    data = data[3:]  # a UTF-8 byte-order mark
-                first = False
-                stats.bytes += len(data)
-                text = _decode_chunk(data, path, offset, stats)
-                offset += len(data)
-                if "\r" in text:
-                    text = text.replace("\r\n", "\n").replace("\r", "\n")
-                if not text.isascii():
-                    text = unicodedata.normalize("NFC", text)
-                stats.chars += len(text)
-                yield text
-                if not block:
-                    break
-    except (lzma.LZMAError, EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise InputError(f"{path}: corrupt or truncated compressed file: {e}") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-
-
 def piece_documents(data, path: Path, piece: Piece, fmt: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
     """``hpcrnn.data.documents.prepared_documents`` for one piece of a file read in format ``fmt`` (the
     same function for a whole file; the same steps, document by document, for part of one)."""
@@ -232,7 +187,7 @@ def piece_documents(data, path: Path, piece: Piece, fmt: str, stats: ReadStats) 
         return
     stats.formats[str(path)] = fmt
     start, flags = document_start_of(data, fmt)
-    chunks = _range_text_chunks(path, piece, stats)
+    chunks = iter_text_chunks(path, stats, piece.start, piece.end)
     if not start:
         text = "".join(chunks)
         raws = [text] if text.strip() else []

@@ -148,15 +148,20 @@ def _decode_chunk(data: bytes, path: Path, offset: int, stats: ReadStats) -> str
     return "\n".join(out)
 
 
-def iter_text_chunks(path: Path, stats: ReadStats) -> Iterator[str]:
-    """Decoded, newline-normalised, NFC text of one file, in chunks that end at a line end."""
-    offset = 0
+def iter_text_chunks(path: Path, stats: ReadStats, start: int = 0, end: int = -1) -> Iterator[str]:
+    """Decoded, newline-normalised, NFC text of one file, in chunks that end at a line end; ``start``/``end``:
+    only those bytes (a slice of data.shards, which begins at a line start; -1: to the end)."""
+    offset = start
     carry = b""
-    first = True
+    first = start == 0
     try:
         with _open_binary(path) as f:
+            if start:
+                f.seek(start)
+            left = end - start if end >= 0 else float("inf")
             while True:
-                block = f.read(_CHUNK_BYTES)
+                block = f.read(int(min(_CHUNK_BYTES, left))) if left > 0 else b""
+                left -= len(block)
                 data = carry + block
                 if not block:
                     carry = b""
