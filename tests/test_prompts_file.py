@@ -54,6 +54,8 @@ def run(tmp_path):
 def test_measures_listed_used_and_extra_items():
     listed = ["6 lg Eggplants", "2    Lemons, juiced", "2 tb Olive oil", "Salt"]
     assert [Q.head_noun(x) for x in listed] == ["eggplant", "lemon", "oil", "salt"]
+    assert Q.head_noun("1 lg Garlic clove") == "garlic"  # clove is a unit; the docstring says so
+    assert Q.name_words("1 lg Garlic clove") == {"garlic"}
     words = frozenset({"eggplant", "lemon", "oil", "salt", "onion", "rice"})
     f = Q.listed_figures(listed, "Roast the eggplants. Add the lemon juice, then onion and rice.", words)
     assert f == {"listed": 4, "listed_used": 0.5, "extra_items": 2}  # oil and salt unused; onion, rice extra

@@ -34,12 +34,13 @@ Every figure is computed the same way for a generated recipe and for a held-out 
     Kiddon et al. (2016)'s two measures of writing a recipe from a given ingredient list, with the same
     simple matcher as ``coherence`` (normalised words, no synonyms). The *listed* lines are the ingredient
     lines of the prompt (for a real recipe: its own ingredient lines). A listed line's *head noun* is the
-    last of its name words (:func:`name_words`, in order: ``olive oil`` -> ``oil``, ``1 lg Garlic clove``
-    -> ``clove``, ``Lemons, juiced`` -> ``lemon``); a line without one is not counted. ``listed_used`` is
-    the share of the listed lines whose head noun the instructions name; ``extra_items`` the number of
-    distinct ingredient words (the corpus' vocabulary above) that the instructions name and that appear in
-    no listed line (any word of it). Both are ``None`` for a prompt that lists no ingredient line, and
-    ``extra_items`` is ``None`` without ingredient words (a model file without its corpus).
+    last of its name words (:func:`name_words`, in order): ``olive oil`` -> ``oil``, ``Lemons, juiced``
+    -> ``lemon``, ``1 lg Garlic clove`` -> ``garlic`` (``clove`` is a unit); a line without one is not
+    counted. ``listed_used`` is the share of the listed lines whose head noun the instructions name;
+    ``extra_items`` the number of distinct ingredient words (the corpus' vocabulary above) that the
+    instructions name and that appear in no listed line (any word of it). Both are ``None`` for a prompt
+    that lists no ingredient line, and ``extra_items`` is ``None`` without ingredient words (a model file
+    without its corpus).
 
 Aggregates over many recipes come from :func:`summarize`.
 """
@@ -161,9 +162,13 @@ def ingredient_name(line: str) -> str:
     return s[: m.start()] if m else s
 
 
+def _name_word_list(line: str) -> list[str]:
+    return [w for w in words(ingredient_name(line)) if w not in NOT_INGREDIENTS and w not in UNITS]
+
+
 def name_words(line: str) -> set[str]:
     """Candidate ingredient words of one ingredient line."""
-    return {w for w in words(ingredient_name(line)) if w not in NOT_INGREDIENTS and w not in UNITS}
+    return set(_name_word_list(line))
 
 
 def build_ingredient_words(
@@ -210,7 +215,7 @@ def coherence(p: ParsedRecipe, ingredient_words: frozenset[str]) -> tuple[float 
 
 def head_noun(line: str) -> str | None:
     """The head noun of an ingredient line: the last of its name words (English names end with their head)."""
-    ws = [w for w in words(ingredient_name(line)) if w not in NOT_INGREDIENTS and w not in UNITS]
+    ws = _name_word_list(line)
     return ws[-1] if ws else None
 
 
