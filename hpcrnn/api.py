@@ -33,8 +33,6 @@ from hpcrnn.model.trained import open_trained
 
 __all__ = ["LanguageModel", "load", "initial_weights", "recipe_prompt"]
 
-_GENERATE_KEYS = ("temperature", "top_k", "top_p", "max_tokens", "seed", "batch_size", "listed_bias", "unlisted_bias")
-
 
 def _warn_once(msg: str) -> None:
     warnings.warn(f"hpcrnn: {msg}", stacklevel=3)
@@ -101,6 +99,7 @@ class LanguageModel:
         batch_size: int | None = None,
         listed_bias: float | None = None,
         unlisted_bias: float | None = None,
+        prompt_ingredients: str | None = None,
     ) -> list[str]:
         """``n`` recipes as text, recipe *i* of ``python -m hpcrnn.generate`` with the same settings (those
         not given: the config's ``generate`` section). ``prompt``: as ``generate.prompt`` ("" the start of
@@ -109,7 +108,9 @@ class LanguageModel:
         each, batched together, returned prompt by prompt (``n`` for the first prompt, then the second's);
         the recipe ``j`` (0-based) of prompt ``p`` is recipe ``j * len(prompt) + p + 1`` of the job with a
         ``generate.prompts`` file of the same prompts. ``listed_bias`` / ``unlisted_bias``: as
-        ``generate.listed_bias`` / ``generate.unlisted_bias`` (decoding that follows the listed ingredients)."""
+        ``generate.listed_bias`` / ``generate.unlisted_bias`` (decoding that follows the listed ingredients).
+        ``prompt_ingredients``: as ``generate.prompt_ingredients`` ("all": the ingredient lines a prompt ends
+        with are the whole list, the default; "more": the model may add some)."""
         from hpcrnn.generate.describe import recipe_text  # noqa: PLC0415
         from hpcrnn.generate.job import decode_recipes  # noqa: PLC0415
         from hpcrnn.generate.prompts import plan_prompt, plan_prompts, recipe_count  # noqa: PLC0415
@@ -120,6 +121,7 @@ class LanguageModel:
             raise ConfigError(f"{src}: n: {n!r} is not a positive number of recipes")
         values = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed)
         values.update(batch_size=batch_size, listed_bias=listed_bias, unlisted_bias=unlisted_bias)
+        values.update(prompt_ingredients=prompt_ingredients)
         given = {k: v for k, v in values.items() if v is not None}
         # the config's own checks (types, ranges), so a value the job refuses is refused here too
         g: GenerateConfig = _build(

@@ -34,6 +34,7 @@ _SETTINGS = {
     "seed": "--seed",
     "listed_bias": "--listed-bias",
     "unlisted_bias": "--unlisted-bias",
+    "prompt_ingredients": "--prompt-ingredients",
 }
 
 
@@ -72,6 +73,12 @@ def make_sample_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="B",
         help="in the instructions, disfavour ingredient words the recipe does not list (0: off)",
+    )
+    p.add_argument(
+        "--prompt-ingredients",
+        choices=("all", "more"),
+        default=None,
+        help="all (default): the ingredient lines a prompt ends with are the whole list; more: the model may add some",
     )
     p.add_argument(
         "--checkpoint",

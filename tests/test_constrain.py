@@ -123,6 +123,80 @@ def test_a_document_without_header_or_ingredient_lines_gets_no_bias():
         assert doc.mode == C.OFF
 
 
+# ------------------------------------------------------------------------------------ a closed list
+
+
+def test_line_starts_count_what_opens_ingredient_lines_and_instructions(shared_5k):
+    """Over real recipes, quantities and section headings open ingredient lines and verbs open the
+    instructions; each recipe with a block and instructions counts one instruction start."""
+    docs = [t for t, _ in prepared_documents(shared_5k, "^Title:", "plain", True, ReadStats())][:400]
+    lex, ids = _lexicon(docs)
+    counts = C.line_starts(lex.vocab, ids)
+    opens = C.ingredient_openers(lex.vocab, counts)
+    v = lex.vocab.index
+    assert opens[v("1")] and opens[v("2")] and opens[v("mmmmm")]
+    assert not opens[v("combine")] and not opens[v("preheat")] and not opens[v("in")]
+    with_both = sum(1 for d in docs if (p := parse_recipe(d)).ingredient_lines and p.instructions.strip())
+    assert abs(int(counts[1].sum()) - with_both) <= 4, (counts[1].sum(), with_both)
+    assert counts[0].sum() > 5 * counts[1].sum()  # every ingredient line counts
+    # without the corpus text (a model file): numbers and headings
+    rule = C.ingredient_openers(lex.vocab, None)
+    assert rule[v("1")] and rule[v("-----")] and rule[v("mmmmm")] and not rule[v("combine")]
+
+
+def _closing(texts):
+    toks = [tokenize(t) for t in texts]
+    vocab = sorted({t for ts in toks for t in ts} | {NL, EOR})
+    openers = np.array([t[:1].isdigit() for t in vocab])
+    lex = C.lexicon(_settings(0.0, 0.0), vocab, "recipe", frozenset(), "cpu", close=True, openers=openers)
+    return lex, [[vocab.index(t) for t in ts] for ts in toks]
+
+
+def test_a_prompt_ending_with_its_ingredient_lines_begins_its_instructions_at_once():
+    """A slot whose prompt ends at the end of an ingredient line (and may close) is in its instructions
+    before its first token: that token may not open an ingredient line, and its line (nor the recipe) may
+    not end before it is longer than an ingredient line. A prompt that ends mid-line, or may not close,
+    waits for the block to end as before."""
+    head = "Title: Soup\nYield: 2 servings\n2 c  Tomatoes, diced\n1 ts Salt\n"
+    rest = "Cook the tomatoes with the salt in a large pot, covered, for one hour.\n1 c  Figs\n"
+    lex, (toks,) = _closing([head + rest])
+    n = len(tokenize(head))
+    prompt, gen = toks[:n], toks[n:]
+    assert C.closes(lex, prompt) and not C.closes(lex, prompt[:-1])
+    tr = C.Tracker(lex, 3, torch.device("cpu"))
+    tr.begin(0, prompt, True)
+    tr.begin(1, prompt, False)
+    tr.begin(2, prompt[:-1], True)
+    assert tr.modes.tolist() == [C.INSTR, C.BLOCK, C.BLOCK] and tr.stage.tolist() == [2, 0, 0]
+    assert tr.docs[0].listed == ["2 c tomatoes, diced", "1 ts salt"]
+    V, nl, eor, one = len(lex.vocab), lex.nl_id, lex.eor_id, lex.vocab.index("1")
+
+    def masked():
+        out = tr.add(torch.zeros(3, V), torch.empty(3, V))
+        return {(r, c) for r, c in (out < -1.0).nonzero().tolist()}
+
+    assert masked() == {(0, nl), (0, eor), (0, one), (0, lex.vocab.index("2"))}
+    G_ = torch.tensor([gen] * 3)
+    chars = 0
+    for k, t in enumerate(gen):
+        tr.after(G_, torch.full((3,), k + 1), torch.tensor([t] * 3), torch.tensor([True, True, False]))
+        chars += C._chars(lex.vocab[t])
+        m = masked()
+        if chars <= C.FIRST_LONG:  # the first line goes on: it may not end, but may say anything
+            assert m == {(0, nl), (0, eor)}, (k, chars)
+        else:
+            assert m == set() and tr.stage.tolist() == [0, 0, 0]
+            break
+    assert len(head + rest.split("\n")[0]) - len(head) > 40 and chars > C.FIRST_LONG
+    assert tr.modes.tolist()[1] == C.INSTR  # the open slot found its instructions by the line's length
+    # a lexicon that does not close (prompt_ingredients: more) never stages a slot
+    lex2 = C.lexicon(_settings(1.0, 0.0), lex.vocab, "recipe", frozenset(), "cpu")
+    tr2 = C.Tracker(lex2, 1, torch.device("cpu"))
+    tr2.begin(0, prompt, True)
+    assert lex2.stages is None and tr2.stage.tolist() == [0] and tr2.modes.tolist() == [C.BLOCK]
+    assert not C.closes(lex2, prompt)
+
+
 def test_both_zero_builds_nothing_and_other_tokenizers_are_refused():
     assert C.lexicon(_settings(0.0, 0.0), ["a", NL], "recipe", frozenset(), "cpu") is None
     assert C.lexicon(_settings(0.0, 0.0), ["a"], "char", frozenset(), "cpu") is None
@@ -162,14 +236,19 @@ def test_settings_at_zero_are_todays_recipes_and_folder(tmp_path):
 
 @pytest.mark.parametrize("pointer", [0, 40], ids=["plain", "pointer"])
 # greedy decoding of the random-weight model ends a recipe cut after its ingredients at once
-@pytest.mark.parametrize("temperature, cut", [(0.8, "none"), (0.0, "none"), (0.8, "ingredients")])
-def test_with_a_bias_same_recipes_across_batch_sizes_and_shards(tmp_path, monkeypatch, pointer, temperature, cut):
+@pytest.mark.parametrize(
+    "temperature, cut, ingredients",
+    [(0.8, "none", "all"), (0.0, "none", "all"), (0.8, "ingredients", "more"), (0.8, "ingredients", "all")],
+)
+def test_with_a_bias_same_recipes_across_batch_sizes_and_shards(
+    tmp_path, monkeypatch, pointer, temperature, cut, ingredients
+):
     """The bias depends on the slot's own tokens only: recipe i is a function of (seed, i). Prompts that
-    open the instructions (cut none), or that end with the ingredient lines (the host then reads the
-    generated lines until it finds the instructions)."""
+    open the instructions (cut none), or that end with the ingredient lines: the whole list (all: the
+    instructions begin at once), or not (more: the host reads the generated lines until it finds them)."""
     cfg_path, cfg = prepared_run(tmp_path, model={"pointer": pointer}, generate={"max_tokens": 60})
     t = (f"generate.temperature={temperature}", _prompts(tmp_path), "generate.num_recipes=4")
-    t += (f"generate.prompts_cut={cut}",)
+    t += (f"generate.prompts_cut={cut}", f"generate.prompt_ingredients={ingredients}")
     switched = []
     publish = C.Tracker._publish
     monkeypatch.setattr(C.Tracker, "_publish", lambda self, r: switched.append(self.docs[r].mode) or publish(self, r))
@@ -182,8 +261,41 @@ def test_with_a_bias_same_recipes_across_batch_sizes_and_shards(tmp_path, monkey
     assert len(a) == 8 and a == b
     assert (gen / "a" / "index.jsonl").read_bytes() == (gen / "b" / "index.jsonl").read_bytes()
     assert a != files_of(gen / "c")  # and the bias did change recipes
-    if cut == "ingredients":  # generated lines took slots into their instructions
+    if cut == "ingredients" and ingredients == "more":  # generated lines took slots into their instructions
         assert switched.count(C.INSTR) > switched.count(C.BLOCK) // 2 > 0
+    elif cut == "ingredients":  # every slot began in its instructions
+        assert set(switched) == {C.INSTR}
+
+
+def test_a_prompts_ingredient_list_stays_the_recipes_whole_list(tmp_path):
+    """prompt_ingredients: all (the default): every recipe written from a prompt cut after its ingredient
+    lines lists exactly those lines, and its instructions begin with a line longer than an ingredient
+    line; its own setting in plan.json and the folder name (text prompts only), and with ``more`` and no
+    bias the decoder builds nothing (the recipes of before the setting)."""
+    cfg_path, cfg = prepared_run(tmp_path, generate={"max_tokens": 80, "temperature": 1.0})
+    t = (_prompts(tmp_path), "generate.prompts_cut=ingredients", "generate.num_recipes=6")
+    out = G.run_generate(with_(cfg_path, *t)).out_dir
+    given = [[" ".join(x.lower().split()) for x in parse_recipe(p).ingredient_lines] for p in PROMPTS.split("\n\n")]
+    texts = [p.read_text() for p in sorted(out.glob("recipe-*.txt"))]
+    assert len(texts) == 12
+    for i, text in enumerate(texts):
+        p = parse_recipe(text)
+        assert [" ".join(x.lower().split()) for x in p.ingredient_lines] == given[i % 2], text
+        assert len(p.instructions.lstrip("\n").split("\n")[0]) > 40, text
+    more = with_(cfg_path, *t, "generate.prompt_ingredients=more")
+    settings = F.generation_settings(more)
+    assert settings["prompt_ingredients"] == "more" and F.output_name(more) != F.output_name(with_(cfg_path, *t))
+    assert "prompt_ingredients" not in F.generation_settings(cfg)  # unprompted: folder names unchanged
+    assert "prompt_ingredients" in F.generation_settings(with_(cfg_path, "generate.prompt=Bean soup"))
+    # beside a folder of before the setting: named only when nothing else differs
+    assert F.settings_name({"prompt": ""}, {"prompt": "x", "prompt_ingredients": "all"}).startswith("prompt")
+    assert F.settings_name({"prompt": "x"}, {"prompt": "x", "prompt_ingredients": "all"}) == "ingrall"
+    assert F.settings_name({"prompt": ""}, {"prompt": "x", "prompt_ingredients": "more"}).endswith("-ingrmore")
+    cv = CorpusView.open(cfg.h5_path)
+    pp = G.plan_prompt(more, cv)
+    assert G._lexicon(more, cv, pp, frozenset(), "cpu") is None
+    assert G._lexicon(with_(cfg_path, *t), cv, pp, frozenset(), "cpu").stages is not None
+    assert G._lexicon(cfg, cv, G.plan_prompt(cfg, cv), frozenset(), "cpu") is None  # unprompted: nothing
 
 
 def test_on_a_trained_model_listed_used_rises_and_extra_items_fall(tmp_path):

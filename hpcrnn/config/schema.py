@@ -152,6 +152,10 @@ class GenerateConfig:
     # none: each prompt fed as written; ingredients: each prompt is a whole recipe, fed up to the end of its
     # ingredient block, and its own instructions are the reference (the real figures in summary.json)
     prompts_cut: Literal["none", "ingredients"] = "none"
+    # all: the ingredient lines a text prompt ends with (at a line end) are all the recipe's ingredients,
+    # and the recipe goes on with its instructions (recipe tokenizer; hpcrnn/generate/constrain.py);
+    # more: the model may list more ingredients first
+    prompt_ingredients: Literal["all", "more"] = "all"
     shards: int = _f(1, min=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quality_sample: int = _f(200, min=0)  # held-out test recipes scored for comparison

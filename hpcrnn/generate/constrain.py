@@ -1,7 +1,7 @@
 """Lexically constrained decoding: instructions that use the recipe's own listed ingredients (issue 28).
 
-Two settings, both 0 (off) by default; with both 0 the decoder builds none of this (its recipes are bitwise
-those without the settings):
+Two settings, both 0 (off) by default; with both 0, and no prompt whose ingredient list is closed (below),
+the decoder builds none of this (its recipes are bitwise those without the settings):
 
 * ``generate.listed_bias`` (L): in the instructions of a recipe, added to the log-probability of the tokens
   that name a *listed* ingredient not yet named in the instructions: the head noun
@@ -33,6 +33,18 @@ sampled token that names a listed ingredient ends that word's bonus (a scatter o
 host looks only at slots still before their instructions that just ended a line (or grew long), so on a
 GPU, while some slot is there, each step waits for its tokens (a synchronisation per step).
 
+**A prompt's ingredient list is the whole list** (``generate.prompt_ingredients: all``, the default): a
+text prompt that ends at the end of an ingredient line of its block (a ``prompts_cut: ingredients`` cut,
+``hpcrnn.recipe_prompt``) gives the recipe its ingredients, as the recipe-generation task does (Kiddon et
+al. 2016: the instructions from a title and an ingredient list). Left alone, the model often lists more
+ingredients first, and the instructions then use what it added (the extra items of ``listed_figures``).
+So such a slot is in its instructions from its first generated token (the bias too): its first token
+may not be one that starts ingredient lines more often than it starts the instructions of training
+recipes (:func:`line_starts`; without the corpus text, a token with a digit or a section heading's), and
+its first line may not end (nor the recipe) before it is longer than an ingredient line can be (the
+block rule's end; :data:`FIRST_LONG`). Then decoding is free. ``more``: the model may list more
+ingredients, and the tracker waits for the block to end as for any recipe.
+
 A slot's bias depends on its own tokens only, so recipe ``i`` stays a function of ``(seed, i)`` whatever
 the batch size or shards. Recipe tokenizer only (the ingredient rule reads words and lines).
 """
@@ -54,7 +66,12 @@ OFF, HEADER, BLOCK, INSTR = 0, 1, 2, 3  # a slot's mode: no bias / header lines 
 # a line still being written whose text (stripped) is longer than this is longer than 40 characters (an
 # ingredient line's most) whatever follows: appending tokens shortens what is written by one space at most
 LONG = 41
+# a closed prompt's first line may end once its rough length passes this: the rough count (``_chars``) can
+# exceed the text's length (a word after "(" is written without its space), and the device alone decides
+# here, so it keeps a margin over LONG that such joins do not use up in one line
+FIRST_LONG = 48
 _NONE = np.zeros(0, dtype=np.int64)
+MASKED = -1.0e4  # added to a logit: its token is never drawn (exp underflows to 0 in float32), and no inf
 
 
 def _chars(tok: str) -> int:
@@ -81,15 +98,60 @@ class Lexicon:
     word_id: torch.Tensor  # [V] long: the row of members holding the token's word (-1: no word)
     members: torch.Tensor  # [words, K] long: each word's token ids, padded with its first
     chars: torch.Tensor  # [V] long: a token's characters and the space before a word (the rough line length)
+    # a closed prompt's first line (the module doc), by stage: [0] free, [1] may not end yet, [2] its first
+    # token (nor one that starts ingredient lines); None: prompts' blocks stay open
+    stages: torch.Tensor | None = None
 
 
-def lexicon(g, vocab: list[str], tokenizer: str, ingredient_words: frozenset, device) -> Lexicon | None:
-    """The shared tables for ``g`` (a GenerateConfig) over this vocabulary, or None when both biases are 0."""
-    if not g.listed_bias and not g.unlisted_bias:
-        return None
+def line_starts(vocab: list[str], docs) -> np.ndarray:
+    """``[2, V]`` counts over documents (token id lists, in the corpus layout): how often each token starts
+    a line of the ingredient block ([0]) and the first line of the instructions ([1]), by the block rule
+    (:func:`hpcrnn.text.formats.ingredient_block`) over each line detokenized alone, as the tracker reads."""
+    nl = vocab.index(NL)
+    counts = np.zeros((2, len(vocab)), dtype=np.int64)
+    for ids in docs:
+        lines: list[list[int]] = [[]]
+        for t in ids:
+            if t == nl:
+                lines.append([])
+            elif vocab[t] != EOR:
+                lines[-1].append(int(t))
+        texts = [detokenize([vocab[i] for i in ln], "recipe", capitalize=False, layout=False) for ln in lines]
+        if not texts or not HEADER_START_RE.match(texts[0]):
+            continue
+        start, end = ingredient_block(texts)
+        if end <= start:
+            continue
+        for ln, tx in zip(lines[start:end], texts[start:end]):
+            if ln and tx.strip():
+                counts[0, ln[0]] += 1
+        first = next((ln for ln, tx in zip(lines[end:], texts[end:]) if ln and tx.strip()), None)
+        if first:
+            counts[1, first[0]] += 1
+    return counts
+
+
+def ingredient_openers(vocab: list[str], counts: np.ndarray | None) -> np.ndarray:
+    """``[V]`` bool: the tokens that start ingredient lines more often than instructions (``counts`` from
+    :func:`line_starts`); without counts (a model file holds no corpus text), those with a digit (the
+    quantities) and section headings' (``MMMMM``, dashes)."""
+    if counts is not None and counts.sum():
+        return counts[0] > counts[1]
+    return np.array([any(c.isdigit() for c in t) or t == "mmmmm" or (len(t) >= 3 and set(t) == {"-"}) for t in vocab])
+
+
+def lexicon(
+    g, vocab: list[str], tokenizer: str, ingredient_words: frozenset, device, *, close: bool = False, openers=None
+) -> Lexicon | None:
+    """The shared tables for ``g`` (a GenerateConfig) over this vocabulary, or None when both biases are 0
+    and prompts' blocks are not closed (``close``; ``openers``: :func:`ingredient_openers`, with it)."""
     if tokenizer != "recipe":
-        which = "generate.listed_bias" if g.listed_bias else "generate.unlisted_bias"
-        raise ConfigError(f"{which}: needs the recipe tokenizer (data.tokenizer is {tokenizer})")
+        if g.listed_bias or g.unlisted_bias:
+            which = "generate.listed_bias" if g.listed_bias else "generate.unlisted_bias"
+            raise ConfigError(f"{which}: needs the recipe tokenizer (data.tokenizer is {tokenizer})")
+        return None  # the block rule reads the recipe layout: other tokenizers' prompts stay open
+    if not g.listed_bias and not g.unlisted_bias and not close:
+        return None
     scale = 1.0 / g.temperature if g.temperature > 0 else 1.0
     word_of = [_token_word(t) for t in vocab]
     groups: dict[str, list[int]] = {}
@@ -111,6 +173,13 @@ def lexicon(g, vocab: list[str], tokenizer: str, ingredient_words: frozenset, de
         members[row] = ids + [ids[0]] * (k - len(ids))
         word_id[ids] = row
     dev = torch.device(device)
+    stages = None
+    if close:
+        table = np.zeros((3, len(vocab)), dtype=np.float32)
+        ends = [vocab.index(NL)] + ([vocab.index(EOR)] if EOR in vocab else [])
+        table[1:, ends] = MASKED
+        table[2, np.asarray(openers if openers is not None else ingredient_openers(vocab, None), bool)] = MASKED
+        stages = torch.from_numpy(table).to(dev)
     return Lexicon(
         vocab=list(vocab),
         nl_id=vocab.index(NL),
@@ -122,6 +191,7 @@ def lexicon(g, vocab: list[str], tokenizer: str, ingredient_words: frozenset, de
         word_id=torch.from_numpy(word_id).to(dev),
         members=torch.from_numpy(members).to(dev),
         chars=torch.tensor([_chars(t) for t in vocab], dtype=torch.long, device=dev),
+        stages=stages,
     )
 
 
@@ -152,6 +222,14 @@ class Document:
                     self.said.add(lex.word_of[t])
         if self.mode == BLOCK and self.partial:
             self._check_long()
+
+    def close(self) -> bool:
+        """A prompt read so far ends at the end of an ingredient line: its block is the whole list, and the
+        instructions begin now (the module doc). False (and nothing changes) otherwise."""
+        if self.mode != BLOCK or self.partial:
+            return False
+        self._instructions(len(self.lines), [])
+        return self.mode == INSTR
 
     def text(self, toks: list[int]) -> str:
         """One line as the recipe's text writes it (capitals aside)."""
@@ -204,6 +282,15 @@ class Document:
         return row
 
 
+def closes(lex: Lexicon, prompt: list[int]) -> bool:
+    """Whether a slot starting with ``prompt`` begins its instructions at once (a closed block)."""
+    if lex.stages is None:
+        return False
+    doc = Document(lex)
+    doc.feed(prompt)
+    return doc.close()
+
+
 class Tracker:
     """The slots' documents (host) and their bias, mode and rough line length (device) for one batch."""
 
@@ -215,14 +302,21 @@ class Tracker:
         self.docs: list[Document | None] = [None] * b
         self.seen = [0] * b  # generated tokens each slot's document has read
         self.modes = np.zeros(b, dtype=np.int8)  # the host's copy of mode
+        self.stage = torch.zeros(b, dtype=torch.long, device=device)  # a closed prompt's first line (Lexicon)
+        self.staged = False  # some slot may have stage > 0 (checked now and then: no sync per step)
+        self.steps = 0
 
-    def begin(self, r: int, prompt: list[int]) -> None:
-        """Slot ``r`` starts a job: its document reads the prompt."""
+    def begin(self, r: int, prompt: list[int], close: bool = False) -> None:
+        """Slot ``r`` starts a job: its document reads the prompt (``close``: a block it ends with is the
+        whole list, when the lexicon closes blocks)."""
         doc = Document(self.lex)
         doc.feed(prompt)
         self.docs[r], self.seen[r] = doc, 0
         self.bias[r].zero_()
         self.modes[r] = OFF
+        closed = close and self.lex.stages is not None and doc.close()
+        self.stage[r] = 2 if closed else 0
+        self.staged |= closed
         self._publish(r)
         self.chars[r] = sum(_chars(self.lex.vocab[t]) for t in doc.partial)
 
@@ -236,19 +330,33 @@ class Tracker:
 
     def keep(self, ks: torch.Tensor, keep: list[int]) -> None:
         """Only the slots ``keep`` (their indices ``ks`` on the device) go on."""
-        self.bias, self.mode, self.chars = (x.index_select(0, ks) for x in (self.bias, self.mode, self.chars))
+        self.bias, self.mode, self.chars, self.stage = (
+            x.index_select(0, ks) for x in (self.bias, self.mode, self.chars, self.stage)
+        )
         self.docs = [self.docs[r] for r in keep]
         self.seen = [self.seen[r] for r in keep]
         self.modes = self.modes[keep]
 
     def add(self, logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The biased logits, in ``out`` (float32, the logits' shape)."""
-        return torch.add(logits, self.bias, out=out)
+        out = torch.add(logits, self.bias, out=out)
+        if self.staged:
+            out.add_(self.lex.stages.index_select(0, self.stage))
+        return out
 
     def after(self, gen: torch.Tensor, ngen: torch.Tensor, nxt: torch.Tensor, live: torch.Tensor) -> None:
         """After a step: end the bonus of the words the live slots named; let the host read the lines that
         ended (or grew long) before the instructions."""
         lex, modes = self.lex, self.modes
+        chars = lex.chars.index_select(0, nxt)
+        if self.staged:
+            on = live & (self.stage > 0)
+            self.chars.add_(chars * on)
+            self.stage.masked_fill_(on & (self.stage == 2), 1)  # its first token is drawn
+            self.stage.masked_fill_(on & (self.chars > FIRST_LONG), 0)  # longer than an ingredient line: free
+            self.steps += 1
+            if self.steps % 8 == 0:
+                self.staged = bool((self.stage > 0).any())
         if lex.listed and (modes == INSTR).any():
             wid = lex.word_id.index_select(0, nxt)
             on = live & (self.mode == INSTR) & (wid >= 0)
@@ -259,7 +367,7 @@ class Tracker:
             return
         before = live & ((self.mode == HEADER) | (self.mode == BLOCK))
         nl = nxt == lex.nl_id
-        self.chars.add_(lex.chars.index_select(0, nxt) * before).masked_fill_(nl & before, 0)
+        self.chars.add_(chars * before).masked_fill_(nl & before, 0)
         ask = before & (nl | ((self.mode == BLOCK) & (self.chars > LONG)))
         rows = ask.nonzero()[:, 0].tolist()
         if not rows:

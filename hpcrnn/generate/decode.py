@@ -5,7 +5,8 @@ A fixed number of *slots* each hold one recipe; every step feeds one token per s
 past words per new word) and picks the next tokens with :mod:`hpcrnn.generate.sampling`. A slot whose
 recipe ends (stop token or ``max_tokens``) takes the next recipe at once (its state zeroed), so the batch
 stays full until the queue runs dry. With a :class:`hpcrnn.generate.constrain.Lexicon` (``generate.listed_bias``
-/ ``unlisted_bias``), each slot's bias is added to its logits before sampling; without one, nothing of it runs.
+/ ``unlisted_bias``, ``prompt_ingredients``), each slot's bias is added to its logits before sampling; without
+one, nothing of it runs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Job:
     # float32 [max_tokens] or [max_tokens, rounds]: the uniforms of each generated token (one per draw,
     # see hpcrnn.generate.sampling); None for greedy
     uniforms: np.ndarray | None
+    close: bool = False  # an ingredient block the prompt ends with is the whole list (constrain.Tracker)
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def _start(first: list[Job], rule: _Rule, device: torch.device, lexicon: Lexicon
     if lexicon is not None:
         batch.con = Tracker(lexicon, b, device)
         for r, j in enumerate(first):
-            batch.con.begin(r, j.prompt)
+            batch.con.begin(r, j.prompt, j.close)
     return batch
 
 
@@ -254,7 +256,7 @@ def _refill(batch: _Batch, r: int, job: Job, rule: _Rule) -> None:
     t.done[r] = False
     t.cur[r] = t.prompt[r, 0]
     if t.con is not None:
-        t.con.begin(r, job.prompt)
+        t.con.begin(r, job.prompt, job.close)
 
     def zero(s):
         s[:, r] = 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hpcrnn.generate import constrain as C
 from hpcrnn.generate import quality as Q
 from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.text.detokenize import detokenize
@@ -71,13 +72,32 @@ def ingredient_words(cv: CorpusView, seed: int = 0) -> frozenset:
         return frozenset()
     key = (str(cv.path), cv.vocab_hash, len(cv.tokens), seed)
     if key not in _WORDS:
-        train = cv.docs(0)
-        rng = np.random.default_rng([seed % 2**64, 0x1E5])
-        pick = (
-            train if len(train) <= INGREDIENT_SAMPLE else np.sort(rng.choice(train, INGREDIENT_SAMPLE, replace=False))
-        )
+        pick = _training_sample(cv, seed)
         _WORDS[key] = Q.build_ingredient_words([Q.parse_recipe(cv.text(cv.doc_tokens(d))) for d in pick])
     return _WORDS[key]
+
+
+def _training_sample(cv: CorpusView, seed: int) -> np.ndarray:
+    train = cv.docs(0)
+    if len(train) <= INGREDIENT_SAMPLE:
+        return train
+    rng = np.random.default_rng([seed % 2**64, 0x1E5])
+    return np.sort(rng.choice(train, INGREDIENT_SAMPLE, replace=False))
+
+
+_OPENERS: dict[tuple, np.ndarray] = {}
+
+
+def ingredient_openers(cv: CorpusView, seed: int = 0) -> np.ndarray:
+    """:func:`hpcrnn.generate.constrain.ingredient_openers` of the corpus, counted over the same seeded
+    sample of training recipes as the ingredient words; its fixed rule without the corpus text."""
+    if not cv.has_text:
+        return C.ingredient_openers(cv.vocab, None)
+    key = (str(cv.path), cv.vocab_hash, len(cv.tokens), seed)
+    if key not in _OPENERS:
+        counts = C.line_starts(cv.vocab, (cv.doc_tokens(d) for d in _training_sample(cv, seed)))
+        _OPENERS[key] = C.ingredient_openers(cv.vocab, counts)
+    return _OPENERS[key]
 
 
 def real_sample_quality(cv: CorpusView, qc: QualityContext, n: int, seed: int) -> tuple[list[dict], list[int]]:

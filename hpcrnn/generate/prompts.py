@@ -249,4 +249,4 @@ def make_job(i: int, cfg: Config, cv: CorpusView, pp: PromptPlan | PromptSet) ->
         if g.temperature == 0.0
         else rng.random((g.max_tokens, uniforms_per_token(g.top_k, g.top_p)), dtype=np.float32)
     )
-    return Job(i, prompt, u), hidden
+    return Job(i, prompt, u, close=pp.kind == "text" and g.prompt_ingredients == "all"), hidden

@@ -49,7 +49,11 @@ _TAGS = {
     "sampler": "sampler",
     "listed_bias": "lb",
     "unlisted_bias": "ub",
+    "prompt_ingredients": "ingr",
 }
+
+
+_QUIET = {"prompt_ingredients": "all"}
 
 
 def _tag_value(key: str, v) -> str:
@@ -69,8 +73,11 @@ def settings_name(old: dict, new: dict) -> str:
     ``old``: each setting that differs as a tag and its value (``t1.0``, ``topk40``, ``seed3``, ``bf16``,
     ``prompt`` and 8 hex digits of the prompt's SHA-1), joined by ``-``; only letters, digits and
     ``_ . + -``, so it is a valid ``generate.name``."""
-    parts = [f"{_TAGS.get(k, k)}{_tag_value(k, v)}" for k, v in new.items() if old.get(k) != v]
-    return "-".join(parts) or "same"
+    differ = [k for k, v in new.items() if old.get(k) != v]
+    # a setting newer than the old folder, at its default, is implied by the others (a prompt's tag says
+    # its ingredient list is closed by default): named only when nothing else tells the folders apart
+    loud = [k for k in differ if not (k not in old and _QUIET.get(k) == new[k])] or differ
+    return "-".join(f"{_TAGS.get(k, k)}{_tag_value(k, new[k])}" for k in loud) or "same"
 
 
 def default_conflict(cfg: Config) -> dict | None:
@@ -128,6 +135,8 @@ def generation_settings(cfg: Config) -> dict:
         "sampler": SAMPLER,
         # only when set, so that the folders of unprompted settings keep their names
         **({"prompts": g.prompts, "prompts_cut": g.prompts_cut} if g.prompts else {}),
+        # a text prompt's recipes depend on it (the start of a recipe's and random windows' do not)
+        **({"prompt_ingredients": g.prompt_ingredients} if g.prompts or g.prompt.strip() not in ("", "random") else {}),
         # the same: at 0 (off) the recipes and folder names are those of before the settings existed
         **({"listed_bias": g.listed_bias} if g.listed_bias else {}),
         **({"unlisted_bias": g.unlisted_bias} if g.unlisted_bias else {}),
