@@ -222,3 +222,23 @@ def test_mealmaster_and_mastercook_files_cut_at_their_recipe_starts(tmp_path):
     assert formats == ["mealmaster", "mastercook"]
     assert sum(1 for s in slices for p in s if not p.whole) >= 3  # cut inside the files, not only between
     build_both(tmp_path, str(d), ns=(4,), document_start=None, min_count=1, window=4)
+
+
+def test_the_launchers_step_jobs_build_the_same_corpus(tmp_path):
+    """What launch submits to Slurm for data.shards: 2 (read and encode once per shard, reduce and finish
+    once, each pickled as submitit pickles it), run in order, builds the single process's corpus."""
+    import pickle
+
+    from hpcrnn.cluster.jobs import SHARD_STEPS, shard_step_jobs
+
+    corpus = tmp_path / "r.txt"
+    corpus.write_text(make_recipes(80, seed=5))
+    ref = run_preprocess(config(tmp_path, str(corpus), "one", 1)).path
+    cfg = config(tmp_path, str(corpus), "n2", 2)
+    for step in SHARD_STEPS:
+        jobs = shard_step_jobs(cfg, step)
+        assert len(jobs) == (2 if step in ("read", "encode") else 1)
+        for job in jobs:
+            pickle.loads(pickle.dumps(job))()
+    assert_same_corpus(ref, cfg.h5_path)
+    assert not list(cfg.h5_path.parent.glob(".corpus.h5.shards-*"))

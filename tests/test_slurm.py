@@ -322,17 +322,83 @@ def test_time_limit_requeues_and_finishes(slurm, tmp_path, tiny_corpus):
     assert meta["done"] and meta["step"] == steps
 
 
-def test_refused_submission_leaves_no_half_pipeline(slurm, tmp_path, tiny_corpus):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_refused_submission_leaves_no_half_pipeline(slurm, tmp_path, tiny_corpus, shards):
+    """Also every step of a sharded preprocess (shards 2: its four jobs)."""
     cfg_path = tiny_config(
-        tmp_path, tiny_corpus, slurm={"defaults": {"cpus_per_task": 1}, "train": {"partition": "no-such-partition"}}
+        tmp_path,
+        tiny_corpus,
+        data={"shards": shards},
+        slurm={"defaults": {"cpus_per_task": 1}, "train": {"partition": "no-such-partition"}},
     )
     r = launch(str(cfg_path))
     assert r.returncode == 2
     msg = r.stderr.strip().splitlines()[-1]
     assert "slurm.train: sbatch refused the train job" in msg and "partition" in msg.lower()
-    jid = msg.rsplit("(", 1)[1].split(")")[0].split()[-1]  # "...cancelled the jobs already queued (ID)"
-    assert sacct(jid)[-1]["State"] == "CANCELLED"
+    jids = msg.rsplit("(", 1)[1].split(")")[0].split()  # "...cancelled the jobs already queued (ID ...)"
+    assert len(jids) == (1 if shards == 1 else 4), msg
+    for jid in jids:
+        rows = sacct(jid)
+        assert rows and all(x["State"] == "CANCELLED" for x in rows), (jid, rows)
     assert not (load_config(cfg_path).run_dir / "jobs.json").exists()
+
+
+def test_sharded_preprocess_runs_as_dependent_job_arrays(slurm, tmp_path, tiny_corpus):
+    """data.shards: 2 under launch: read (an array of 2 tasks), reduce, encode (an array), then the stage's
+    own job that writes corpus.h5, each after the one before; the corpus is the one a single process
+    builds, bit for bit; train waits for the last."""
+    from hpcrnn.data.build import run_preprocess
+    from tests.test_shards import assert_same_corpus
+
+    cfg_path = tiny_config(tmp_path, tiny_corpus, data={"shards": 2}, slurm={"defaults": {"cpus_per_task": 1}})
+    cfg = load_config(cfg_path)
+    r = launch(str(cfg_path), "--stages", "preprocess,train")
+    assert r.returncode == 0, r.stderr
+    assert "preprocess read job" in r.stdout and r.stdout.count("array of 2") == 2, r.stdout
+    rec = read_jobs(cfg.run_dir)["launches"][-1]["stages"]
+    pre, steps = rec["preprocess"], rec["preprocess"]["steps"]
+    assert list(steps) == ["read", "reduce", "encode"]
+    assert steps["read"]["tasks"] == steps["encode"]["tasks"] == 2 and steps["reduce"]["tasks"] == 1
+    assert steps["read"]["dependency"] is None
+    assert steps["reduce"]["dependency"] == f"afterok:{steps['read']['job_id']}"
+    assert steps["encode"]["dependency"] == f"afterok:{steps['reduce']['job_id']}"
+    assert pre["dependency"] == f"afterok:{steps['encode']['job_id']}"
+    assert rec["train"]["dependency"] == f"afterok:{pre['job_id']}"
+    ids = [pre["job_id"], rec["train"]["job_id"]] + [s["job_id"] for s in steps.values()]
+    wait_gone(ids, cfg.run_dir, timeout=400)
+    for step in ("read", "encode"):
+        tasks = sacct(steps[step]["job_id"], expect=2)
+        assert [t["State"] for t in tasks] == ["COMPLETED"] * 2, f"{step}: {tasks}\n{logs(cfg.run_dir)}"
+    completed(steps["reduce"]["job_id"], cfg.run_dir)
+    completed(pre["job_id"], cfg.run_dir)
+    completed(rec["train"]["job_id"], cfg.run_dir)
+    one = load_config(cfg_path, ["run.name=one", "data.shards=1"])
+    assert_same_corpus(run_preprocess(one).path, cfg.h5_path)
+    assert not list(cfg.h5_path.parent.glob(".corpus.h5.shards-*"))  # the shards' outputs are gone
+    s = run_module("hpcrnn.status", str(cfg.run_dir))
+    assert "preprocess done" in s.stdout and "train      done" in s.stdout, s.stdout
+
+
+def test_a_failed_shard_step_fails_the_stage_and_status_names_it(slurm, tmp_path):
+    """An input error in a step (here the reduce: a file without text) ends the steps after it (their
+    dependency can never be met) and status names the step and shows its log."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text(make_recipes(60, seed=1))
+    (d / "b.txt").write_text("\n\n   \n")
+    cfg_path = tiny_config(tmp_path, d, data={"shards": 2}, slurm={"defaults": {"cpus_per_task": 1}})
+    cfg = load_config(cfg_path)
+    r = launch(str(cfg_path), "--stages", "preprocess")
+    assert r.returncode == 0, r.stderr
+    pre = read_jobs(cfg.run_dir)["launches"][-1]["stages"]["preprocess"]
+    ids = [pre["job_id"]] + [s["job_id"] for s in pre["steps"].values()]
+    wait_gone(ids, cfg.run_dir, timeout=300)
+    assert sacct(pre["steps"]["reduce"]["job_id"])[-1]["State"] == "FAILED"
+    assert sacct(pre["job_id"])[-1]["State"] != "COMPLETED" and not cfg.h5_path.exists()
+    s = json.loads(run_module("hpcrnn.status", str(cfg.run_dir), "--json").stdout)
+    st = s["stages"]["preprocess"]
+    assert st["state"] == "failed" and st["detail"].startswith("step reduce (job "), st
+    assert "b.txt: the corpus file is empty" in Path(st["stderr"]).read_text()
 
 
 def test_generate_shards_run_as_one_job_array(slurm, tmp_path, tiny_corpus):

@@ -40,6 +40,11 @@ STAGE_FUNCTIONS = {
     "preprocess": "hpcrnn.data.build:run_preprocess",
     "train": "hpcrnn.train.loop:run_train",
     "generate": "hpcrnn.generate.job:run_generate",
+    # sharded preprocessing on Slurm (data.shards > 1): its four steps, each a job (read, encode: arrays)
+    "preprocess_read": "hpcrnn.data.build:preprocess_shard",
+    "preprocess_reduce": "hpcrnn.data.build:preprocess_reduce",
+    "preprocess_encode": "hpcrnn.data.build:preprocess_encode",
+    "preprocess_finish": "hpcrnn.data.build:preprocess_finish",
 }
 
 
@@ -107,6 +112,38 @@ class PreprocessJob(StageJob):
 
     def run(self) -> Any:
         return stage_function("preprocess")(self.cfg)
+
+
+class ShardStepJob(StageJob, Checkpointable):
+    """One step of sharded preprocessing (``hpcrnn.data.shards``): read and encode run once per shard
+    ``index`` (a job array), reduce and finish once. Each step skips what an earlier run of it wrote, so a
+    task that Slurm preempts or times out is requeued (submitit's checkpoint: the same call again) and
+    redoes only its own shard."""
+
+    stage = "preprocess"
+
+    def __init__(self, cfg: Config, step: str, index: int = 0, count: int = 1):
+        super().__init__(cfg)
+        self.step, self.index, self.count = step, index, count
+
+    def run(self) -> Any:
+        fn = stage_function(f"preprocess_{self.step}")
+        if self.step in ("read", "encode"):
+            return fn(self.cfg, self.index, self.count)
+        return fn(self.cfg, self.count)
+
+    def __repr__(self) -> str:
+        return f"ShardStepJob({self.cfg.run.name}, {self.step}, {self.index}/{self.count})"
+
+
+SHARD_STEPS = ("read", "reduce", "encode", "finish")
+
+
+def shard_step_jobs(cfg: Config, step: str) -> list[StageJob]:
+    """The jobs of one step of ``data.shards`` > 1: one per shard for read and encode, else one."""
+    n = cfg.data.shards
+    per_shard = step in ("read", "encode")
+    return [ShardStepJob(cfg, step, i, n) for i in range(n if per_shard else 1)]
 
 
 class GenerateJob(StageJob):

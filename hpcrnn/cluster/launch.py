@@ -32,7 +32,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, Uncomplet
 from hpcrnn import errors
 from hpcrnn.cli import make_parser, run_cli
 from hpcrnn.cluster import slurm
-from hpcrnn.cluster.jobs import StageJob, StageStopped, stage_jobs
+from hpcrnn.cluster.jobs import SHARD_STEPS, StageJob, StageStopped, shard_step_jobs, stage_jobs
 from hpcrnn.cluster.plan import STAGES, StagePlan, check_compatible_run, parse_stages, plan_stages
 from hpcrnn.cluster.records import latest_jobs, write_launch
 from hpcrnn.cluster.submitit_internals import preemption_signal_name
@@ -238,7 +238,10 @@ def _launch_slurm(cfg: Config, plans: list[StagePlan], res: LaunchResult, out: C
             if not p.run:
                 continue
             dep = f"afterok:{prev_id}" if prev_id else None
-            records[p.stage] = res.jobs[p.stage] = _submit_stage(cfg, p.stage, dep, res)
+            if p.stage == "preprocess" and cfg.data.shards > 1:
+                records[p.stage] = res.jobs[p.stage] = _submit_shard_steps(cfg, dep, res)
+            else:
+                records[p.stage] = res.jobs[p.stage] = _submit_stage(cfg, p.stage, dep, res)
             prev_id = res.jobs[p.stage]["job_id"]
     finally:
         # recorded even if a later submission failed, so status and the next launch know what is queued
@@ -247,18 +250,35 @@ def _launch_slurm(cfg: Config, plans: list[StagePlan], res: LaunchResult, out: C
     _report_submitted(cfg, res, out)
 
 
-def _submit_stage(cfg: Config, stage: str, dep: str | None, res: LaunchResult) -> dict:
-    """Submit one stage's job (or job array); its record for jobs.json. A refused submission cancels the
-    stages already queued, so no half pipeline is left behind."""
+def _submit_stage(
+    cfg: Config, stage: str, dep: str | None, res: LaunchResult, jobs: list[StageJob] | None = None, also=()
+) -> dict:
+    """Submit one stage's job (or job array; ``jobs``: these instead of the stage's own); its record for
+    jobs.json. A refused submission cancels the stages already queued (and the job ids ``also``), so no
+    half pipeline is left behind."""
     ex = make_executor(cfg, stage, "slurm", dependency=dep)
     try:
-        jobs = _submit(ex, stage_jobs(cfg, stage))
+        jobs = _submit(ex, jobs or stage_jobs(cfg, stage))
     except (FailedJobError, FailedSubmissionError, OSError) as e:  # sbatch refused (partition, account, limits)
         local = f"`python -m hpcrnn.launch {cfg.source} --cluster local` runs the pipeline here instead"
-        err = sbatch_refused(cfg, stage, e, [r["job_id"] for r in res.jobs.values()], local)
+        queued = [r["job_id"] for r in res.jobs.values()] + list(also)
+        queued += [s["job_id"] for r in res.jobs.values() for s in r.get("steps", {}).values()]
+        err = sbatch_refused(cfg, stage, e, queued, local)
         res.jobs.clear()
         raise err from None
     return submitted_record(jobs, jobs[0].job_id.split("_")[0], dep, ex.folder)
+
+
+def _submit_shard_steps(cfg: Config, dep: str | None, res: LaunchResult) -> dict:
+    """``data.shards`` > 1: the preprocess stage as four dependent jobs (read: an array of one task per
+    shard; reduce; encode: an array; finish, which writes corpus.h5). The stage's record is the finish
+    job's (what the trainer waits for, and status follows), with each step's record under ``steps``."""
+    steps: dict[str, dict] = {}
+    for step in SHARD_STEPS:
+        queued = [r["job_id"] for r in steps.values()]
+        steps[step] = _submit_stage(cfg, "preprocess", dep, res, shard_step_jobs(cfg, step), also=queued)
+        dep = f"afterok:{steps[step]['job_id']}"
+    return {**steps.pop("finish"), "steps": steps}
 
 
 def sbatch_refused(cfg: Config, stage: str, e: Exception, queued: list[str], local: str) -> ConfigError:
@@ -297,6 +317,10 @@ def _report_submitted(cfg: Config, res: LaunchResult, out: Callable) -> None:
     for stage, rec in res.jobs.items():
         dep = f"  (after {rec['dependency'].split(':', 1)[1]} succeeds)" if rec.get("dependency") else ""
         arr = f" array of {rec['tasks']}" if rec.get("array") else ""
+        for step, srec in rec.get("steps", {}).items():  # sharded preprocessing's steps before its finish
+            sarr = f" array of {srec['tasks']}" if srec.get("array") else ""
+            sdep = f"  (after {srec['dependency'].split(':', 1)[1]} succeeds)" if srec.get("dependency") else ""
+            out(f"  {stage + ' ' + step:<10} job {srec['job_id']}{sarr}{sdep}")
         out(f"  {stage:<10} job {rec['job_id']}{arr}{dep}")
     first_running = res.jobs.get("train") or list(res.jobs.values())[0]
     out(f"follow the logs:  tail -F {first_running['stdout']} {first_running['stderr']}")

@@ -103,9 +103,31 @@ def _stage_entry(cfg: Config, stage: str, facts: _RunFacts) -> dict[str, Any]:
         entry["state"] = "failed"
     elif stage == "train" and facts.newest:
         entry["state"] = "incomplete"
+    if rec.get("steps") and on_slurm and not done:
+        _add_shard_steps(entry, rec["steps"], facts)
     if stage == "train":
         _add_requeues(entry, done, facts)
     return entry
+
+
+def _add_shard_steps(entry: dict[str, Any], steps: dict[str, dict], facts: _RunFacts) -> None:
+    """Sharded preprocessing: the stage's job (finish) waits for its steps' jobs; say which one is at work,
+    or which one failed (its logs, not the finish job's, hold why)."""
+    entry["steps"] = {s: slurm.job_state(facts.states, r["job_id"]) for s, r in steps.items()}
+    for step, rec in steps.items():
+        state = slurm.STATE_OF_SLURM.get(entry["steps"][step] or "", "")
+        if state in ("running", "queued", "suspended") and entry["state"] == "queued":
+            entry["state"], entry["detail"] = state, f"step {step} (job {rec['job_id']}) {state}"
+            return
+        if state == "failed" or entry["steps"][step] == slurm.DEPENDENCY_NEVER_SATISFIED:
+            tasks = rec.get("array") or [rec["job_id"]]
+            bad = next((t for t in tasks if slurm.STATE_OF_SLURM.get(facts.states.get(t) or "") == "failed"), None)
+            entry["state"], entry["detail"] = "failed", f"step {step} (job {bad or rec['job_id']}) failed"
+            for k in ("stdout", "stderr"):  # the failed task's log (the records name the first task's)
+                if rec.get(k):
+                    p = Path(rec[k])
+                    entry[k] = str(p.with_name(p.name.replace(tasks[0], bad, 1))) if bad else rec[k]
+            return
 
 
 def _add_requeues(entry: dict[str, Any], done: bool, facts: _RunFacts) -> None:
@@ -150,6 +172,7 @@ def collect_status(cfg: Config) -> dict:
     metrics = read_jsonl(cfg.metrics_path)
     jobs = latest_jobs(run_dir)
     on_slurm = [r["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" and r.get("job_id")]
+    on_slurm += [s["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" for s in r.get("steps", {}).values()]
     facts = _RunFacts(
         jobs=jobs,
         states=slurm.job_states(on_slurm),

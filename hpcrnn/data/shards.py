@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,7 +103,8 @@ def make_job(data, settings: dict, sources: list[Source], fp: str, out: Path, co
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # host and pid: tasks of an array on other nodes may write the same file (plan.json) on a shared disk
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             write(fh)
