@@ -1,14 +1,16 @@
 """Lexically constrained decoding (``generate.listed_bias`` / ``generate.unlisted_bias``) on a trained run.
 
     python bench/bench_constrain.py RUN [--recipes 200] [--bias 0:0 1:0 0:1 2:2 4:4] [--unprompted 200]
-                                        [key=value ...]
+                                        [--unprompted-bias 0:0 4:4] [key=value ...]
 
 For each ``LISTED:UNLISTED`` pair: ``python -m hpcrnn.evaluate RUN --complete FILE`` (hpcrnn/generate/
 complete.py) on the first ``--recipes`` recipes of the run's test split (each cut after its ingredient
 block, the rest generated with the run's ``generate`` sampling), printing listed-used, extra items,
-structure, the share ending on their own end-of-recipe token and coherence, beside the real recipes'; with
-``--unprompted N``, also the coherence and structure of N recipes written from the start of a recipe
-(issue 28: unprompted generation must stay as good). ``key=value``: config overrides
+structure, the share ending on their own end-of-recipe token and coherence, beside the real recipes', and
+once the perplexity of the real instructions given the real ingredient block; with ``--unprompted N``,
+also the coherence, structure and repeated 4-grams of N recipes written from the start of a recipe at
+the ``--unprompted-bias`` pairs (default: the first and the last of ``--bias``), beside N real test
+recipes' (issue 28: unprompted generation must stay as good). ``key=value``: config overrides
 (``generate.temperature=0.7``). Runs on the CPU, as ``--complete`` does. Not a test: it prints figures
 with the machine and the date.
 """
@@ -34,7 +36,7 @@ from hpcrnn.data.corpus import open_corpus  # noqa: E402
 from hpcrnn.generate import quality as Q  # noqa: E402
 from hpcrnn.generate.complete import run_complete  # noqa: E402
 from hpcrnn.generate.corpus_view import CorpusView  # noqa: E402
-from hpcrnn.generate.describe import Describer, build_quality_context  # noqa: E402
+from hpcrnn.generate.describe import Describer, build_quality_context, real_sample_quality  # noqa: E402
 from hpcrnn.generate.job import decode_recipes  # noqa: E402
 from hpcrnn.generate.prompts import plan_prompt  # noqa: E402
 from hpcrnn.model.restore import open_checked  # noqa: E402
@@ -57,13 +59,11 @@ def test_file(cv: CorpusView, n: int, path: Path) -> int:
     return len(texts)
 
 
-def unprompted(cfg, cv: CorpusView, n: int) -> dict:
+def unprompted(cfg, cv: CorpusView, n: int, qc) -> dict:
     """Structure and coherence of ``n`` recipes from the start of a recipe."""
     _, model, _ = open_checked(cfg, open_corpus(cfg.h5_path), None)
     g = dataclasses.replace(cfg.generate, prompt="", prompts=None, num_recipes=n)
     c = dataclasses.replace(cfg, generate=g)
-    with contextlib.redirect_stdout(sys.stderr):
-        qc = build_quality_context(cv, cfg.data.seed)
     describe = Describer(cv, qc, 0)
     pp = plan_prompt(c, cv)
     qs, ended = [], 0
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", type=int, default=200, help="test-split recipes to complete (default 200)")
     p.add_argument("--bias", nargs="+", default=["0:0", "1:0", "0:1", "2:2", "4:4"], metavar="LISTED:UNLISTED")
     p.add_argument("--unprompted", type=int, default=0, metavar="N", help="also N recipes without a prompt")
+    p.add_argument("--unprompted-bias", nargs="+", default=None, metavar="LISTED:UNLISTED", help="at these pairs")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("HPCRNN_BENCH_THREADS", torch.get_num_threads())))
@@ -105,19 +106,37 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.run, over)
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):
-                res = run_complete(cfg, None, path)
-            gen, real = res["generated"], res["real"]
+                res = run_complete(cfg, None, path, score=real is None)
+            gen, first, real = res["generated"], real is None, res["real"]
             secs = time.perf_counter() - t0
+            if first:
+                r = res["real_instructions"]
+                print(
+                    f"# real instructions given the real ingredient block: ppl {r['ppl']:.2f}, acc {r['acc']:.2%} "
+                    f"({r['tokens']:,} tokens; checkpoint step {res['step']})"
+                )
             print(f"{f'{lb:g}:{ub:g}':<16}" + "".join(f"{_cell(gen.get(c)):>16}" for c in cols) + f"{secs:>10.1f}")
         if real is not None:
             print(f"{'real':<16}" + "".join(f"{_cell(real.get(c)):>16}" for c in cols))
-        for lb, ub in _pairs(args.bias) if args.unprompted else ():
+        if not args.unprompted:
+            return 0
+        with contextlib.redirect_stdout(sys.stderr):
+            qc = build_quality_context(cv, base.data.seed)
+        r = Q.summarize(real_sample_quality(cv, qc, args.unprompted, base.generate.seed)[0])
+        print(
+            f"unprompted real: coherence {_cell(r.get('coherence_mean'))}, structure {_cell(r.get('structure'))}, "
+            f"repeated 4-grams {_cell(r.get('repeated_4grams_mean'))} ({r['recipes']} test recipes)"
+        )
+        ends = args.bias[:1] + args.bias[-1:]
+        pairs = _pairs(args.unprompted_bias) if args.unprompted_bias else sorted(set(_pairs(ends)))
+        for lb, ub in pairs:
             cfg = load_config(args.run, [*args.overrides, f"generate.listed_bias={lb}", f"generate.unlisted_bias={ub}"])
-            s = unprompted(cfg, cv, args.unprompted)
+            t0 = time.perf_counter()
+            s = unprompted(cfg, cv, args.unprompted, qc)
             print(
                 f"unprompted {lb:g}:{ub:g}: coherence {_cell(s.get('coherence_mean'))}, structure "
-                f"{_cell(s.get('structure'))}, ending {_cell(s.get('stopped_at_end_of_recipe'))} "
-                f"({args.unprompted} recipes)"
+                f"{_cell(s.get('structure'))}, ending {_cell(s.get('stopped_at_end_of_recipe'))}, repeated 4-grams "
+                f"{_cell(s.get('repeated_4grams_mean'))} ({args.unprompted} recipes, {time.perf_counter() - t0:.0f} s)"
             )
     return 0
 

@@ -75,14 +75,15 @@ def instructions_figures(model, cv: CorpusView, pp: PromptSet) -> dict:
     return sums.result(lambda t: t)
 
 
-def run_complete(cfg: Config, checkpoint: str | None, path: str | Path) -> dict:
-    """The figures of ``--complete FILE`` (see the module docstring)."""
+def run_complete(cfg: Config, checkpoint: str | None, path: str | Path, score: bool = True) -> dict:
+    """The figures of ``--complete FILE`` (see the module docstring); ``score=False`` leaves out the
+    perplexity of the real instructions (it does not depend on the sampling settings)."""
     info, model, _ = open_checked(cfg, open_corpus(cfg.h5_path), checkpoint)
     g = dataclasses.replace(cfg.generate, prompt="", prompts=str(path), prompts_cut="ingredients", num_recipes=1)
     gcfg = dataclasses.replace(cfg, generate=g)
     cv = CorpusView.open(cfg.h5_path)
     pp = plan_prompts(gcfg, cv)
-    scored = instructions_figures(model, cv, pp)
+    scored = instructions_figures(model, cv, pp) if score else None
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the figures alone (JSON with --json)
         qc = build_quality_context(cv, cfg.data.seed)
     describe = Describer(cv, qc, 0)  # in this process: a few recipes
@@ -105,7 +106,7 @@ def run_complete(cfg: Config, checkpoint: str | None, path: str | Path) -> dict:
             k: getattr(g, k)
             for k in ("temperature", "top_k", "top_p", "max_tokens", "seed", "listed_bias", "unlisted_bias")
         },
-        "real_instructions": {"given": "the real ingredient block", **scored},
+        "real_instructions": {"given": "the real ingredient block", **scored} if scored else None,
         "generated": generated,
         "real": real,
     }
