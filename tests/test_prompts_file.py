@@ -174,3 +174,19 @@ def test_api_takes_a_list_of_prompts_like_the_job(run):
     assert lm.generate(n=2, prompt=given, batch_size=1) == got
     with pytest.raises(ConfigError, match=r"prompt\[1\]"):
         lm.generate(prompt=["Title: soup\n", ""])
+
+
+def test_unknown_words_of_many_prompts_are_one_warning(run, capsys):
+    """A prompts file's words unknown to the vocabulary: one line for the set (how many prompts, the
+    first one's words), not a line per prompt; a single prompt still names its own."""
+    tmp, cfg_path, cfg = run
+    texts = ["Title: Zzyzx soup\n", "Title: Bean soup\n2 c  Beans\n", "Title: Qwerty pie\n"]
+    (tmp / "odd.txt").write_text("\n".join(texts))
+    cv = G.CorpusView.open(cfg.h5_path)
+    pp = P.plan_prompts(with_(cfg_path, f"generate.prompts={tmp / 'odd.txt'}"), cv)
+    assert len(pp.plans) == 3
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "unknown to the vocabulary" in ln]
+    assert len(err) == 1 and "2 of 3 prompts" in err[0] and "(prompt 1: zzyzx" in err[0], err
+    P.plan_prompt(with_(cfg_path, "generate.prompt=Zzyzx soup"), cv)
+    err = capsys.readouterr().err
+    assert "generate.prompt: unknown to the vocabulary, fed as <unk>: zzyzx" in err, err

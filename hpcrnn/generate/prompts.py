@@ -142,7 +142,18 @@ def plan_prompts(cfg: Config, cv: CorpusView, texts: list[str] | None = None) ->
     else:
         source, entries = "lm.generate", [_entry(k, t, None) for k, t in enumerate(texts, 1)]
     prefix = title_prefix(cv)
-    plans = [_text_plan(e.text, cv, prefix, f"{source}: prompt {e.number}") for e in entries]
+    unknown: dict[int, list[str]] = {}  # one warning for the set, not a line per prompt
+    plans = [
+        _text_plan(e.text, cv, prefix, f"{source}: prompt {e.number}", unknown.setdefault(e.number, []))
+        for e in entries
+    ]
+    unknown = {k: v for k, v in unknown.items() if v}
+    if unknown:
+        k, words = next(iter(unknown.items()))
+        _warn(
+            f"{source}: {len(unknown)} of {len(entries)} prompts have words unknown to the vocabulary, fed as <unk> "
+            f"(prompt {k}: {', '.join(words[:10])})"
+        )
     digest = hashlib.sha256(repr([e.text for e in entries]).encode("utf-8")).hexdigest()
     return PromptSet(str(source), entries, plans, digest)
 
@@ -201,7 +212,10 @@ def _random_plan(cv: CorpusView) -> PromptPlan:
     raise InputError(f"{cv.path}: generate.prompt: random needs {w} tokens of text, the corpus has fewer")
 
 
-def _text_plan(p: str, cv: CorpusView, prefix: list[int], what: str = "generate.prompt") -> PromptPlan:
+def _text_plan(
+    p: str, cv: CorpusView, prefix: list[int], what: str = "generate.prompt", unknown: list[str] | None = None
+) -> PromptPlan:
+    """``unknown``: collects the words unknown to the vocabulary (the caller warns), else warned here."""
     one_line = "\n" not in p.strip("\n")
     text = p.strip("\n") + "\n" if one_line else p
     toks = tokenize(text, cv.tokenizer)
@@ -210,9 +224,11 @@ def _text_plan(p: str, cv: CorpusView, prefix: list[int], what: str = "generate.
     words = [i for t, i in zip(toks, own) if t.strip() and t not in ("<eos>", "<eor>")]
     if not words or all(i == cv.unk_id for i in words):
         raise InputError(f"{what}: {p[:60]!r}: every word is unknown to the vocabulary of {cv.path}")
-    unknown = [t for t, i in zip(toks, own) if i == cv.unk_id]
-    if unknown:
-        _warn(f"{what}: unknown to the vocabulary, fed as <unk>: {', '.join(unknown[:10])}")
+    missing = [t for t, i in zip(toks, own) if i == cv.unk_id]
+    if unknown is not None:
+        unknown.extend(missing)
+    elif missing:
+        _warn(f"{what}: unknown to the vocabulary, fed as <unk>: {', '.join(missing[:10])}")
     if one_line and prefix and own[: len(prefix)] != prefix:
         own = cv.ids(tokenize(f"{TITLE_TEXT} {text}", cv.tokenizer))  # a one-line prompt is a title
     return PromptPlan("text", fixed=[cv.boundary_id] + own, shown_from=1)
