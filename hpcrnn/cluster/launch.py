@@ -80,8 +80,11 @@ def check_not_in_flight(cfg: Config) -> None:
     jobs = {s: r for s, r in latest_jobs(cfg.run_dir).items() if r.get("cluster") == "slurm"}
     if not jobs:
         return
-    states = slurm.job_states([r["job_id"] for r in jobs.values()])
-    found = [(s, r["job_id"], slurm.job_state(states, r["job_id"])) for s, r in jobs.items()]
+    # a stage's job, and the steps of a sharded preprocess before it
+    ids = [(s, r["job_id"]) for s, r in jobs.items()]
+    ids += [(f"{s} {step}", sr["job_id"]) for s, r in jobs.items() for step, sr in r.get("steps", {}).items()]
+    states = slurm.job_states([j for _, j in ids])
+    found = [(s, j, slurm.job_state(states, j)) for s, j in ids]
     dead = [j for _, j, st in found if st == slurm.DEPENDENCY_NEVER_SATISFIED]
     if dead:  # left behind by a failed or cancelled upstream job: this launch replaces them
         slurm.cancel(dead)
