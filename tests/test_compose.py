@@ -126,4 +126,6 @@ def test_recipes_best_is_lstm256_widened_with_a_pointer():
         k: v for k, v in lstm["train"].items() if k != "epochs"
     }
     assert best["train"]["epochs"] == 10
-    assert (best["generate"]["temperature"], best["generate"]["top_p"]) == (1.0, 0.98)
+    g = best["generate"]
+    assert (g["temperature"], g["top_p"], g["listed_bias"], g["unlisted_bias"]) == (1.0, 1.0, 4.0, 4.0)
+    assert g["prompt_ingredients"] == "all"

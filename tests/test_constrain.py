@@ -292,10 +292,15 @@ def test_a_prompts_ingredient_list_stays_the_recipes_whole_list(tmp_path):
     assert F.settings_name({"prompt": "x"}, {"prompt": "x", "prompt_ingredients": "all"}) == "ingrall"
     assert F.settings_name({"prompt": ""}, {"prompt": "x", "prompt_ingredients": "more"}).endswith("-ingrmore")
     cv = CorpusView.open(cfg.h5_path)
-    pp = G.plan_prompt(more, cv)
-    assert G._lexicon(more, cv, pp, frozenset(), "cpu") is None
-    assert G._lexicon(with_(cfg_path, *t), cv, pp, frozenset(), "cpu").stages is not None
-    assert G._lexicon(cfg, cv, G.plan_prompt(cfg, cv), frozenset(), "cpu") is None  # unprompted: nothing
+
+    def lex(c):
+        pp = G.plan_prompt(c, cv)
+        texts = [p.fixed for p in (pp.plans if isinstance(pp, G.PromptSet) else [pp]) if p.kind == "text"]
+        return C.decoding_lexicon(c.generate, cv.vocab, cv.tokenizer, frozenset(), "cpu", texts, lambda: None)
+
+    assert lex(more) is None
+    assert lex(with_(cfg_path, *t)).stages is not None
+    assert lex(cfg) is None  # unprompted: nothing
 
 
 def test_on_a_trained_model_listed_used_rises_and_extra_items_fall(tmp_path):

@@ -291,6 +291,17 @@ def closes(lex: Lexicon, prompt: list[int]) -> bool:
     return doc.close()
 
 
+def decoding_lexicon(g, vocab, tokenizer: str, words: frozenset, device, texts: list[list[int]], openers):
+    """The decoder's tables (None: plain decoding): for the biases, or for text prompts (``texts``, their
+    ids) whose ingredient list is the whole list (``generate.prompt_ingredients: all``) when some prompt
+    ends with its block. ``openers()``: :func:`ingredient_openers` of the corpus, asked only then."""
+    close = g.prompt_ingredients == "all" and bool(texts) and tokenizer == "recipe"
+    lex = lexicon(g, vocab, tokenizer, words, device, close=close, openers=openers() if close else None)
+    if lex is not None and not (g.listed_bias or g.unlisted_bias) and not any(closes(lex, t) for t in texts):
+        return None  # nothing to steer
+    return lex
+
+
 class Tracker:
     """The slots' documents (host) and their bias, mode and rough line length (device) for one batch."""
 

@@ -52,7 +52,7 @@ from hpcrnn.cli import make_parser, run_cli
 from hpcrnn.config import Config, GenerateConfig, ModelConfig
 from hpcrnn.errors import EXIT_OK, ConfigError, InputError, StorageError
 from hpcrnn.fsutil import atomic_write_json
-from hpcrnn.generate.constrain import closes, lexicon
+from hpcrnn.generate.constrain import decoding_lexicon
 from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.generate.decode import generate_batched
 from hpcrnn.generate.describe import (
@@ -398,7 +398,10 @@ def decode_recipes(
     hidden_of: dict[int, int] = {}
     prompts: dict[int, list[int]] = {}
     words = ingredient_words(cv, cfg.data.seed) if g.unlisted_bias else frozenset()
-    lex = _lexicon(cfg, cv, pp, words, device)  # None: plain decoding
+    texts = [p.fixed for p in (pp.plans if isinstance(pp, PromptSet) else [pp]) if p.kind == "text"]
+    lex = decoding_lexicon(
+        g, cv.vocab, cv.tokenizer, words, device, texts, lambda: ingredient_openers(cv, cfg.data.seed)
+    )
 
     def jobs():
         for i in todo:
@@ -423,20 +426,6 @@ def decode_recipes(
         lexicon=lex,
     ):
         yield i, prompts.pop(i)[hidden_of.pop(i) :], toks, stopped
-
-
-def _lexicon(cfg: Config, cv: CorpusView, pp: PromptPlan | PromptSet, words: frozenset, device):
-    """The constrained decoding's tables: for the biases, or for text prompts whose ingredient list is the
-    whole list (``generate.prompt_ingredients: all``, when some prompt ends with its block); else None."""
-    g = cfg.generate
-    plans = pp.plans if isinstance(pp, PromptSet) else [pp]
-    texts = [p.fixed for p in plans if p.kind == "text"]
-    close = g.prompt_ingredients == "all" and bool(texts) and cv.tokenizer == "recipe"
-    openers = ingredient_openers(cv, cfg.data.seed) if close else None
-    lex = lexicon(g, cv.vocab, cv.tokenizer, words, device, close=close, openers=openers)
-    if lex is not None and not (g.listed_bias or g.unlisted_bias) and not any(closes(lex, t) for t in texts):
-        return None  # nothing to steer
-    return lex
 
 
 def _write_one(cfg: Config, src: _Source, out: Path, index_name: str, item: tuple) -> None:
