@@ -356,7 +356,8 @@ def test_sharded_preprocess_runs_as_dependent_job_arrays(slurm, tmp_path, tiny_c
     assert r.returncode == 0, r.stderr
     assert "preprocess read job" in r.stdout and r.stdout.count("array of 2") == 2, r.stdout
     rec = read_jobs(cfg.run_dir)["launches"][-1]["stages"]
-    pre, steps = rec["preprocess"], rec["preprocess"]["steps"]
+    pre = rec["preprocess"]
+    steps = {s.pop("step"): s for s in pre["steps"]}
     assert list(steps) == ["read", "reduce", "encode"]
     assert steps["read"]["tasks"] == steps["encode"]["tasks"] == 2 and steps["reduce"]["tasks"] == 1
     assert steps["read"]["dependency"] is None
@@ -391,9 +392,10 @@ def test_a_failed_shard_step_fails_the_stage_and_status_names_it(slurm, tmp_path
     r = launch(str(cfg_path), "--stages", "preprocess")
     assert r.returncode == 0, r.stderr
     pre = read_jobs(cfg.run_dir)["launches"][-1]["stages"]["preprocess"]
-    ids = [pre["job_id"]] + [s["job_id"] for s in pre["steps"].values()]
+    steps = {s["step"]: s for s in pre["steps"]}
+    ids = [pre["job_id"]] + [s["job_id"] for s in steps.values()]
     wait_gone(ids, cfg.run_dir, timeout=300)
-    assert sacct(pre["steps"]["reduce"]["job_id"])[-1]["State"] == "FAILED"
+    assert sacct(steps["reduce"]["job_id"])[-1]["State"] == "FAILED"
     assert sacct(pre["job_id"])[-1]["State"] != "COMPLETED" and not cfg.h5_path.exists()
     s = json.loads(run_module("hpcrnn.status", str(cfg.run_dir), "--json").stdout)
     st = s["stages"]["preprocess"]

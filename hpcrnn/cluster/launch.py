@@ -82,7 +82,7 @@ def check_not_in_flight(cfg: Config) -> None:
         return
     # a stage's job, and the steps of a sharded preprocess before it
     ids = [(s, r["job_id"]) for s, r in jobs.items()]
-    ids += [(f"{s} {step}", sr["job_id"]) for s, r in jobs.items() for step, sr in r.get("steps", {}).items()]
+    ids += [(f"{s} {sr['step']}", sr["job_id"]) for s, r in jobs.items() for sr in r.get("steps", [])]
     states = slurm.job_states([j for _, j in ids])
     found = [(s, j, slurm.job_state(states, j)) for s, j in ids]
     dead = [j for _, j, st in found if st == slurm.DEPENDENCY_NEVER_SATISFIED]
@@ -265,7 +265,7 @@ def _submit_stage(
     except (FailedJobError, FailedSubmissionError, OSError) as e:  # sbatch refused (partition, account, limits)
         local = f"`python -m hpcrnn.launch {cfg.source} --cluster local` runs the pipeline here instead"
         queued = [r["job_id"] for r in res.jobs.values()] + list(also)
-        queued += [s["job_id"] for r in res.jobs.values() for s in r.get("steps", {}).values()]
+        queued += [s["job_id"] for r in res.jobs.values() for s in r.get("steps", [])]
         err = sbatch_refused(cfg, stage, e, queued, local)
         res.jobs.clear()
         raise err from None
@@ -275,13 +275,17 @@ def _submit_stage(
 def _submit_shard_steps(cfg: Config, dep: str | None, res: LaunchResult) -> dict:
     """``data.shards`` > 1: the preprocess stage as four dependent jobs (read: an array of one task per
     shard; reduce; encode: an array; finish, which writes corpus.h5). The stage's record is the finish
-    job's (what the trainer waits for, and status follows), with each step's record under ``steps``."""
-    steps: dict[str, dict] = {}
+    job's (what the trainer waits for, and status follows), with the steps before it, in order (a list:
+    jobs.json sorts keys), under ``steps``, each record naming its ``step``."""
+    steps: list[dict] = []
     for step in SHARD_STEPS:
-        queued = [r["job_id"] for r in steps.values()]
-        steps[step] = _submit_stage(cfg, "preprocess", dep, res, shard_step_jobs(cfg, step), also=queued)
-        dep = f"afterok:{steps[step]['job_id']}"
-    return {**steps.pop("finish"), "steps": steps}
+        queued = [r["job_id"] for r in steps]
+        rec = _submit_stage(cfg, "preprocess", dep, res, shard_step_jobs(cfg, step), also=queued)
+        steps.append({"step": step, **rec})
+        dep = f"afterok:{rec['job_id']}"
+    finish = steps.pop()
+    del finish["step"]
+    return {**finish, "steps": steps}
 
 
 def sbatch_refused(cfg: Config, stage: str, e: Exception, queued: list[str], local: str) -> ConfigError:
@@ -320,10 +324,10 @@ def _report_submitted(cfg: Config, res: LaunchResult, out: Callable) -> None:
     for stage, rec in res.jobs.items():
         dep = f"  (after {rec['dependency'].split(':', 1)[1]} succeeds)" if rec.get("dependency") else ""
         arr = f" array of {rec['tasks']}" if rec.get("array") else ""
-        for step, srec in rec.get("steps", {}).items():  # sharded preprocessing's steps before its finish
+        for srec in rec.get("steps", []):  # sharded preprocessing's steps before its finish
             sarr = f" array of {srec['tasks']}" if srec.get("array") else ""
             sdep = f"  (after {srec['dependency'].split(':', 1)[1]} succeeds)" if srec.get("dependency") else ""
-            out(f"  {stage + ' ' + step:<10} job {srec['job_id']}{sarr}{sdep}")
+            out(f"  {stage + ' ' + srec['step']:<10} job {srec['job_id']}{sarr}{sdep}")
         out(f"  {stage:<10} job {rec['job_id']}{arr}{dep}")
     first_running = res.jobs.get("train") or list(res.jobs.values())[0]
     out(f"follow the logs:  tail -F {first_running['stdout']} {first_running['stderr']}")

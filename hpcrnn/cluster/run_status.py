@@ -110,11 +110,12 @@ def _stage_entry(cfg: Config, stage: str, facts: _RunFacts) -> dict[str, Any]:
     return entry
 
 
-def _add_shard_steps(entry: dict[str, Any], steps: dict[str, dict], facts: _RunFacts) -> None:
+def _add_shard_steps(entry: dict[str, Any], steps: list[dict], facts: _RunFacts) -> None:
     """Sharded preprocessing: the stage's job (finish) waits for its steps' jobs; say which one is at work,
     or which one failed (its logs, not the finish job's, hold why)."""
-    entry["steps"] = {s: slurm.job_state(facts.states, r["job_id"]) for s, r in steps.items()}
-    for step, rec in steps.items():
+    entry["steps"] = {r["step"]: slurm.job_state(facts.states, r["job_id"]) for r in steps}
+    for rec in steps:
+        step = rec["step"]
         state = slurm.STATE_OF_SLURM.get(entry["steps"][step] or "", "")
         if state in ("running", "queued", "suspended") and entry["state"] == "queued":
             entry["state"], entry["detail"] = state, f"step {step} (job {rec['job_id']}) {state}"
@@ -172,7 +173,7 @@ def collect_status(cfg: Config) -> dict:
     metrics = read_jsonl(cfg.metrics_path)
     jobs = latest_jobs(run_dir)
     on_slurm = [r["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" and r.get("job_id")]
-    on_slurm += [s["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" for s in r.get("steps", {}).values()]
+    on_slurm += [s["job_id"] for r in jobs.values() if r.get("cluster") == "slurm" for s in r.get("steps", [])]
     facts = _RunFacts(
         jobs=jobs,
         states=slurm.job_states(on_slurm),
