@@ -77,7 +77,7 @@ class WandbLog:
         _environment(w.mode)  # before wandb is imported: it reads some of these once
         wandb = importlib.import_module("wandb")
         folder.mkdir(parents=True, exist_ok=True)
-        self.protocol = protocol
+        self.protocol, self.wandb = protocol, wandb
         self.run: Any = wandb.init(
             project=w.project,
             entity=w.entity or None,
@@ -119,6 +119,12 @@ class WandbLog:
     def close(self) -> None:
         try:
             self.run.finish()
+            # finish() can return before wandb's service process has written the run's record log (seen
+            # under load: the offline file held only its header); teardown waits for that process to end,
+            # so a batch job whose processes are killed right after training loses nothing
+            teardown = getattr(self.wandb, "teardown", None)
+            if teardown is not None:
+                teardown()
         except Exception as e:  # as in add: the run's records are in metrics.jsonl whatever W&B does
             print(f"hpcrnn.train: warning: W&B run not closed cleanly: {e}", flush=True)
 
