@@ -359,7 +359,8 @@ class Tracker:
         """After a step: end the bonus of the words the live slots named; let the host read the lines that
         ended (or grew long) before the instructions."""
         lex, modes = self.lex, self.modes
-        chars = lex.chars.index_select(0, nxt)
+        reading = bool(((modes == HEADER) | (modes == BLOCK)).any())  # some slot before its instructions
+        chars = lex.chars.index_select(0, nxt) if self.staged or reading else None  # a line's rough length
         if self.staged:
             on = live & (self.stage > 0)
             self.chars.add_(chars * on)
@@ -374,7 +375,7 @@ class Tracker:
             cols = lex.members.index_select(0, wid.clamp(min=0))  # [b, K]
             vals = self.bias.gather(1, cols)
             self.bias.scatter_(1, cols, torch.where(on[:, None] & (vals > 0), 0.0, vals))
-        if not ((modes == HEADER) | (modes == BLOCK)).any():
+        if not reading:
             return
         before = live & ((self.mode == HEADER) | (self.mode == BLOCK))
         nl = nxt == lex.nl_id

@@ -70,11 +70,16 @@ def ingredient_words(cv: CorpusView, seed: int = 0) -> frozenset:
     sample of training recipes; empty without the corpus text."""
     if not cv.has_text:
         return frozenset()
-    key = (str(cv.path), cv.vocab_hash, len(cv.tokens), seed)
+    key = _sample_key(cv, seed)
     if key not in _WORDS:
         pick = _training_sample(cv, seed)
         _WORDS[key] = Q.build_ingredient_words([Q.parse_recipe(cv.text(cv.doc_tokens(d))) for d in pick])
     return _WORDS[key]
+
+
+def _sample_key(cv: CorpusView, seed: int) -> tuple:
+    """What the seeded training sample (and so each table derived from it) depends on."""
+    return (str(cv.path), cv.vocab_hash, len(cv.tokens), seed)
 
 
 def _training_sample(cv: CorpusView, seed: int) -> np.ndarray:
@@ -93,7 +98,7 @@ def ingredient_openers(cv: CorpusView, seed: int = 0) -> np.ndarray:
     sample of training recipes as the ingredient words; its fixed rule without the corpus text."""
     if not cv.has_text:
         return C.ingredient_openers(cv.vocab, None)
-    key = (str(cv.path), cv.vocab_hash, len(cv.tokens), seed)
+    key = _sample_key(cv, seed)
     if key not in _OPENERS:
         counts = C.line_starts(cv.vocab, (cv.doc_tokens(d) for d in _training_sample(cv, seed)))
         _OPENERS[key] = C.ingredient_openers(cv.vocab, counts)
