@@ -21,7 +21,8 @@ LAYERS = [
     (1, ["hpcrnn.config"]),
     (2, ["hpcrnn.cli", "hpcrnn.completion"]),  # completion reads the schema; commands' parsers only by runpy
     (3, ["hpcrnn.run"]),
-    (4, ["hpcrnn.data.corpus", "hpcrnn.data.sources", "hpcrnn.data.documents"]),  # the corpus file, read
+    # the corpus file, read (and its tokens' memory map)
+    (4, ["hpcrnn.data.corpus", "hpcrnn.data.token_map", "hpcrnn.data.sources", "hpcrnn.data.documents"]),
     (5, ["hpcrnn.model"]),
     (6, ["hpcrnn.data"]),  # building and batching the corpus: the preprocess stage and training's input
     (7, ["hpcrnn.evaluate"]),  # held-out figures, shared by training, the command and the API

@@ -27,8 +27,10 @@ Layout of ``corpus.h5`` (FORMAT_VERSION 1):
 
 Reading: ``open_corpus(path)`` validates the file (missing, truncated, corrupt, other format version:
 ``InputError`` naming the file) and returns a ``Corpus``. It reads the small datasets at once and closes the
-file; ``tokens()`` opens it again, read-only and without HDF5 file locking (NFS/Lustre), loads the stream
-once and caches it. No HDF5 handle stays open, so a Corpus survives ``fork`` into DataLoader workers and
+file; ``tokens()`` maps an uncompressed copy of the stream written beside it once
+(``<stem>.tokens-<key>.npy``, hpcrnn/data/token_map.py), so a reader's memory does not grow with the corpus;
+where no copy can be written it opens the file again, read-only and without HDF5 file locking (NFS/Lustre),
+and loads the stream. No HDF5 handle stays open, so a Corpus survives ``fork`` into DataLoader workers and
 many ranks can read one file at once.
 """
 
@@ -43,6 +45,7 @@ import numpy as np
 
 from hpcrnn.data.documents import prepared_documents
 from hpcrnn.data.sources import SPLITS, ReadStats
+from hpcrnn.data.token_map import token_map
 from hpcrnn.errors import InputError
 from hpcrnn.text.tokenize import DOC_SEP, EOR, EOS, NL, UNK, tokenize_documents_bytes
 
@@ -86,6 +89,7 @@ class Corpus:
         self._tokens: np.ndarray | None = None
         self._windows: dict[str, np.ndarray] = {}
         try:
+            self._stat = os.stat(self.path)  # of the file whose attributes follow (keys the token map)
             with open_h5(self.path) as f:
                 self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
                 version = int(self.attrs.get("format_version", -1))
@@ -153,21 +157,35 @@ class Corpus:
         return len(self._documents)
 
     def tokens(self) -> np.ndarray:
-        """The whole token stream (loaded once, cached; read-only)."""
+        """The whole token stream, read-only: a memory map of an uncompressed copy beside the file
+        (hpcrnn/data/token_map.py; a process holds only the pages it reads, shared with every other reader
+        on the node), or, where that copy cannot be written, loaded into memory. Cached."""
         if self._tokens is None:
-            try:
-                with open_h5(self.path) as f:
-                    t = f["tokens"][()]
-            except (OSError, KeyError, ValueError) as e:
-                raise InputError(
-                    f"{self.path}: cannot read the token stream (truncated or corrupt?): "
-                    f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__}"
-                ) from None
-            if len(t) != self._n_tokens:
-                raise InputError(f"{self.path}: token stream has {len(t)} tokens, expected {self._n_tokens}")
-            t.setflags(write=False)
+            t = self.token_map()
+            if t is None:
+                t = self._read_tokens(0, self._n_tokens)
+                t.setflags(write=False)
             self._tokens = t
         return self._tokens
+
+    def token_map(self) -> np.ndarray | None:
+        """The memory map of the uncompressed copy of the tokens, written first if missing (memory bounded
+        whatever the corpus' size); None where it cannot be written."""
+        return token_map(self.path, self.attrs, self._n_tokens, self._stat, self.token_dtype, self._read_tokens)
+
+    def _read_tokens(self, lo: int, hi: int) -> np.ndarray:
+        """``tokens[lo:hi]`` from the file (decompressed)."""
+        try:
+            with open_h5(self.path) as f:
+                t = f["tokens"][lo:hi]
+        except (OSError, KeyError, ValueError) as e:
+            raise InputError(
+                f"{self.path}: cannot read the token stream (truncated or corrupt?): "
+                f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__}"
+            ) from None
+        if len(t) != hi - lo:
+            raise InputError(f"{self.path}: token stream has {self._n_tokens} tokens, expected more")
+        return t
 
     def windows(self, split: str) -> np.ndarray:
         """int64 start offsets of the windows of ``split`` (train|val|test)."""

@@ -1,0 +1,115 @@
+"""Readers map the corpus' tokens (hpcrnn/data/token_map.py, issue 27): one uncompressed copy beside
+corpus.h5, written by preprocessing (or by the first reader), shared by every reader; a reader's private
+memory does not grow with the corpus; a stale, torn or unwritable copy never changes what is read."""
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from hpcrnn.data import token_map as TM
+from hpcrnn.data.corpus import open_corpus, open_h5
+from tests.helpers import make_recipes, prepared, run_python
+
+
+def _h5_tokens(path):
+    with open_h5(path) as f:
+        return f["tokens"][()]
+
+
+def _maps(cfg):
+    return sorted(cfg.h5_path.parent.glob("corpus.tokens-*.npy"))
+
+
+@pytest.fixture
+def built(tmp_path):
+    corpus = tmp_path / "recipes.txt"
+    corpus.write_text(make_recipes(300))
+    return prepared(tmp_path, corpus)[1]
+
+
+def test_preprocessing_writes_the_map_and_readers_share_it(built):
+    (m,) = _maps(built)
+    c = open_corpus(built.h5_path)
+    t = c.tokens()
+    assert isinstance(t, np.memmap) and os.path.samefile(t.filename, m)
+    assert not t.flags.writeable
+    assert t.dtype == c.token_dtype and np.array_equal(t, _h5_tokens(built.h5_path))
+    assert np.array_equal(c.window_tokens("train", 3), np.asarray(t[c.windows("train")[3] :][: c.window + 1]))
+
+
+def test_a_missing_or_torn_map_is_written_again(built, monkeypatch):
+    want = _h5_tokens(built.h5_path)
+    (m,) = _maps(built)
+    m.unlink()
+    monkeypatch.setattr(TM, "_CHUNK", 1000)  # the copy goes in many pieces
+    assert np.array_equal(open_corpus(built.h5_path).tokens(), want)
+    assert _maps(built) == [m]
+    m.write_bytes(m.read_bytes()[: m.stat().st_size // 2])  # torn: a header that promises more
+    t = open_corpus(built.h5_path).tokens()
+    assert isinstance(t, np.memmap) and np.array_equal(t, want)
+    assert not list(m.parent.glob(".*.tmp"))
+
+
+def test_a_rebuilt_corpus_never_maps_the_old_copy(built, tmp_path):
+    (old,) = _maps(built)
+    (tmp_path / "recipes.txt").write_text(make_recipes(200, seed=1))
+    from hpcrnn.data.build import run_preprocess
+
+    run_preprocess(built)  # nothing trained on it yet: replaced
+    (new,) = _maps(built)
+    assert new != old and not old.exists()
+    assert np.array_equal(open_corpus(built.h5_path).tokens(), _h5_tokens(built.h5_path))
+
+
+def test_where_no_copy_can_be_written_the_tokens_are_loaded(built, monkeypatch):
+    want = _h5_tokens(built.h5_path)
+    for m in _maps(built):
+        m.unlink()
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(TM, "_write", refuse)
+    t = open_corpus(built.h5_path).tokens()
+    assert not isinstance(t, np.memmap) and not t.flags.writeable and np.array_equal(t, want)
+    assert not _maps(built)
+
+
+@pytest.mark.slow
+def test_a_readers_private_memory_does_not_hold_the_corpus(tmp_path):
+    """Every token read through the map (as stream-mode batches gather them) adds file cache, not the
+    reader's private memory; loading the stream (the control) adds all of it."""
+    corpus = tmp_path / "recipes.txt"
+    corpus.write_text(make_recipes(60000))
+    cfg = prepared(tmp_path, corpus)[1]
+    script = textwrap.dedent(
+        f"""
+        import json, numpy as np
+        from hpcrnn.data.corpus import open_corpus
+        from hpcrnn.data.sequences import gather_rows
+
+        def anon():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+
+        c = open_corpus({str(cfg.h5_path)!r})
+        before = anon()
+        t = c.tokens()
+        total = 0
+        for lo in range(0, len(t) - 64 * 4096, 64 * 4096):
+            total += int(gather_rows(t, lo + 4096 * np.arange(64), 4096).sum())
+        mapped = anon() - before
+        loaded = c._read_tokens(0, len(c))
+        print(json.dumps(dict(bytes=int(loaded.nbytes), mapped=mapped, loaded=anon() - before - mapped)))
+        """
+    )
+    r = run_python("-c", script)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["bytes"] > 3_000_000
+    assert got["loaded"] > 0.9 * got["bytes"]  # the measurement sees a loaded stream
+    assert got["mapped"] < 0.2 * got["bytes"], got
