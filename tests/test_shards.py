@@ -236,9 +236,36 @@ def test_the_launchers_step_jobs_build_the_same_corpus(tmp_path):
     ref = run_preprocess(config(tmp_path, str(corpus), "one", 1)).path
     cfg = config(tmp_path, str(corpus), "n2", 2)
     for step in SHARD_STEPS:
-        jobs = shard_step_jobs(cfg, step)
+        jobs = shard_step_jobs(cfg, step, 2)
         assert len(jobs) == (2 if step in ("read", "encode") else 1)
         for job in jobs:
             pickle.loads(pickle.dumps(job))()
     assert_same_corpus(ref, cfg.h5_path)
     assert not list(cfg.h5_path.parent.glob(".corpus.h5.shards-*"))
+
+
+def test_automatic_sharding_follows_the_input_text_size(tmp_path, monkeypatch, capsys):
+    """data.shards: 0 (the default) runs one task per data.shard_mb MiB of input text (compressed inputs
+    count decompressed); the corpus is the single process's."""
+    from hpcrnn.data.slices import shard_count
+
+    text = make_recipes(13000, seed=3)
+    plain = tmp_path / "r.txt"
+    plain.write_text(text)
+    packed = tmp_path / "r.txt.gz"
+    packed.write_bytes(gzip.compress(text.encode()))
+    mib = len(text.encode()) / 2**20
+    assert 2 < mib < 3
+    assert config(tmp_path, str(plain), "auto", 0).data.shards == 0  # automatic is what a config gets
+    for corpus in (plain, packed):
+        sources = resolve_sources(str(corpus))
+        assert shard_count(config(tmp_path, str(corpus), "a", 0, shard_mb=1).data, sources) == 3
+        assert shard_count(config(tmp_path, str(corpus), "b", 0).data, sources) == 1  # 1 GiB a task
+        assert shard_count(config(tmp_path, str(corpus), "c", 2, shard_mb=1).data, sources) == 2  # as given
+    ref = run_preprocess(config(tmp_path, str(plain), "one", 1)).path
+    counts = []
+    real = shards.run_local
+    monkeypatch.setattr(shards, "run_local", lambda job, *a: counts.append(job.count) or real(job, *a))
+    auto = run_preprocess(config(tmp_path, str(plain), "auto", 0, shard_mb=1)).path
+    assert counts == [3]
+    assert_same_corpus(ref, auto)

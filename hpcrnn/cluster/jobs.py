@@ -139,9 +139,9 @@ class ShardStepJob(StageJob, Checkpointable):
 SHARD_STEPS = ("read", "reduce", "encode", "finish")
 
 
-def shard_step_jobs(cfg: Config, step: str) -> list[StageJob]:
-    """The jobs of one step of ``data.shards`` > 1: one per shard for read and encode, else one."""
-    n = cfg.data.shards
+def shard_step_jobs(cfg: Config, step: str, n: int) -> list[StageJob]:
+    """The jobs of one step of sharded preprocessing in ``n`` tasks: one per shard for read and encode,
+    else one."""
     per_shard = step in ("read", "encode")
     return [ShardStepJob(cfg, step, i, n) for i in range(n if per_shard else 1)]
 

@@ -37,6 +37,8 @@ from hpcrnn.cluster.plan import STAGES, StagePlan, check_compatible_run, parse_s
 from hpcrnn.cluster.records import latest_jobs, write_launch
 from hpcrnn.cluster.submitit_internals import preemption_signal_name
 from hpcrnn.config import Config, save_resolved
+from hpcrnn.data.slices import shard_count
+from hpcrnn.data.sources import resolve_sources
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, LockedError
 from hpcrnn.run.lock import LAUNCH_LOCK_NAME, RunLock
 from hpcrnn.run.provenance import record_launch
@@ -241,8 +243,9 @@ def _launch_slurm(cfg: Config, plans: list[StagePlan], res: LaunchResult, out: C
             if not p.run:
                 continue
             dep = f"afterok:{prev_id}" if prev_id else None
-            if p.stage == "preprocess" and cfg.data.shards > 1:
-                records[p.stage] = res.jobs[p.stage] = _submit_shard_steps(cfg, dep, res)
+            n = shard_count(cfg.data, resolve_sources(cfg.data.corpus)) if p.stage == "preprocess" else 1
+            if n > 1:
+                records[p.stage] = res.jobs[p.stage] = _submit_shard_steps(cfg, n, dep, res)
             else:
                 records[p.stage] = res.jobs[p.stage] = _submit_stage(cfg, p.stage, dep, res)
             prev_id = res.jobs[p.stage]["job_id"]
@@ -272,15 +275,16 @@ def _submit_stage(
     return submitted_record(jobs, jobs[0].job_id.split("_")[0], dep, ex.folder)
 
 
-def _submit_shard_steps(cfg: Config, dep: str | None, res: LaunchResult) -> dict:
-    """``data.shards`` > 1: the preprocess stage as four dependent jobs (read: an array of one task per
-    shard; reduce; encode: an array; finish, which writes corpus.h5). The stage's record is the finish
+def _submit_shard_steps(cfg: Config, n: int, dep: str | None, res: LaunchResult) -> dict:
+    """Preprocessing in ``n`` > 1 shards (``data.shards``, or automatic): the stage as four dependent jobs
+    (read: an array of one task per shard; reduce; encode: an array; finish, which writes corpus.h5). The
+    stage's record is the finish
     job's (what the trainer waits for, and status follows), with the steps before it, in order (a list:
     jobs.json sorts keys), under ``steps``, each record naming its ``step``."""
     steps: list[dict] = []
     for step in SHARD_STEPS:
         queued = [r["job_id"] for r in steps]
-        rec = _submit_stage(cfg, "preprocess", dep, res, shard_step_jobs(cfg, step), also=queued)
+        rec = _submit_stage(cfg, "preprocess", dep, res, shard_step_jobs(cfg, step, n), also=queued)
         steps.append({"step": step, **rec})
         dep = f"afterok:{rec['job_id']}"
     finish = steps.pop()

@@ -57,8 +57,11 @@ class DataConfig:
     # min_count is not used), so that train.init_from's weights fit
     vocab_from: str | None = None
     # preprocessing in N tasks, each reading one slice of the inputs (a Slurm job array under launch, processes
-    # here); the corpus is the same, bit for bit, for any N, so this is not one of the CORPUS_KEYS
-    shards: int = _f(1, min=1)
+    # here); the corpus is the same, bit for bit, for any N, so this is not one of the CORPUS_KEYS.
+    # 0: automatic, one task per shard_mb MiB of input text (one for any corpus smaller than that)
+    shards: int = _f(0, min=0)
+    # automatic sharding's slice of input text, MiB (a task's peak memory is about twice its slice)
+    shard_mb: int = _f(1024, min=1)
 
 
 @dataclass

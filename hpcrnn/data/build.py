@@ -19,9 +19,10 @@ character.
 
 This module runs the stage (fingerprint, run lock, temporary file and rename); reading and tokenizing are in
 ``hpcrnn.data.stream``, the splits, vocabulary, encoding and HDF5 writing in ``hpcrnn.data.encode``. With
-``data.shards > 1`` the same corpus is built in N tasks of bounded memory (``hpcrnn.data.shards``; the steps
-a launcher would run are ``preprocess_shard``, ``preprocess_reduce``, ``preprocess_encode`` and
-``preprocess_finish`` at the end of this module).
+``data.shards > 1`` (or, with ``data.shards: 0``, inputs larger than ``data.shard_mb``) the same corpus is
+built in N tasks of bounded memory (``hpcrnn.data.shards``; the steps a launcher would run are
+``preprocess_shard``, ``preprocess_reduce``, ``preprocess_encode`` and ``preprocess_finish`` at the end of
+this module).
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ from pathlib import Path
 
 from hpcrnn.config import corpus_settings
 from hpcrnn.data import shards
-from hpcrnn.data.corpus import FORMAT_VERSION, open_h5
+from hpcrnn.data.corpus import FORMAT_VERSION, open_corpus, open_h5
 from hpcrnn.data.encode import (
     _assign_splits,  # noqa: F401 -- re-exported: bench/scale_split.py imports it from here
     _build_corpus,
     _log,
     _write_h5,
 )
+from hpcrnn.data.slices import shard_count
 from hpcrnn.data.sources import Source, resolve_sources
 from hpcrnn.errors import InputError, StorageError
 from hpcrnn.fsutil import fsync_dir
@@ -214,8 +216,9 @@ def _build_and_rename(cfg, out: Path, settings: dict, sources: list, fp: str, t0
     with _SigtermAsInterrupt() as guard:
         try:
             given = fixed_vocabulary(cfg) if cfg.data.vocab_from else None
-            if cfg.data.shards > 1:
-                job = _shard_job(cfg, settings, sources, fp, cfg.data.shards)
+            count = shard_count(cfg.data, sources)
+            if count > 1:
+                job = _shard_job(cfg, settings, sources, fp, count)
                 shards.remove_other_work_dirs(out, job.work)
                 counts = shards.run_local(job, given, tmp)
             else:
@@ -227,6 +230,7 @@ def _build_and_rename(cfg, out: Path, settings: dict, sources: list, fp: str, t0
             os.replace(tmp, out)
             fsync_dir(out.parent)
             shards.remove_other_work_dirs(out, None)  # the shards' outputs are in corpus.h5 now
+            open_corpus(out).token_map()  # what training's ranks will map (not one write per rank)
         except OSError as e:  # disk full, quota: the old corpus.h5 (if any) is untouched
             raise StorageError(f"{out}: cannot write the corpus: {e.strerror or e}") from None
         finally:
@@ -278,9 +282,15 @@ def _shard_job(cfg, settings: dict, sources: list, fp: str, count: int):
 
 
 def shard_job(cfg, count: int | None = None):
-    """The sharded job of ``cfg`` (``count`` shards, default ``data.shards``)."""
+    """The sharded job of ``cfg`` (``count`` shards, default ``data.shards`` or the automatic count)."""
     settings, sources = data_settings(cfg), resolve_sources(cfg.data.corpus)
-    return _shard_job(cfg, settings, sources, fingerprint_of(settings, sources), count or cfg.data.shards)
+    count = count or shard_count(cfg.data, sources)
+    return _shard_job(cfg, settings, sources, fingerprint_of(settings, sources), count)
+
+
+def preprocess_shards(cfg) -> int:
+    """How many tasks ``cfg``'s preprocess stage runs in (``data.shards``, or the automatic count)."""
+    return shard_count(cfg.data, resolve_sources(cfg.data.corpus))
 
 
 def preprocess_shard(cfg, index: int, count: int) -> float:
@@ -312,6 +322,7 @@ def preprocess_finish(cfg, count: int) -> PreprocessResult:
             counts = shards.finish_shards(job, tmp)
             os.replace(tmp, out)
             fsync_dir(out.parent)
+            open_corpus(out).token_map()  # what training's ranks will map (not one write per rank)
         finally:
             if tmp.exists():
                 tmp.unlink()

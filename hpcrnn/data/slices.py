@@ -18,6 +18,7 @@ import gzip
 import lzma
 import re
 import unicodedata
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,15 +69,38 @@ def document_start_of(data, fmt: str) -> tuple[str | None, int]:
     return data.document_start or None, re.M
 
 
+_SIZES: dict[tuple, int] = {}  # decompressed sizes already counted, by (path, size, mtime)
+
+
 def text_size(path: Path) -> int:
-    """Bytes of the file as the reader sees them: its size, or its decompressed size (read through once)."""
+    """Bytes of the file as the reader sees them: its size, or its decompressed size (read through once,
+    remembered while the file is unchanged)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _SIZES:
+        return _SIZES[key]
     with _open_binary(path) as f:
         if not isinstance(f, (lzma.LZMAFile, gzip.GzipFile)):
-            return path.stat().st_size
+            return st.st_size
         n = 0
         while block := f.read(_CHUNK_BYTES):
             n += len(block)
-        return n
+    _SIZES[key] = n
+    return n
+
+
+def shard_count(data, sources: list[Source]) -> int:
+    """The tasks of the preprocess stage: ``data.shards``, or with 0 (automatic) one per ``data.shard_mb``
+    MiB of input text (compressed inputs count decompressed), at least one."""
+    if data.shards:
+        return data.shards
+    total = 0
+    for s in sources:
+        try:
+            total += text_size(s.path)
+        except (OSError, EOFError, lzma.LZMAError, zlib.error):  # the reader names a broken input, in one line
+            total += s.path.stat().st_size
+    return max(1, -(-total // (data.shard_mb << 20)))
 
 
 def plan_slices(data, sources: list[Source], count: int) -> tuple[list[list[Piece]], list[str]]:
