@@ -11,10 +11,11 @@ a billion tokens and more.
   with ``data.shard_mb`` set to one copy's text, so the tasks grow with the corpus and each holds one copy).
   Wall time, the main process' peak RSS (plan, reduce, finish) and the largest task's (``VmHWM`` each task
   logs).
-- **A training rank's memory**: a child trains ``--train-steps`` steps (stream mode, the lecture's LSTM 256
-  at batch 20 x 35, 1 thread) on each ``--train-sizes`` corpus and reports its private memory (``RssAnon``:
-  what the rank itself holds) and its file pages (``RssFile``: the memory-mapped tokens it touched, shared
-  with every rank of the node and dropped under memory pressure).
+- **A training rank's memory**: a child sets up the trainer's data (its ``load_data``) and trains
+  ``--train-steps`` steps of the lecture's LSTM 256 (batch 20 x 50, 1 thread), in stream and windows modes,
+  on each ``--train-sizes`` corpus; it reports its private memory (``RssAnon``: what the rank itself holds)
+  and its file pages (``RssFile``: the memory-mapped tokens it touched, shared with every rank of the node
+  and dropped under memory pressure).
 - **Extrapolation**: the measured per-token rates carried to 1B and 10B tokens on 16 and 64 nodes.
 
 Prints figures with the machine and the date; never asserted as a test. Heavy: minutes per size.
@@ -36,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.bench_preprocess import cpu_model  # noqa: E402
+from hpcrnn.data.corpus import open_corpus  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "data" / "recipes" / "recipes-all.txt.xz"
 DATA = {"document_start": "^Title:", "min_count": 5, "window": 50}
@@ -70,21 +72,38 @@ print(json.dumps(dict(wall=wall, tokens=res.counts["tokens"], text=res.counts["i
 """
 
 _CHILD_TRAIN = """
-import json, sys, time
+import json, sys, time, torch
 from hpcrnn.config import from_dict
-from hpcrnn.train import loop
+from hpcrnn.train.distributed import DistInfo
+from hpcrnn.train.loop import lm_loss
+from hpcrnn.train.setup import load_data
+from hpcrnn.model.rnn import build_model
+torch.set_num_threads(1)
 cfg = from_dict(json.loads(sys.argv[1]), "scale")
 t0 = time.perf_counter()
-loop.run_train(cfg)
+data = load_data(cfg, DistInfo())
+if sys.argv[2] == "data":  # the data path alone: 100 x the steps' batches gathered, no model
+    for step in range(100 * cfg.train.max_steps):
+        data.batches.rank_batch(data.tokens, step)
+    cfg.train.max_steps = 0
+model = build_model(cfg.model, len(data.corpus.vocab)) if cfg.train.max_steps else None
+opt = torch.optim.SGD(model.parameters(), lr=1.0) if model else None
+state = None
+for step in range(cfg.train.max_steps):
+    if data.batches.resets(step):
+        state = None
+    loss, _, _, state = lm_loss(model, data.batches.rank_batch(data.tokens, step), "all", state)
+    opt.zero_grad(); loss.backward(); opt.step()
+    state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 st = {l.split(":")[0]: int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(("Rss", "VmHWM"))}
 print(json.dumps(dict(wall=time.perf_counter() - t0, anon=st["RssAnon"], file=st["RssFile"], hwm=st["VmHWM"])))
 """
 
 
-def _child(code: str, raw: dict) -> tuple[dict, str]:
+def _child(code: str, raw: dict, *extra: str) -> tuple[dict, str]:
     """Run ``code`` in a fresh process: (its last stdout line as JSON, its whole stdout: the stage's log)."""
     r = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(raw)], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-c", code, json.dumps(raw), *extra], cwd=ROOT, capture_output=True, text=True, check=False
     )
     if r.returncode:
         sys.exit(f"scale: a child failed:\n{r.stderr[-3000:]}")
@@ -104,11 +123,13 @@ def preprocess(corpus: Path, work: Path, shards: str, one_copy_mb: int) -> dict:
     return got
 
 
-def train_memory(corpus: Path, corpus_run: Path, work: Path, steps: int) -> dict:
+def train_memory(corpus: Path, corpus_run: Path, work: Path, steps: int, mode: str, what: str) -> dict:
+    """A training rank's data path (the trainer's own load_data and batches) for ``steps`` steps, alone
+    (``what`` "data") or with the lecture's network trained on them ("train"): its memory after them."""
     raw = {
         "run": {"name": corpus_run.name + "-train"},
         "paths": {"scratch": str(work / "runs")},
-        "data": {**DATA, "corpus": str(corpus), "h5_path": str(corpus_run / "corpus.h5"), "sequences": "stream"},
+        "data": {**DATA, "corpus": str(corpus), "h5_path": str(corpus_run / "corpus.h5"), "sequences": mode},
         "model": {"hidden": 256, "embedding": 256},
         "train": {
             "batch_size": 20,
@@ -119,7 +140,7 @@ def train_memory(corpus: Path, corpus_run: Path, work: Path, steps: int) -> dict
             "eval_batches": 1,
         },
     }
-    got, _ = _child(_CHILD_TRAIN, raw)
+    got, _ = _child(_CHILD_TRAIN, raw, what)
     return got
 
 
@@ -177,10 +198,11 @@ def extrapolate(pre: dict, train: dict, cores: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8])
     ap.add_argument("--shards", nargs="+", default=["1", str(os.cpu_count() or 2), "auto"])
     ap.add_argument("--train-sizes", type=int, nargs="*", default=[1, 2, 4])
     ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--train-what", nargs="+", default=["data", "train"], choices=["data", "train"])
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench-scale")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -192,32 +214,40 @@ def main() -> None:
     one_copy_mb = math.ceil(len(lzma.decompress(SOURCE.read_bytes())) / 2**20)
     pre: dict = {}
     print("\n## preprocessing: wall, peak RSS of the main process and of the largest task")
-    print("| size | tokens | shards | tasks | wall s | tokens/s | main MiB | largest task MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| size | tokens | vocabulary | shards | tasks | wall s | tokens/s | main MiB | largest task MiB | steps |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k in args.sizes:
         corpus = make_corpus(args.work, k)
         for s in args.shards:
             r = pre[(k, s)] = preprocess(corpus, args.work, s, one_copy_mb)
             print(
-                f"| {k}x | {r['tokens'] / 1e6:.1f}M | {s} | {r['tasks']} | {r['wall']:.0f} | "
-                f"{r['tokens'] / r['wall'] / 1e6:.2f}M | {r['main_mib']:.0f} | {r['task_mib']:.0f} |",
+                f"| {k}x | {r['tokens'] / 1e6:.1f}M | {r['vocab']:,} | {s} | {r['tasks']} | {r['wall']:.0f} | "
+                f"{r['tokens'] / r['wall'] / 1e6:.2f}M | {r['main_mib']:.0f} | {r['task_mib']:.0f} | {r['steps']} |",
                 flush=True,
             )
     train: dict = {}
     if args.train_sizes:
+        print(f"\n## a training rank's memory ({args.train_steps} steps, LSTM 256, batch 20 x 50, 1 thread)")
         print(
-            f"\n## a training rank's memory ({args.train_steps} steps, stream mode, LSTM 256, batch 20 x 35, 1 thread)"
+            "| size | vocabulary | mode | what | private (RssAnon) MiB | file pages (RssFile) MiB | peak (VmHWM) MiB |"
         )
-        print("| size | private (RssAnon) MiB | file pages (RssFile) MiB | peak (VmHWM) MiB |")
-        print("|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for k in args.train_sizes:
             shards = args.shards[0]
             corpus = make_corpus(args.work, k)
             run = args.work / "runs" / f"{corpus.stem}-{shards}"
             if not (run / "corpus.h5").exists():
                 preprocess(corpus, args.work, shards, one_copy_mb)
-            t = train[k] = train_memory(corpus, run, args.work, args.train_steps)
-            print(f"| {k}x | {t['anon']:.0f} | {t['file']:.0f} | {t['hwm']:.0f} |", flush=True)
+            vocab = len(open_corpus(run / "corpus.h5").vocab)
+            for mode in ("stream", "windows"):
+                for what in args.train_what:
+                    t = train_memory(corpus, run, args.work, args.train_steps, mode, what)
+                    if (mode, what) == ("stream", "data"):
+                        train[k] = t
+                    print(
+                        f"| {k}x | {vocab:,} | {mode} | {what} | {t['anon']:.0f} | {t['file']:.0f} | {t['hwm']:.0f} |",
+                        flush=True,
+                    )
     extrapolate(pre, train, len(os.sched_getaffinity(0)))
 
 
