@@ -71,15 +71,15 @@ def _open(path: Path, n_tokens: int, dtype: np.dtype) -> np.ndarray | None:
 
 
 def _write(path: Path, n_tokens: int, dtype: np.dtype, read_chunk) -> None:
+    """Plain writes, not a writable map: the copy's pages never count as the writer's memory."""
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tokens,)}
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_tokens,))
-        for lo in range(0, n_tokens, _CHUNK):
-            hi = min(lo + _CHUNK, n_tokens)
-            out[lo:hi] = read_chunk(lo, hi)
-        out.flush()
-        del out
-        with open(tmp, "rb+") as f:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for lo in range(0, n_tokens, _CHUNK):
+                f.write(np.ascontiguousarray(read_chunk(lo, min(lo + _CHUNK, n_tokens)), dtype=dtype).tobytes())
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
