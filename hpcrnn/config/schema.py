@@ -75,6 +75,12 @@ class ModelConfig:
     # positions of the document so far that a pointer may copy a word from (hpcrnn/model/pointer.py:
     # pointer sentinel mixture); 0: no pointer, the plain recurrent LM
     pointer: int = _f(0, min=0)
+    # the output layer: a softmax over the whole vocabulary, or an adaptive softmax (hpcrnn/model/adaptive.py:
+    # the frequent words in a head, the rarer ones in clusters behind it; for vocabularies of 100k words)
+    softmax: Literal["full", "adaptive"] = "full"
+    # adaptive: the word ids where the clusters start, ascending; []: automatic (2000, 10000, 50000: those
+    # below the vocabulary's size)
+    cutoffs: list[int] = _f(factory=list)
 
 
 @dataclass

@@ -112,6 +112,13 @@ def _check_model_and_train(cfg: Config, src: str) -> None:
         raise ConfigError(
             f"{src}: model.tie_weights: needs model.embedding == model.hidden ({m.embedding} != {m.hidden})"
         )
+    if m.tie_weights and m.softmax == "adaptive":
+        raise ConfigError(
+            f"{src}: model.tie_weights: needs model.softmax: full (the adaptive softmax has no [V, H] weight)"
+        )
+    if m.cutoffs and (m.softmax != "adaptive" or min(m.cutoffs) < 1 or m.cutoffs != sorted(set(m.cutoffs))):
+        why = "are for model.softmax: adaptive" if m.softmax != "adaptive" else "must be ascending word ids >= 1"
+        raise ConfigError(f"{src}: model.cutoffs: {m.cutoffs} {why}")
     if t.bf16 is not None:  # the older key: one spelling in the resolved config
         fits = ("auto", "bf16") if t.bf16 else ("auto", "fp32")
         if t.precision not in fits:

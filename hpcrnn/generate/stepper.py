@@ -84,7 +84,14 @@ class Stepper:
             self.table: torch.Tensor | None = None
             if V * w_ih0_t.shape[1] * 4 <= TABLE_LIMIT_BYTES:  # computed once, in fp32 whatever the precision
                 self.table = torch.addmm(self.bias[0], emb, w_ih0_t)
-            self._head_weights(model.head, temperature, banned, device)
+            # the adaptive softmax gives log p itself (hpcrnn/model/adaptive.py), in fp32, scaled after it
+            self.adaptive = None
+            if model.adaptive:
+                self.adaptive = copy.deepcopy(model.head).to(device=device, dtype=torch.float32).requires_grad_(False)
+            if self.adaptive is None:
+                self._head_weights(model.head, temperature, banned, device)
+            else:
+                self.head_scale, self.head_banned = temperature, sorted(set(int(t) for t in banned))
         self._out: dict = {}  # per batch size: reused output buffers (see __call__)
         self.ring: Ring | None = None  # a pointer's memory, made by zero_state
 
@@ -224,6 +231,13 @@ class Stepper:
         megabytes every step costs page faults comparable to the arithmetic): fp32, or bf16 (products summed
         in fp32, rounded once at the end) when the precision is bf16."""
         B = x.shape[0]
+        if self.adaptive is not None:
+            out = self.adaptive.log_prob(x)
+            if self.head_scale > 0 and self.head_scale != 1.0:
+                out.mul_(1.0 / self.head_scale)
+            if self.head_banned:
+                out[:, self.head_banned] = float("-inf")
+            return out
         out = self._buffer("logits", (B, self.vocab_size), self.mm_dtype)
         if self.mm_dtype == torch.float32:
             return torch.addmm(self.head_b, x, self.head_w_t, out=out)

@@ -12,6 +12,7 @@ import torch
 
 from hpcrnn.config import Config, ModelConfig
 from hpcrnn.errors import ConfigError
+from hpcrnn.model.adaptive import cutoffs_for
 from hpcrnn.model.rnn import shapes
 
 F32 = 4
@@ -38,11 +39,14 @@ def train_bytes(cfg: Config, vocab_size: int, world_size: int = 1) -> int:
     states = {"adam": 2, "adamw": 2}.get(t.optimizer, 1 if t.momentum else 0)
     b = max(1, t.batch_size // max(1, world_size))
     rows = b * (1 if t.loss == "last" else d.window)
-    total = (2 + states) * p * F32 + 2 * rows * vocab_size * F32
+    # the output layer's scores a row: the whole vocabulary, or the adaptive softmax's head (its clusters
+    # score only the rows whose target falls in them)
+    cols = vocab_size if m.softmax == "full" else cutoffs_for(m.cutoffs, vocab_size)[0]
+    total = (2 + states) * p * F32 + 2 * rows * cols * F32
     if m.pointer:
         # windows start from an empty memory; stream and documents carry up to model.pointer places
         mem = 0 if d.sequences == "windows" else m.pointer
-        total += 2 * b * d.window * (mem + d.window) * F32 + b * mem * m.hidden * F32 + rows * vocab_size * F32
+        total += 2 * b * d.window * (mem + d.window) * F32 + b * mem * m.hidden * F32 + rows * cols * F32
     return total
 
 

@@ -50,11 +50,20 @@ class Pointer(nn.Module):
         self.register_buffer("boundary", torch.tensor(int(boundary)))
 
     def forward(
-        self, h: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, mem=None, last_only: bool = False, targets=None
+        self,
+        h: torch.Tensor,
+        x: torch.Tensor,
+        logits: torch.Tensor | None,
+        mem=None,
+        last_only: bool = False,
+        targets=None,
+        vocab_logp: torch.Tensor | None = None,
     ):
         """h [B, T, H]: last-layer outputs; x [B, T]: the tokens read; logits [B, T, V] ([B, V] with
         ``last_only``: the last position only) -> (log p of the same shape, the new memory). With
-        ``targets`` [B, T] ([B]): log p(target) [B, T] ([B]) instead, the whole distribution never built."""
+        ``targets`` [B, T] ([B]): log p(target) [B, T] ([B]) instead, the whole distribution never built;
+        the vocabulary's share of it from ``logits``, or given as ``vocab_logp`` (log p_vocab(target), the
+        shape of ``targets``: an adaptive softmax's, whose logits are never built)."""
         B, T, H = h.shape
         # no memory yet (windows mode, a stream's first step): score the chunk alone rather than a memory
         # of empty places, which would be masked out anyway
@@ -65,8 +74,10 @@ class Pointer(nn.Module):
         valid = self._valid(toks, M, T)  # [B, T, M + T]
         hq = h
         if last_only:
-            hq, valid, logits = h[:, -1:], valid[:, -1:], logits[:, None]
+            hq, valid = h[:, -1:], valid[:, -1:]
+            logits = None if logits is None else logits[:, None]
             targets = None if targets is None else targets[:, None]
+            vocab_logp = None if vocab_logp is None else vocab_logp[:, None]
         with torch.autocast(h.device.type, enabled=False):
             q = torch.tanh(self.query(hq))
             # the memory's scores and the chunk's, apart: no [B, M + T, H] copy of the keys
@@ -75,7 +86,10 @@ class Pointer(nn.Module):
             if targets is None:
                 out = self.mix(q, scores, toks, logits.float())
             else:
-                out = self.target_logp(q, scores, toks, logits.float(), targets)
+                if vocab_logp is None:
+                    y = targets.clamp_min(0)[..., None]
+                    vocab_logp = torch.log_softmax(logits.float(), -1).gather(-1, y)[..., 0]
+                out = self.target_logp(q, scores, toks, vocab_logp.float(), targets)
         return (out[:, 0] if last_only else out), self._newest(keys_m, h.detach(), toks)
 
     def _none(self, batch: int, hidden: int, device):
@@ -115,16 +129,17 @@ class Pointer(nn.Module):
         idx = (toks - 1).clamp_min(0)[:, None, :].expand(-1, q.shape[1], -1)
         return p.scatter_add(2, idx, a[..., :-1]).add(_TINY).log()
 
-    def target_logp(self, q, scores, toks, logits, targets) -> torch.Tensor:
+    def target_logp(self, q, scores, toks, vocab_logp, targets) -> torch.Tensor:
         """log p(target) [B, T] of the same mixture as :meth:`mix`, for training's loss, which needs no
-        other word: ``log(g * softmax(logits)[y] + sum over j with x_j = y of a_j + tiny)``, as the
-        log-sum of its two parts (no [B, T, V] mixture, no scatter; ``log_softmax`` + gather is what cross
-        entropy does). The pointer's mass on y compares the remembered tokens with y: [B, T, L]. A target
-        below 0 (padding) gets a value that the loss ignores."""
+        other word: ``log(g * p_vocab(y) + sum over j with x_j = y of a_j + tiny)``, as the log-sum of its
+        two parts (no [B, T, V] mixture, no scatter); ``vocab_logp`` [B, T] is log p_vocab(y) (from the
+        logits: ``log_softmax`` + gather, what cross entropy does). The pointer's mass on y compares the
+        remembered tokens with y: [B, T, L]. A target below 0 (padding) gets a value that the loss
+        ignores."""
         sentinel = (q @ self.sentinel + self.sentinel_bias)[..., None]
         la = torch.log_softmax(torch.cat([scores, sentinel], -1), -1)
         y = targets.clamp_min(0)[..., None]
-        vocab = la[..., -1] + torch.log_softmax(logits, -1).gather(-1, y)[..., 0]
+        vocab = la[..., -1] + vocab_logp
         hit = toks[:, None, :] == y + 1  # [B, T, L]; an empty place (0) never matches
         mass = torch.where(hit, la[..., :-1].exp(), 0.0).sum(-1)
         return torch.logaddexp(vocab, (mass + _TINY).log())

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpcrnn.config import ModelConfig
+from hpcrnn.model.adaptive import AdaptiveHead, cutoffs_for
 from hpcrnn.model.pointer import Pointer
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -40,25 +41,39 @@ class RecurrentLM(nn.Module):
             batch_first=True,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
         )
-        self.head = nn.Linear(cfg.hidden, vocab_size)
+        self.adaptive = cfg.softmax == "adaptive"
+        if self.adaptive:  # hpcrnn/model/adaptive.py (tied weights are refused by the config's validation)
+            self.head = AdaptiveHead(cfg.hidden, vocab_size, cutoffs_for(cfg.cutoffs, vocab_size))
+        else:
+            self.head = nn.Linear(cfg.hidden, vocab_size)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight  # same shape when embedding == hidden (validated)
         self.pointer = Pointer(cfg.hidden, cfg.pointer, boundary) if cfg.pointer else None
         self.whole = False  # see whole_distribution
+        # what forward returns for the whole distribution: log-probabilities (a pointer's mixture, the
+        # adaptive softmax) or logits
+        self.returns_logp = self.pointer is not None or self.adaptive
 
     def forward(self, x: torch.Tensor, state=None, last_only: bool = False, targets: torch.Tensor | None = None):
         """x: [B, T] token ids -> logits [B, T, V] (or [B, V] with last_only; log-probabilities with a
-        pointer), new state. ``targets`` [B, T] ([B] with last_only), for a loss that needs no more: a
-        pointer model returns log p(target) [B, T] ([B]) instead of the whole distribution (unless inside
-        :func:`whole_distribution`); the plain model returns its logits all the same (cross entropy wants
-        them)."""
+        pointer or the adaptive softmax: ``returns_logp``), new state. ``targets`` [B, T] ([B] with
+        last_only), for a loss that needs no more: a pointer or adaptive model returns log p(target) [B, T]
+        ([B]) instead of the whole distribution (unless inside :func:`whole_distribution`); the plain model
+        returns its logits all the same (cross entropy wants them)."""
         rnn_state, mem = self.split_state(state)
         h, rnn_state = self.rnn(self.drop(self.embed(x)), rnn_state)
-        logits = self.head(self.drop(h[:, -1] if last_only else h))
-        if self.pointer is None:
-            return logits, rnn_state
+        out = self.drop(h[:, -1] if last_only else h)
         targets = None if self.whole else targets
-        logp, mem = self.pointer(h, x, logits, mem, last_only, targets)
+        logits = vocab_logp = None
+        if not self.adaptive:
+            logits = self.head(out)
+        elif targets is not None:
+            vocab_logp = self.head.target_logp(out, targets)
+        else:
+            logits = self.head.log_prob(out)
+        if self.pointer is None:
+            return (logits if vocab_logp is None else vocab_logp), rnn_state
+        logp, mem = self.pointer(h, x, logits, mem, last_only, targets, vocab_logp)
         return logp, (*(rnn_state if isinstance(rnn_state, tuple) else (rnn_state,)), *mem)
 
     def split_state(self, state):
@@ -85,8 +100,9 @@ def build_model(cfg: ModelConfig, vocab_size: int, boundary: int = -1) -> Recurr
     model = RecurrentLM(vocab_size, cfg, boundary)
     with torch.no_grad():
         nn.init.uniform_(model.embed.weight, -0.1, 0.1)  # tied: the head's weight too
-        nn.init.uniform_(model.head.weight, -0.1, 0.1)
-        nn.init.zeros_(model.head.bias)
+        if not model.adaptive:  # the adaptive softmax keeps nn.Linear's initialisation of its layers
+            nn.init.uniform_(model.head.weight, -0.1, 0.1)
+            nn.init.zeros_(model.head.bias)
     return model
 
 
@@ -145,8 +161,8 @@ def token_loss(net: nn.Module, out: torch.Tensor, y: torch.Tensor, **kw) -> torc
         keep = y != kw.get("ignore_index", -100)
         total = -torch.where(keep, out.float(), 0.0).sum()
         return total if kw.get("reduction", "mean") == "sum" else total / keep.sum()
-    pointer = getattr(getattr(net, "module", net), "pointer", None)
-    return (F.cross_entropy if pointer is None else F.nll_loss)(out.float(), y, **kw)
+    logp = getattr(net, "module", net).returns_logp
+    return (F.nll_loss if logp else F.cross_entropy)(out.float(), y, **kw)
 
 
 def count_parameters(model: nn.Module) -> int:
