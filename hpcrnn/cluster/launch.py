@@ -38,7 +38,7 @@ from hpcrnn.cluster.records import latest_jobs, write_launch
 from hpcrnn.cluster.submitit_internals import preemption_signal_name
 from hpcrnn.config import Config, save_resolved
 from hpcrnn.data.slices import shard_count
-from hpcrnn.data.sources import resolve_sources
+from hpcrnn.data.sources import list_sources
 from hpcrnn.errors import EXIT_OK, ConfigError, HpcrnnError, LockedError
 from hpcrnn.run.lock import LAUNCH_LOCK_NAME, RunLock
 from hpcrnn.run.provenance import record_launch
@@ -243,7 +243,8 @@ def _launch_slurm(cfg: Config, plans: list[StagePlan], res: LaunchResult, out: C
             if not p.run:
                 continue
             dep = f"afterok:{prev_id}" if prev_id else None
-            n = shard_count(cfg.data, resolve_sources(cfg.data.corpus)) if p.stage == "preprocess" else 1
+            # the inputs' paths only: the plan has hashed them already, to decide whether preprocess runs
+            n = shard_count(cfg.data, list_sources(cfg.data.corpus)) if p.stage == "preprocess" else 1
             if n > 1:
                 records[p.stage] = res.jobs[p.stage] = _submit_shard_steps(cfg, n, dep, res)
             else:

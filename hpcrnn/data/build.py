@@ -288,11 +288,6 @@ def shard_job(cfg, count: int | None = None):
     return _shard_job(cfg, settings, sources, fingerprint_of(settings, sources), count)
 
 
-def preprocess_shards(cfg) -> int:
-    """How many tasks ``cfg``'s preprocess stage runs in (``data.shards``, or the automatic count)."""
-    return shard_count(cfg.data, resolve_sources(cfg.data.corpus))
-
-
 def preprocess_shard(cfg, index: int, count: int) -> float:
     """Read and tokenize slice ``index`` of ``count``; returns the task's peak RSS in MiB."""
     return shards.read_shard(shard_job(cfg, count), index)

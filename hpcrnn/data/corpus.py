@@ -184,7 +184,7 @@ class Corpus:
                 f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__}"
             ) from None
         if len(t) != hi - lo:
-            raise InputError(f"{self.path}: token stream has {self._n_tokens} tokens, expected more")
+            raise InputError(f"{self.path}: token stream ends at {lo + len(t)} tokens, expected {self._n_tokens}")
         return t
 
     def windows(self, split: str) -> np.ndarray:

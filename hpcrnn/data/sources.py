@@ -64,6 +64,17 @@ def _expand(path_str: str, key: str) -> list[Path]:
 
 def resolve_sources(corpus) -> list[Source]:
     """The input files of ``data.corpus``, in order, with sizes and sha256."""
+    out = list_sources(corpus)
+    for s in out:
+        try:
+            s.sha256, s.size = sha256_file(s.path), s.path.stat().st_size
+        except OSError as e:
+            raise InputError(f"{s.path}: cannot read: {e.strerror or e}") from None
+    return out
+
+
+def list_sources(corpus) -> list[Source]:
+    """The input files of ``data.corpus``, in order, not read (no size or sha256 yet)."""
     out: list[Source] = []
     if isinstance(corpus, dict):
         for split in SPLITS:
@@ -76,11 +87,6 @@ def resolve_sources(corpus) -> list[Source]:
             out.extend(Source(f) for f in _expand(str(c), f"data.corpus[{i}]"))
     else:
         out.extend(Source(f) for f in _expand(str(corpus or ""), "data.corpus"))
-    for s in out:
-        try:
-            s.sha256, s.size = sha256_file(s.path), s.path.stat().st_size
-        except OSError as e:
-            raise InputError(f"{s.path}: cannot read: {e.strerror or e}") from None
     return out
 
 
