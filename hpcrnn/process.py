@@ -65,6 +65,15 @@ def reexec_with_tuned_heap() -> None:
         return  # the untuned heap is slower, not wrong
 
 
+def ignore_stop_signal(name: str) -> None:
+    """The trainer's outcome is on disk (done, or stopped with its checkpoint): from here to the process's
+    exit a stop signal has nothing left to stop. Ignore it, rather than leave a Python handler: interpreter
+    finalization (seconds, with torch loaded) resets Python handlers to the default action, which for
+    SIGUSR2 ends the process by the signal, and Slurm then records a finished job as FAILED. This happens
+    whenever a job finishes within Slurm's warning of its time limit. SIG_IGN is kept through finalization."""
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def tuned_env(environ) -> dict:
     """The re-executed process's environment: the tunables, each unless the user set it."""
     return {**HEAP_ENV, **{k: v for k, v in environ.items() if k != _TEST_SIGNAL}, _DONE: "1"}

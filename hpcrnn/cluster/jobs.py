@@ -25,7 +25,7 @@ from hpcrnn.cluster import submitit_internals as internals
 from hpcrnn.config import Config
 from hpcrnn.errors import EXIT_STOPPED, HpcrnnError
 from hpcrnn.fsutil import append_jsonl, read_jsonl
-from hpcrnn.process import master_port
+from hpcrnn.process import ignore_stop_signal, master_port
 from hpcrnn.run.checkpoints import list_complete
 
 
@@ -83,6 +83,13 @@ def prepare_ranks() -> None:
     os.environ.setdefault("MASTER_PORT", str(master_port(env.job_id)))
 
 
+def _settle() -> None:
+    """In a scheduled job whose stage has finished, Slurm's warning before the time limit has nothing left
+    to stop (see ``ignore_stop_signal``); in the launching process (--cluster debug) change nothing."""
+    if internals.requeue_handler() is not None:
+        ignore_stop_signal(internals.preemption_signal_name())
+
+
 class StageJob:
     """A picklable job: the resolved config and which stage function to call. It pickles by reference to
     this module, so the job's Python must import hpcrnn (the launcher puts the project on PYTHONPATH)."""
@@ -94,11 +101,15 @@ class StageJob:
 
     def __call__(self) -> Any:
         try:
-            return self.run()
+            result = self.run()
         except HpcrnnError as e:
+            if isinstance(e, StageStopped):  # stopped with a complete checkpoint: an outcome too
+                _settle()
             # the one-line message the user needs, at the end of the job's log (the traceback follows it)
             _log(f"hpcrnn.{self.stage}: error: {e}")
             raise
+        _settle()
+        return result
 
     def run(self) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError

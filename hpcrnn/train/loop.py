@@ -472,11 +472,17 @@ def _finish(run: Training, started: float, early_stop: bool = False) -> TrainRes
     return TrainResult("done", run.state.step, EXIT_OK, path, final)
 
 
+def _run_to_exit(cfg: Config) -> TrainResult:
+    result = run_train(cfg)
+    heap.ignore_stop_signal(cfg.train.stop_signal)  # the outcome is on disk; see there
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     code = main_for(
         "hpcrnn.train",
         "Train (or resume) a recurrent language model on the run's HDF5 windows.",
-        lambda cfg, args: run_train(cfg),
+        lambda cfg, args: _run_to_exit(cfg),
         argv,
     )
     return D.exit_process(code)  # after a multi-rank run: os._exit (see there)
