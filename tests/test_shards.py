@@ -269,3 +269,51 @@ def test_automatic_sharding_follows_the_input_text_size(tmp_path, monkeypatch, c
     auto = run_preprocess(config(tmp_path, str(plain), "auto", 0, shard_mb=1)).path
     assert counts == [3]
     assert_same_corpus(ref, auto)
+
+
+def _finish_traced(tmp_path: Path, n_recipes: int, n: int) -> tuple[int, int, dict, dict]:
+    """Build the shards of a fixture corpus, then trace the finish: (numpy and Python peak, bytes of the
+    corpus' arrays, split ranges, window starts)."""
+    import json
+    import tracemalloc
+
+    tmp_path.mkdir()
+    corpus = tmp_path / "r.txt"
+    corpus.write_text(make_recipes(n_recipes, seed=11))
+    cfg = config(tmp_path, str(corpus), "n", n, window=5)
+    for i in range(n):
+        preprocess_shard(cfg, i, n)
+    preprocess_reduce(cfg, n)
+    for i in range(n):
+        preprocess_encode(cfg, i, n)
+    out, job = tmp_path / "finished.h5", shard_job(cfg, n)
+    tracemalloc.start()
+    try:
+        shards.finish_shards(job, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    names = ("tokens", "documents", "document_split", "document_index", "document_source", "ingredient_lines")
+    with open_h5(out) as f:
+        whole = sum(f[k].nbytes for k in names) + sum(f["windows"][s].nbytes for s in f["windows"])
+        ranges = json.loads(f.attrs["split_ranges"])
+        windows = {s: f["windows"][s][()] for s in ranges}
+    return peak, whole, ranges, windows
+
+
+def test_the_finish_holds_a_shard_not_the_corpus(tmp_path, monkeypatch):
+    """The finish writes tokens, per-document arrays and window starts a shard's split at a time, so what
+    it allocates follows the shard, not the corpus: 6x the corpus in 6x the shards adds under a sixth of
+    the added arrays to its peak (holding any of them whole, as it did, adds all of that). The window
+    starts, written from the split ranges in chunks smaller than a split, are the ranges' starts."""
+    from hpcrnn.data import encode
+
+    monkeypatch.setattr(encode, "_WINDOW_CHUNK", 1000)
+    monkeypatch.setattr(encode, "_H5_CHUNK", 4096)  # the token writer holds one chunk: smaller than a shard
+    _finish_traced(tmp_path / "warm", 1000, 2)  # what a process allocates once (imports, caches) is not counted
+    small, small_whole, _, _ = _finish_traced(tmp_path / "small", 1000, 2)
+    big, big_whole, ranges, windows = _finish_traced(tmp_path / "big", 6000, 12)
+    assert big - small < (big_whole - small_whole) / 6, (small, big, small_whole, big_whole)
+    assert len(windows["train"]) > 6 * 1000
+    for s, (a, b) in ranges.items():
+        assert np.array_equal(windows[s], np.arange(a, b - 5, 5)), s

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,18 +50,28 @@ def _assign_splits(n: int, fractions: list[float], seed: int) -> np.ndarray:
 
 
 @dataclass
+class Pieces:
+    """A per-document dataset given as consecutive pieces along its first axis rather than one array:
+    the sharded finish writes one shard's documents at a time (memory: a shard's, not the corpus')."""
+
+    dtype: np.dtype
+    shape: tuple
+    pieces: Callable[[], Iterable[np.ndarray]]
+
+
+@dataclass
 class _BuiltCorpus:
     """Everything ``corpus.h5`` holds besides the settings: the writer's one argument."""
 
     tokens: np.ndarray
     vocab: list[str]
     vocab_counts: np.ndarray
-    starts: np.ndarray  # start of each document in tokens (stored order)
-    doc_split: np.ndarray  # stored order
-    doc_index: np.ndarray  # input position of each stored document
-    doc_source: np.ndarray
-    ingredient_lines: np.ndarray
-    windows: dict[str, np.ndarray]
+    starts: np.ndarray | Pieces  # start of each document in tokens (stored order)
+    doc_split: np.ndarray | Pieces  # stored order
+    doc_index: np.ndarray | Pieces  # input position of each stored document
+    doc_source: np.ndarray | Pieces
+    ingredient_lines: np.ndarray | Pieces
+    windows: dict[str, range]  # window starts, written a chunk at a time (never held whole)
     ranges: dict[str, list[int]]
     counts: dict
 
@@ -191,12 +202,11 @@ def _assemble(stream: _Stream, layout: _Layout, doc_split: np.ndarray, dtype) ->
     return tokens, order
 
 
-def _window_starts(
-    ranges: dict, split_tokens: list[int], settings: dict, sources: list[Source]
-) -> dict[str, np.ndarray]:
-    """Window starts of each split; no training window is an error, an empty val/test split a warning."""
+def _window_starts(ranges: dict, split_tokens: list[int], settings: dict, sources: list[Source]) -> dict[str, range]:
+    """Window starts of each split, as ranges (8 bytes a window once written, so never materialized
+    whole); no training window is an error, an empty val/test split a warning."""
     window, stride = settings["window"], settings["stride"]
-    windows = {s: np.arange(a, b - window, stride, dtype=np.int64) for s, (a, b) in ranges.items()}
+    windows = {s: range(a, b - window, stride) for s, (a, b) in ranges.items()}
     if len(windows["train"]) == 0:
         raise InputError(
             f"{_train_name(sources)}: data.window={window} is longer than the train split "
@@ -267,7 +277,7 @@ def _build_corpus(cfg, settings: dict, sources: list[Source], given, batch_chars
         vocab_counts=_vocab_counts(lut, drop_id, train_counts, len(vocab)),
         starts=starts,
         doc_split=sorted_split,
-        doc_index=order,
+        doc_index=order.astype(np.int64, copy=False),
         doc_source=np.asarray(stream.doc_src, dtype=np.int32)[order],
         ingredient_lines=np.asarray(stream.doc_ingr, dtype=np.int32).reshape(-1, 2)[order],
         windows=windows,
@@ -282,9 +292,15 @@ def _positions(sorted_lengths: np.ndarray, sorted_split: np.ndarray, settings: d
     starts = np.zeros(len(sorted_lengths), dtype=np.int64)
     np.cumsum(sorted_lengths[:-1], out=starts[1:])
     split_tokens = [int(sorted_lengths[sorted_split == k].sum()) for k in range(3)]
+    ranges, windows = split_positions(split_tokens, settings, sources)
+    return starts, split_tokens, ranges, windows
+
+
+def split_positions(split_tokens: list[int], settings: dict, sources: list[Source]):
+    """(split ranges, window starts) of a stream that holds ``split_tokens`` tokens of train, val, test."""
     bounds = np.cumsum([0] + split_tokens)
     ranges = {s: [int(bounds[i]), int(bounds[i + 1])] for i, s in enumerate(SPLITS)}
-    return starts, split_tokens, ranges, _window_starts(ranges, split_tokens, settings, sources)
+    return ranges, _window_starts(ranges, split_tokens, settings, sources)
 
 
 def _corpus_counts(sorted_split, split_tokens, windows, n_vocab, types_seen, unk_total, dropped, stats) -> dict:
@@ -336,20 +352,49 @@ def _write_h5(tmp: Path, built: _BuiltCorpus, settings: dict, fp: str, sources: 
             _write_token_segments(f, segments, built.counts["tokens"], built.tokens.dtype)
         f.create_dataset("vocab", data=np.array(built.vocab, dtype=object), dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("vocab_counts", data=built.vocab_counts)
-        f.create_dataset("documents", data=built.starts)
-        f.create_dataset("document_split", data=built.doc_split)
-        f.create_dataset("document_index", data=built.doc_index.astype(np.int64))
-        f.create_dataset("document_source", data=built.doc_source)
-        f.create_dataset("ingredient_lines", data=built.ingredient_lines)
+        _write_column(f, "documents", built.starts)
+        _write_column(f, "document_split", built.doc_split)
+        _write_column(f, "document_index", built.doc_index)
+        _write_column(f, "document_source", built.doc_source)
+        _write_column(f, "ingredient_lines", built.ingredient_lines)
         g = f.create_group("windows")
         for s, w in built.windows.items():
-            if len(w):
-                g.create_dataset(s, data=w, chunks=(min(len(w), 1 << 18),), compression="gzip", compression_opts=1)
-            else:
-                g.create_dataset(s, data=w)
+            _write_windows(g, s, w)
         _write_attrs(f.attrs, built, settings, fp, sources)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+def _write_column(f, name: str, value: np.ndarray | Pieces) -> None:
+    if isinstance(value, np.ndarray):
+        f.create_dataset(name, data=value)
+        return
+    ds, pos = f.create_dataset(name, shape=value.shape, dtype=value.dtype), 0
+    for piece in value.pieces():
+        ds[pos : pos + len(piece)] = piece
+        pos += len(piece)
+    if pos != value.shape[0]:  # cannot happen: the pieces are the shards' own documents
+        raise RuntimeError(f"{name}: wrote {pos} rows, expected {value.shape[0]}")
+
+
+_WINDOW_CHUNK = 1 << 18  # window starts per HDF5 chunk, and written at a time
+
+
+def _write_windows(g, split: str, w: range) -> None:
+    if not len(w):
+        g.create_dataset(split, data=np.zeros(0, dtype=np.int64))
+        return
+    ds = g.create_dataset(
+        split,
+        shape=(len(w),),
+        dtype=np.int64,
+        chunks=(min(len(w), _WINDOW_CHUNK),),
+        compression="gzip",
+        compression_opts=1,
+    )
+    for a in range(0, len(w), _WINDOW_CHUNK):
+        part = w[a : a + _WINDOW_CHUNK]
+        ds[a : a + len(part)] = np.arange(part.start, part.stop, part.step, dtype=np.int64)
 
 
 def _token_layout(n_tok: int, dtype) -> dict:
@@ -372,24 +417,25 @@ def _write_token_segments(f, segments, n_tok: int, dtype) -> None:
     layout = _token_layout(n_tok, dtype)
     ds = f.create_dataset("tokens", shape=(n_tok,), dtype=dtype, **layout)
     chunk = layout["chunks"][0]
-    pos, pending = 0, np.empty(0, dtype=dtype)  # pending: less than a chunk, waiting for the next segment
+    buf, held, pos = np.empty(chunk, dtype=dtype), 0, 0  # buf[:held]: less than a chunk, for the next segment
     for seg in segments:
         seg = np.asarray(seg, dtype=dtype)
-        if len(pending):
-            take = min(chunk - len(pending), len(seg))
-            pending, seg = np.concatenate([pending, seg[:take]]), seg[take:]
-            if len(pending) < chunk:
+        if held:
+            take = min(chunk - held, len(seg))
+            buf[held : held + take], seg, held = seg[:take], seg[take:], held + take
+            if held < chunk:
                 continue
-            ds[pos : pos + chunk] = pending
-            pos, pending = pos + chunk, pending[:0]
+            ds[pos : pos + chunk] = buf
+            pos, held = pos + chunk, 0
         whole = len(seg) // chunk * chunk
         if whole:
             ds[pos : pos + whole] = seg[:whole]
             pos += whole
-        pending = seg[whole:].copy()
-    if len(pending):
-        ds[pos : pos + len(pending)] = pending
-        pos += len(pending)
+        held = len(seg) - whole
+        buf[:held] = seg[whole:]
+    if held:
+        ds[pos : pos + held] = buf[:held]
+        pos += held
     if pos != n_tok:  # cannot happen: the segments are the shards' own counts
         raise RuntimeError(f"wrote {pos} tokens, expected {n_tok}")
 

@@ -17,8 +17,8 @@ The steps, each a function a launcher can run as a job (a Slurm array for the pe
 Every output is written under a temporary name and renamed, so a rerun (a requeued array task) redoes
 only what is missing. The outputs live in a folder beside ``corpus.h5`` named by the fingerprint and N,
 removed once ``corpus.h5`` is in place. Memory: a task holds its slice (about 4 bytes a token), the reduce
-one shard's ids at a time plus the word counts, the finish one shard's split of tokens plus per-document
-arrays and the window starts (what one process holds too).
+one shard's ids at a time plus the word counts, the finish one shard's split of tokens and of
+per-document arrays (the window starts are written from the split ranges, a chunk at a time).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcrnn.data.encode import (
+    Pieces,
     _BuiltCorpus,
     _check_held_out_split,
     _choose_given_vocabulary,
@@ -44,10 +45,10 @@ from hpcrnn.data.encode import (
     _held_out_words,
     _log,
     _lookup_table,
-    _positions,
     _split_documents,
     _vocab_counts,
     _write_h5,
+    split_positions,
 )
 from hpcrnn.data.slices import Piece, piece_documents, plan_slices
 from hpcrnn.data.sources import SPLITS, ReadStats, Source
@@ -178,12 +179,13 @@ def _id_blocks(job: ShardJob, index: int):
         yield a, np.fromfile(path, dtype=np.uint32, count=min(_ID_BLOCK, n - a), offset=4 * a)
 
 
-def _metas(job: ShardJob) -> list:
+def _read_outputs(job: ShardJob) -> list[Path]:
+    """The read step's outputs (documents, strings) of every shard, each checked to exist."""
     paths = [job.work / f"read-{i}.npz" for i in range(job.count)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise InputError(f"{missing[0]}: shard output missing: run its preprocess task first")
-    return [np.load(p) for p in paths]
+    return paths
 
 
 def reduce_shards(job: ShardJob, given) -> None:
@@ -191,7 +193,7 @@ def reduce_shards(job: ShardJob, given) -> None:
     out = job.work / "vocab.npz"
     if out.is_file():
         return
-    metas = _metas(job)
+    metas = [np.load(p) for p in _read_outputs(job)]
     n_docs = [len(m["lengths"]) for m in metas]
     doc_src = np.concatenate([m["doc_src"] for m in metas])
     per_source = np.bincount(doc_src, minlength=len(job.sources))
@@ -268,46 +270,82 @@ def encode_shard(job: ShardJob, index: int) -> float:
 
 
 def finish_shards(job: ShardJob, tmp: Path) -> dict:
-    """Step 4: write ``corpus.h5`` to ``tmp`` (the caller renames it); returns its counts."""
-    metas, v = _metas(job), np.load(job.work / "vocab.npz")
-    encs = [np.load(job.work / f"enc-{i}.npz") for i in range(job.count)]
-    vocab = _vocabulary(v)
-    doc_split = v["doc_split"]
-    order = np.argsort(doc_split, kind="stable")
-    sorted_split = doc_split[order]
-    sorted_lengths = np.concatenate([e[f"lengths_{s}"] for s in SPLITS for e in encs]).astype(np.int64)
-    starts, split_tokens, ranges, windows = _positions(sorted_lengths, sorted_split, job.settings, job.sources)
+    """Step 4: write ``corpus.h5`` to ``tmp`` (the caller renames it); returns its counts. Everything is
+    written one shard's split at a time, in stored order (train documents of every shard, then val, then
+    test), each shard's files open only while it is read; what is held whole is one byte a document (the
+    splits) and the vocabulary."""
+    _read_outputs(job)
+    v = np.load(job.work / "vocab.npz")
+    vocab, doc_split, first_doc = _vocabulary(v), v["doc_split"], v["first_doc"]
+    split_tokens, words, unk, dropped = [0, 0, 0], {"val": 0, "test": 0}, 0, 0
+    for i in range(job.count):
+        with _enc(job, i) as e:
+            split_tokens = [n + int(e[f"lengths_{s}"].sum()) for n, s in zip(split_tokens, SPLITS)]
+            words = {s: words[s] + e[f"words_{s}"] for s in words}
+            unk, dropped = unk + int(e["unk"]), dropped + int(e["dropped"])
+    ranges, windows = split_positions(split_tokens, job.settings, job.sources)
     if any(x.split for x in job.sources):
         for s in ("val", "test"):
-            n_words, n_known = np.sum([e[f"words_{s}"] for e in encs], axis=0).tolist()
-            _check_held_out_split(s, n_words, n_known, job.sources)
-    stats = _merged_stats(metas)
-    unk = sum(int(e["unk"]) for e in encs)
-    dropped = sum(int(e["dropped"]) for e in encs)
-    counts = _corpus_counts(sorted_split, split_tokens, windows, len(vocab), int(v["types_seen"]), unk, dropped, stats)
-    dtype = v["lut_0"].dtype
+            _check_held_out_split(s, *words[s].tolist(), job.sources)
+    stats = _merged_stats(job)
+    counts = _corpus_counts(doc_split, split_tokens, windows, len(vocab), int(v["types_seen"]), unk, dropped, stats)
+    segments = [(k, i) for k in range(len(SPLITS)) for i in range(job.count)]  # stored order
+
+    def picks(k: int, i: int) -> np.ndarray:
+        return np.flatnonzero(doc_split[first_doc[i] : first_doc[i + 1]] == k)
+
+    def starts():
+        pos = 0
+        for k, i in segments:
+            with _enc(job, i) as e:
+                lengths = e[f"lengths_{SPLITS[k]}"].astype(np.int64)
+            yield pos + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)[: len(lengths)]
+            pos += int(lengths.sum())
+
+    def column(key: str):
+        def pieces():
+            for k, i in segments:
+                with np.load(job.work / f"read-{i}.npz") as m:
+                    yield m[key][picks(k, i)]
+
+        return pieces
+
+    def tokens():  # one shard's split at a time
+        for k, i in segments:
+            with _enc(job, i) as e:
+                yield e[f"tokens_{SPLITS[k]}"]
+
+    with np.load(job.work / "read-0.npz") as m:
+        src, ingr = m["doc_src"], m["doc_ingr"]
+    n = len(doc_split)
     built = _BuiltCorpus(
-        tokens=np.zeros(0, dtype=dtype),
+        tokens=np.zeros(0, dtype=v["lut_0"].dtype),
         vocab=vocab,
         vocab_counts=v["vocab_counts"],
-        starts=starts,
-        doc_split=sorted_split,
-        doc_index=order,
-        doc_source=np.concatenate([m["doc_src"] for m in metas])[order],
-        ingredient_lines=np.concatenate([m["doc_ingr"] for m in metas]).reshape(-1, 2)[order],
+        starts=Pieces(np.dtype(np.int64), (n,), starts),
+        doc_split=Pieces(
+            doc_split.dtype, (n,), lambda: (np.full(len(picks(k, i)), k, doc_split.dtype) for k, i in segments)
+        ),
+        doc_index=Pieces(np.dtype(np.int64), (n,), lambda: (first_doc[i] + picks(k, i) for k, i in segments)),
+        doc_source=Pieces(src.dtype, (n,), column("doc_src")),
+        ingredient_lines=Pieces(ingr.dtype, (n, *ingr.shape[1:]), column("doc_ingr")),
         windows=windows,
         ranges=ranges,
         counts=counts,
     )
-    segments = (e[f"tokens_{s}"] for s in SPLITS for e in encs)  # one shard's split at a time
-    _write_h5(tmp, built, job.settings, job.fingerprint, job.sources, segments=segments)
+    _write_h5(tmp, built, job.settings, job.fingerprint, job.sources, segments=tokens())
     return counts
 
 
-def _merged_stats(metas) -> ReadStats:
+def _enc(job: ShardJob, i: int):
+    return np.load(job.work / f"enc-{i}.npz")
+
+
+def _merged_stats(job: ShardJob) -> ReadStats:
     total = ReadStats()
-    for m in metas:
-        part = json.loads(str(m["stats"]))
+    for i in range(job.count):
+        with np.load(job.work / f"read-{i}.npz") as m:
+            part = json.loads(str(m["stats"]))
         for k, val in part.items():
             if k == "formats":
                 total.formats.update(val)  # shards in input order: the files in the order they were read
