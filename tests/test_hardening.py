@@ -241,11 +241,13 @@ def test_preprocess_reaps_only_its_own_hosts_dead_temporaries(tmp_path, tiny_cor
     dead = subprocess.Popen(["true"])
     dead.wait()
     mine = cfg.run_dir / f".corpus.h5.{socket.gethostname()}-{dead.pid}.tmp"
+    mine_map = cfg.run_dir / f".corpus.h5.{socket.gethostname()}-{dead.pid}-map.tmp"  # its token map's copy
     other = cfg.run_dir / f".corpus.h5.node-b-{dead.pid}.tmp"  # another node's live build: never ours to reap
-    for p in (mine, other):
+    for p in (mine, mine_map, other):
         p.write_text("partial")
     run_preprocess(cfg)
-    assert not mine.exists() and other.exists()
+    assert not mine.exists() and not mine_map.exists() and other.exists()
+    assert not list(cfg.run_dir.glob(".corpus.h5.*-map.tmp"))  # this run's copy became the token map
 
 
 # ---- retention: a damaged checkpoint is never deleted

@@ -191,21 +191,33 @@ def test_a_shard_tasks_input_error_reaches_the_caller(tmp_path):
         run_preprocess(config(tmp_path, str(d), "x", 2))
 
 
-def test_token_segments_make_the_stream_whatever_their_sizes(tmp_path, monkeypatch):
-    """The finish step's writer: segments around the HDF5 chunk size, written a whole chunk at a time."""
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_token_segments_make_the_stream_whatever_their_sizes(tmp_path, monkeypatch, dtype):
+    """The corpus' token writer: segments around the HDF5 chunk size, regrouped into whole chunks that
+    threads compress; every chunk stored exactly as HDF5's own shuffle and gzip filters store it, and the
+    token map's copy (map_tmp) the same stream, uncompressed."""
     from hpcrnn.data import encode
     from hpcrnn.data.corpus import h5py_module
 
+    h5py = h5py_module()
     monkeypatch.setattr(encode, "_H5_CHUNK", 7)
     rng = np.random.default_rng(0)
-    for trial in range(50):
-        segs = [rng.integers(0, 60000, k).astype(np.uint16) for k in rng.integers(0, 20, rng.integers(1, 8))]
-        segs.append(np.arange(1 + trial % 9, dtype=np.uint16))
-        total = sum(len(s) for s in segs)
-        with h5py_module().File(tmp_path / f"{trial}.h5", "w") as f:
-            encode._write_token_segments(f, iter(segs), total, np.uint16)
-            assert f["tokens"].chunks == (min(7, total),)
-            assert np.array_equal(f["tokens"][()], np.concatenate(segs))
+    for trial in range(40):
+        top = np.iinfo(dtype).max
+        segs = [rng.integers(0, top, k, endpoint=True).astype(dtype) for k in rng.integers(0, 20, rng.integers(1, 8))]
+        segs.append(np.arange(1 + trial % 9, dtype=dtype))
+        want, total = np.concatenate(segs), sum(len(s) for s in segs)
+        ours, ref, raw = tmp_path / f"{trial}.h5", tmp_path / f"{trial}.ref.h5", tmp_path / f"{trial}.npy"
+        with h5py.File(ours, "w") as f:
+            encode._write_token_segments(f, iter(segs), total, dtype, raw)
+        with h5py.File(ref, "w") as f:
+            f.create_dataset("tokens", data=want, **encode._token_layout(total, dtype))
+        with h5py.File(ours, "r") as a, h5py.File(ref, "r") as b:
+            assert a["tokens"].chunks == (min(7, total),)
+            assert np.array_equal(a["tokens"][()], want)
+            for at in range(0, total, a["tokens"].chunks[0]):
+                assert a["tokens"].id.read_direct_chunk((at,)) == b["tokens"].id.read_direct_chunk((at,)), at
+        assert np.array_equal(np.load(raw), want) and np.load(raw).dtype == dtype
 
 
 @pytest.mark.skipif(not FORMATS.is_dir(), reason="the shared format samples are not on this machine")

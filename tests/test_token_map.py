@@ -30,6 +30,28 @@ def built(tmp_path):
     return prepared(tmp_path, corpus)[1]
 
 
+@pytest.mark.parametrize("shards", [1, 2])
+def test_preprocessing_writes_the_map_with_the_corpus_never_reading_it_back(tmp_path, monkeypatch, shards):
+    """The map is written from the chunks corpus.h5 is written from (one process, or the sharded finish)
+    and renamed into place: the corpus' tokens are never read back and decompressed to make it."""
+    from hpcrnn.data.corpus import Corpus
+
+    def refuse(self, lo, hi):
+        raise AssertionError("the corpus' tokens were read back")
+
+    corpus = tmp_path / "recipes.txt"
+    corpus.write_text(make_recipes(300))
+    monkeypatch.setattr(Corpus, "_read_tokens", refuse)
+    cfg = prepared(tmp_path, corpus, data={"shards": shards})[1]
+    monkeypatch.undo()
+    (m,) = _maps(cfg)
+    assert (
+        np.array_equal(np.load(m), _h5_tokens(cfg.h5_path)) and np.load(m).dtype == open_corpus(cfg.h5_path).token_dtype
+    )
+    assert os.path.samefile(open_corpus(cfg.h5_path).tokens().filename, m)
+    assert not list(cfg.h5_path.parent.glob(".corpus.h5.*"))  # no temporary left
+
+
 def test_preprocessing_writes_the_map_and_readers_share_it(built):
     (m,) = _maps(built)
     c = open_corpus(built.h5_path)

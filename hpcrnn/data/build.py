@@ -127,12 +127,17 @@ def _tmp_name(out: Path) -> Path:
     return out.parent / f".{out.name}.{socket.gethostname()}-{os.getpid()}.tmp"
 
 
+def _map_tmp_name(tmp: Path) -> Path:
+    """Where the token map's copy is written beside ``tmp`` (the same owner, so stale ones go with it)."""
+    return tmp.with_name(tmp.name[: -len(".tmp")] + "-map.tmp")
+
+
 def _remove_stale_tmp(out: Path) -> None:
     """Remove temporary files of earlier preprocess runs on this host that died (SIGKILL) before renaming;
     another host's are left to it (the run lock keeps two from writing at once)."""
     host = socket.gethostname()
     for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-        owner, _, pid_text = tmp.name[len(out.name) + 2 : -4].rpartition("-")
+        owner, _, pid_text = tmp.name[len(out.name) + 2 : -4].removesuffix("-map").rpartition("-")
         if owner != host or not pid_text.isdigit():
             continue
         pid = int(pid_text)
@@ -213,6 +218,7 @@ def _build_and_rename(cfg, out: Path, settings: dict, sources: list, fp: str, t0
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out)
     tmp = _tmp_name(out)
+    map_tmp = _map_tmp_name(tmp)
     with _SigtermAsInterrupt() as guard:
         try:
             given = fixed_vocabulary(cfg) if cfg.data.vocab_from else None
@@ -220,20 +226,21 @@ def _build_and_rename(cfg, out: Path, settings: dict, sources: list, fp: str, t0
             if count > 1:
                 job = _shard_job(cfg, settings, sources, fp, count)
                 shards.remove_other_work_dirs(out, job.work)
-                counts = shards.run_local(job, given, tmp)
+                counts = shards.run_local(job, given, tmp, map_tmp)
             else:
                 built = _build_corpus(cfg, settings, sources, given, _BATCH_CHARS)
-                _write_h5(tmp, built, settings, fp, sources)
+                _write_h5(tmp, built, settings, fp, sources, map_tmp=map_tmp)
                 counts = built.counts
             if guard.received:
                 raise KeyboardInterrupt("SIGTERM")
             os.replace(tmp, out)
             fsync_dir(out.parent)
             shards.remove_other_work_dirs(out, None)  # the shards' outputs are in corpus.h5 now
-            open_corpus(out).token_map()  # what training's ranks will map (not one write per rank)
+            open_corpus(out).token_map(ready=map_tmp)  # what training's ranks will map (not one write per rank)
         except OSError as e:  # disk full, quota: the old corpus.h5 (if any) is untouched
             raise StorageError(f"{out}: cannot write the corpus: {e.strerror or e}") from None
         finally:
+            map_tmp.unlink(missing_ok=True)
             if tmp.exists():
                 try:
                     tmp.unlink()
@@ -313,12 +320,14 @@ def preprocess_finish(cfg, count: int) -> PreprocessResult:
             return _up_to_date(out, t0)
         _refuse_replacing_a_trained_corpus(cfg, out)
         tmp = _tmp_name(out)
+        map_tmp = _map_tmp_name(tmp)
         try:
-            counts = shards.finish_shards(job, tmp)
+            counts = shards.finish_shards(job, tmp, map_tmp)
             os.replace(tmp, out)
             fsync_dir(out.parent)
-            open_corpus(out).token_map()  # what training's ranks will map (not one write per rank)
+            open_corpus(out).token_map(ready=map_tmp)  # what training's ranks will map (not one write per rank)
         finally:
+            map_tmp.unlink(missing_ok=True)
             if tmp.exists():
                 tmp.unlink()
         shards.remove_other_work_dirs(out, None)

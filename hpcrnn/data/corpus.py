@@ -168,10 +168,13 @@ class Corpus:
             self._tokens = t
         return self._tokens
 
-    def token_map(self) -> np.ndarray | None:
+    def token_map(self, ready: Path | None = None) -> np.ndarray | None:
         """The memory map of the uncompressed copy of the tokens, written first if missing (memory bounded
-        whatever the corpus' size); None where it cannot be written."""
-        return token_map(self.path, self.attrs, self._n_tokens, self._stat, self.token_dtype, self._read_tokens)
+        whatever the corpus' size), or ``ready``, the copy its writer made, renamed into place; None where
+        it cannot be written."""
+        return token_map(
+            self.path, self.attrs, self._n_tokens, self._stat, self.token_dtype, self._read_tokens, ready=ready
+        )
 
     def _read_tokens(self, lo: int, hi: int) -> np.ndarray:
         """``tokens[lo:hi]`` from the file (decompressed)."""

@@ -7,7 +7,10 @@ import hashlib
 import json
 import os
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,16 +343,24 @@ def _train_name(sources: list[Source]) -> str:
     return str((train or sources)[0].path)
 
 
-def _write_h5(tmp: Path, built: _BuiltCorpus, settings: dict, fp: str, sources: list[Source], segments=None) -> None:
+def _write_h5(
+    tmp: Path,
+    built: _BuiltCorpus,
+    settings: dict,
+    fp: str,
+    sources: list[Source],
+    segments=None,
+    map_tmp: Path | None = None,
+) -> None:
     """Write ``built`` and its settings to ``tmp`` and fsync it (the caller renames it into place).
     ``segments``: instead of ``built.tokens`` (then an empty array of the final dtype), the token arrays
-    that make up the stream, in order (the sharded path: one shard's split at a time, never all of it)."""
+    that make up the stream, in order (the sharded path: one shard's split at a time, never all of it).
+    ``map_tmp``: also write the stream uncompressed there, as the token map's ``.npy`` (hpcrnn/data/
+    token_map.py), from the same chunks: it is never read back and decompressed."""
     h5py = h5py_module()
     with create_h5(tmp) as f:
-        if segments is None:
-            _write_tokens(f, built.tokens)
-        else:
-            _write_token_segments(f, segments, built.counts["tokens"], built.tokens.dtype)
+        segs = [built.tokens] if segments is None else segments
+        _write_token_segments(f, segs, built.counts["tokens"], built.tokens.dtype, map_tmp)
         f.create_dataset("vocab", data=np.array(built.vocab, dtype=object), dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("vocab_counts", data=built.vocab_counts)
         _write_column(f, "documents", built.starts)
@@ -407,17 +418,10 @@ def _token_layout(n_tok: int, dtype) -> dict:
     }
 
 
-def _write_tokens(f, tokens: np.ndarray) -> None:
-    f.create_dataset("tokens", data=tokens, **_token_layout(len(tokens), tokens.dtype))
-
-
-def _write_token_segments(f, segments, n_tok: int, dtype) -> None:
-    """The ``tokens`` dataset of ``n_tok`` tokens from consecutive arrays, written a whole number of HDF5
-    chunks at a time (a partial chunk written twice would be decompressed and compressed again)."""
-    layout = _token_layout(n_tok, dtype)
-    ds = f.create_dataset("tokens", shape=(n_tok,), dtype=dtype, **layout)
-    chunk = layout["chunks"][0]
-    buf, held, pos = np.empty(chunk, dtype=dtype), 0, 0  # buf[:held]: less than a chunk, for the next segment
+def _whole_chunks(segments, chunk: int, dtype):
+    """The stream of consecutive ``segments`` regrouped into arrays of exactly ``chunk`` tokens (the last
+    may be shorter): a partial chunk written twice would be decompressed and compressed again."""
+    buf, held = np.empty(chunk, dtype=dtype), 0  # buf[:held]: less than a chunk, for the next segment
     for seg in segments:
         seg = np.asarray(seg, dtype=dtype)
         if held:
@@ -425,19 +429,63 @@ def _write_token_segments(f, segments, n_tok: int, dtype) -> None:
             buf[held : held + take], seg, held = seg[:take], seg[take:], held + take
             if held < chunk:
                 continue
-            ds[pos : pos + chunk] = buf
-            pos, held = pos + chunk, 0
+            yield buf.copy()
+            held = 0
         whole = len(seg) // chunk * chunk
-        if whole:
-            ds[pos : pos + whole] = seg[:whole]
-            pos += whole
+        for a in range(0, whole, chunk):
+            yield seg[a : a + chunk]
         held = len(seg) - whole
         buf[:held] = seg[whole:]
     if held:
-        ds[pos : pos + held] = buf[:held]
-        pos += held
+        yield buf[:held].copy()
+
+
+def _deflated(data: np.ndarray, chunk: int, shuffle: bool) -> bytes:
+    """One chunk as HDF5's filters store it: padded to the chunk's size with the fill value (0),
+    byte-shuffled, then deflated at level 1 (zlib, as HDF5's gzip filter calls it)."""
+    if len(data) < chunk:
+        data = np.concatenate([data, np.zeros(chunk - len(data), dtype=data.dtype)])
+    raw = data.view(np.uint8).reshape(-1, data.itemsize).T.tobytes() if shuffle else data.tobytes()
+    return zlib.compress(raw, 1)
+
+
+def _write_token_segments(f, segments, n_tok: int, dtype, map_tmp: Path | None = None) -> None:
+    """The ``tokens`` dataset of ``n_tok`` tokens from consecutive arrays, a whole chunk at a time. Chunks
+    are compressed by a pool of threads (zlib releases the GIL; the finish of a sharded build is serial
+    otherwise) and written in order as they are, with a bounded number in flight."""
+    layout = _token_layout(n_tok, dtype)
+    ds = f.create_dataset("tokens", shape=(n_tok,), dtype=dtype, **layout)
+    chunk, shuffle = layout["chunks"][0], layout["shuffle"]
+    raw = open(map_tmp, "wb") if map_tmp is not None else None
+    try:
+        if raw is not None:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tok,)}
+            np.lib.format.write_array_header_1_0(raw, header)
+        pos, pending, threads = 0, deque(), _compress_threads()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for data in _whole_chunks(segments, chunk, dtype):
+                if raw is not None:
+                    raw.write(data.tobytes())
+                pending.append((pos, pool.submit(_deflated, data, chunk, shuffle)))
+                pos += len(data)
+                while len(pending) > 2 * threads or (pending and pending[0][1].done()):
+                    at, fut = pending.popleft()
+                    ds.id.write_direct_chunk((at,), fut.result())
+            while pending:
+                at, fut = pending.popleft()
+                ds.id.write_direct_chunk((at,), fut.result())
+        if raw is not None:
+            raw.flush()
+            os.fsync(raw.fileno())
+    finally:
+        if raw is not None:
+            raw.close()
     if pos != n_tok:  # cannot happen: the segments are the shards' own counts
         raise RuntimeError(f"wrote {pos} tokens, expected {n_tok}")
+
+
+def _compress_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _write_attrs(a, built: _BuiltCorpus, settings: dict, fp: str, sources: list[Source]) -> None:

@@ -269,8 +269,9 @@ def encode_shard(job: ShardJob, index: int) -> float:
     return _peak_mib()
 
 
-def finish_shards(job: ShardJob, tmp: Path) -> dict:
-    """Step 4: write ``corpus.h5`` to ``tmp`` (the caller renames it); returns its counts. Everything is
+def finish_shards(job: ShardJob, tmp: Path, map_tmp: Path | None = None) -> dict:
+    """Step 4: write ``corpus.h5`` to ``tmp`` (the caller renames it), and the token map's copy to
+    ``map_tmp`` if given; returns its counts. Everything is
     written one shard's split at a time, in stored order (train documents of every shard, then val, then
     test), each shard's files open only while it is read; what is held whole is one byte a document (the
     splits) and the vocabulary."""
@@ -333,7 +334,7 @@ def finish_shards(job: ShardJob, tmp: Path) -> dict:
         ranges=ranges,
         counts=counts,
     )
-    _write_h5(tmp, built, job.settings, job.fingerprint, job.sources, segments=tokens())
+    _write_h5(tmp, built, job.settings, job.fingerprint, job.sources, segments=tokens(), map_tmp=map_tmp)
     return counts
 
 
@@ -354,7 +355,7 @@ def _merged_stats(job: ShardJob) -> ReadStats:
     return total
 
 
-def run_local(job: ShardJob, given, tmp: Path) -> dict:
+def run_local(job: ShardJob, given, tmp: Path, map_tmp: Path | None = None) -> dict:
     """All four steps here: the per-shard ones in a pool of min(N, CPUs) fresh ("spawn") processes."""
     empty = sum(1 for s in job.slices if not s)
     if empty:
@@ -371,7 +372,7 @@ def run_local(job: ShardJob, given, tmp: Path) -> dict:
         t.append(time.perf_counter())
         peaks += pool.starmap(encode_shard, [(job, i) for i in range(job.count)])
         t.append(time.perf_counter())
-    counts = finish_shards(job, tmp)
+    counts = finish_shards(job, tmp, map_tmp)
     t.append(time.perf_counter())
     took = ", ".join(f"{name} {b - a:.1f} s" for name, a, b in zip(("read", "reduce", "encode", "finish"), t, t[1:]))
     _log(

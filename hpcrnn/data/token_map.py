@@ -8,7 +8,8 @@ rank's batches touch the pages they use; the pages are the operating system's fi
 process on the node and dropped under memory pressure, never the rank's private memory.
 
 The copy is written chunk by chunk (memory bounded by ``_CHUNK``), under a temporary name, synced, then
-renamed: a reader sees a whole copy or none, and concurrent writers (ranks starting together on a corpus
+renamed: a reader sees a whole copy or none (preprocessing writes it beside corpus.h5 from the same chunks,
+and renames it once corpus.h5 is in place), and concurrent writers (ranks starting together on a corpus
 whose copy is missing) each rename a complete one. Its name carries a key of the corpus file it copies
 (fingerprint, vocabulary hash, length, and the file's size and modification time), so a rebuilt corpus
 never maps a stale copy; copies of other keys are removed once the new one is in place. Preprocessing
@@ -43,16 +44,28 @@ def map_path(h5_path: Path, attrs: dict, n_tokens: int, st: os.stat_result) -> P
 
 
 def token_map(
-    h5_path: Path, attrs: dict, n_tokens: int, st: os.stat_result, dtype: np.dtype, read_chunk
+    h5_path: Path,
+    attrs: dict,
+    n_tokens: int,
+    st: os.stat_result,
+    dtype: np.dtype,
+    read_chunk,
+    ready: Path | None = None,
 ) -> np.ndarray | None:
     """The read-only memory map of the corpus' tokens, written first if missing; None where it cannot be
-    written. ``read_chunk(lo, hi)`` reads ``tokens[lo:hi]`` from the corpus file."""
+    written. ``read_chunk(lo, hi)`` reads ``tokens[lo:hi]`` from the corpus file. ``ready``: a whole copy
+    the corpus' writer made beside it, synced (its name is only known once the corpus file is final): it
+    is renamed into place instead of a copy read back from the corpus."""
     path = map_path(h5_path, attrs, n_tokens, st)
     mapped = _open(path, n_tokens, dtype)
     if mapped is not None:
         return mapped
     try:
-        _write(path, n_tokens, dtype, read_chunk)
+        if ready is not None and _open(ready, n_tokens, dtype) is not None:
+            os.replace(ready, path)
+            fsync_dir(path.parent)
+        else:
+            _write(path, n_tokens, dtype, read_chunk)
     except OSError:
         return None
     _remove_others(h5_path, path)
