@@ -196,11 +196,11 @@ def test_token_segments_make_the_stream_whatever_their_sizes(tmp_path, monkeypat
     """The corpus' token writer: segments around the HDF5 chunk size, regrouped into whole chunks that
     threads compress; every chunk stored exactly as HDF5's own shuffle and gzip filters store it, and the
     token map's copy (map_tmp) the same stream, uncompressed."""
-    from hpcrnn.data import encode
+    from hpcrnn.data import write_h5 as writer
     from hpcrnn.data.corpus import h5py_module
 
     h5py = h5py_module()
-    monkeypatch.setattr(encode, "_H5_CHUNK", 7)
+    monkeypatch.setattr(writer, "_H5_CHUNK", 7)
     rng = np.random.default_rng(0)
     for trial in range(40):
         top = np.iinfo(dtype).max
@@ -209,9 +209,9 @@ def test_token_segments_make_the_stream_whatever_their_sizes(tmp_path, monkeypat
         want, total = np.concatenate(segs), sum(len(s) for s in segs)
         ours, ref, raw = tmp_path / f"{trial}.h5", tmp_path / f"{trial}.ref.h5", tmp_path / f"{trial}.npy"
         with h5py.File(ours, "w") as f:
-            encode._write_token_segments(f, iter(segs), total, dtype, raw)
+            writer._write_token_segments(f, iter(segs), total, dtype, raw)
         with h5py.File(ref, "w") as f:
-            f.create_dataset("tokens", data=want, **encode._token_layout(total, dtype))
+            f.create_dataset("tokens", data=want, **writer._token_layout(total, dtype))
         with h5py.File(ours, "r") as a, h5py.File(ref, "r") as b:
             assert a["tokens"].chunks == (min(7, total),)
             assert np.array_equal(a["tokens"][()], want)
@@ -318,10 +318,10 @@ def test_the_finish_holds_a_shard_not_the_corpus(tmp_path, monkeypatch):
     it allocates follows the shard, not the corpus: 6x the corpus in 6x the shards adds under a sixth of
     the added arrays to its peak (holding any of them whole, as it did, adds all of that). The window
     starts, written from the split ranges in chunks smaller than a split, are the ranges' starts."""
-    from hpcrnn.data import encode
+    from hpcrnn.data import write_h5 as writer
 
-    monkeypatch.setattr(encode, "_WINDOW_CHUNK", 1000)
-    monkeypatch.setattr(encode, "_H5_CHUNK", 4096)  # the token writer holds one chunk: smaller than a shard
+    monkeypatch.setattr(writer, "_WINDOW_CHUNK", 1000)
+    monkeypatch.setattr(writer, "_H5_CHUNK", 4096)  # the token writer holds one chunk: smaller than a shard
     _finish_traced(tmp_path / "warm", 1000, 2)  # what a process allocates once (imports, caches) is not counted
     small, small_whole, _, _ = _finish_traced(tmp_path / "small", 1000, 2)
     big, big_whole, ranges, windows = _finish_traced(tmp_path / "big", 6000, 12)

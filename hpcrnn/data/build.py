@@ -44,10 +44,10 @@ from hpcrnn.data.encode import (
     _assign_splits,  # noqa: F401 -- re-exported: bench/scale_split.py imports it from here
     _build_corpus,
     _log,
-    _write_h5,
 )
 from hpcrnn.data.slices import shard_count
 from hpcrnn.data.sources import Source, resolve_sources
+from hpcrnn.data.write_h5 import write_h5
 from hpcrnn.errors import InputError, StorageError
 from hpcrnn.fsutil import fsync_dir
 from hpcrnn.run.checkpoints import list_complete
@@ -229,7 +229,7 @@ def _build_and_rename(cfg, out: Path, settings: dict, sources: list, fp: str, t0
                 counts = shards.run_local(job, given, tmp, map_tmp)
             else:
                 built = _build_corpus(cfg, settings, sources, given, _BATCH_CHARS)
-                _write_h5(tmp, built, settings, fp, sources, map_tmp=map_tmp)
+                write_h5(tmp, built, settings, fp, sources, map_tmp=map_tmp)
                 counts = built.counts
             if guard.received:
                 raise KeyboardInterrupt("SIGTERM")

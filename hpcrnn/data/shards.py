@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 
 from hpcrnn.data.encode import (
-    Pieces,
-    _BuiltCorpus,
     _check_held_out_split,
     _choose_given_vocabulary,
     _choose_vocabulary,
@@ -47,12 +45,12 @@ from hpcrnn.data.encode import (
     _lookup_table,
     _split_documents,
     _vocab_counts,
-    _write_h5,
     split_positions,
 )
 from hpcrnn.data.slices import Piece, piece_documents, plan_slices
 from hpcrnn.data.sources import SPLITS, ReadStats, Source
 from hpcrnn.data.stream import _new_stream, _read_source
+from hpcrnn.data.write_h5 import BuiltCorpus, Pieces, write_h5
 from hpcrnn.errors import InputError
 from hpcrnn.fsutil import fsync_dir
 
@@ -271,13 +269,12 @@ def encode_shard(job: ShardJob, index: int) -> float:
 
 def finish_shards(job: ShardJob, tmp: Path, map_tmp: Path | None = None) -> dict:
     """Step 4: write ``corpus.h5`` to ``tmp`` (the caller renames it), and the token map's copy to
-    ``map_tmp`` if given; returns its counts. Everything is
-    written one shard's split at a time, in stored order (train documents of every shard, then val, then
-    test), each shard's files open only while it is read; what is held whole is one byte a document (the
-    splits) and the vocabulary."""
+    ``map_tmp`` if given; returns its counts. Everything is written one shard's split at a time, in stored
+    order (train documents of every shard, then val, then test), each shard's files open only while it is
+    read; what is held whole is one byte a document (the splits) and the vocabulary."""
     _read_outputs(job)
     v = np.load(job.work / "vocab.npz")
-    vocab, doc_split, first_doc = _vocabulary(v), v["doc_split"], v["first_doc"]
+    vocab, doc_split = _vocabulary(v), v["doc_split"]
     split_tokens, words, unk, dropped = [0, 0, 0], {"val": 0, "test": 0}, 0, 0
     for i in range(job.count):
         with _enc(job, i) as e:
@@ -290,7 +287,34 @@ def finish_shards(job: ShardJob, tmp: Path, map_tmp: Path | None = None) -> dict
             _check_held_out_split(s, *words[s].tolist(), job.sources)
     stats = _merged_stats(job)
     counts = _corpus_counts(doc_split, split_tokens, windows, len(vocab), int(v["types_seen"]), unk, dropped, stats)
-    segments = [(k, i) for k in range(len(SPLITS)) for i in range(job.count)]  # stored order
+    built = BuiltCorpus(
+        tokens=np.zeros(0, dtype=v["lut_0"].dtype),
+        vocab=vocab,
+        vocab_counts=v["vocab_counts"],
+        **_document_columns(job, doc_split, v["first_doc"]),
+        windows=windows,
+        ranges=ranges,
+        counts=counts,
+    )
+    write_h5(tmp, built, job.settings, job.fingerprint, job.sources, segments=_tokens(job), map_tmp=map_tmp)
+    return counts
+
+
+def _tokens(job: ShardJob):
+    """The stream in stored order, one shard's split at a time."""
+    for k, i in _segments(job):
+        with _enc(job, i) as e:
+            yield e[f"tokens_{SPLITS[k]}"]
+
+
+def _segments(job: ShardJob) -> list[tuple[int, int]]:
+    """(split, shard) in stored order: the train documents of every shard, then val, then test."""
+    return [(k, i) for k in range(len(SPLITS)) for i in range(job.count)]
+
+
+def _document_columns(job: ShardJob, doc_split: np.ndarray, first_doc: np.ndarray) -> dict:
+    """The per-document datasets as ``Pieces``, one shard's split at a time in stored order."""
+    segments = _segments(job)
 
     def picks(k: int, i: int) -> np.ndarray:
         return np.flatnonzero(doc_split[first_doc[i] : first_doc[i + 1]] == k)
@@ -311,31 +335,18 @@ def finish_shards(job: ShardJob, tmp: Path, map_tmp: Path | None = None) -> dict
 
         return pieces
 
-    def tokens():  # one shard's split at a time
-        for k, i in segments:
-            with _enc(job, i) as e:
-                yield e[f"tokens_{SPLITS[k]}"]
-
     with np.load(job.work / "read-0.npz") as m:
         src, ingr = m["doc_src"], m["doc_ingr"]
-    n = len(doc_split)
-    built = _BuiltCorpus(
-        tokens=np.zeros(0, dtype=v["lut_0"].dtype),
-        vocab=vocab,
-        vocab_counts=v["vocab_counts"],
-        starts=Pieces(np.dtype(np.int64), (n,), starts),
-        doc_split=Pieces(
-            doc_split.dtype, (n,), lambda: (np.full(len(picks(k, i)), k, doc_split.dtype) for k, i in segments)
+    n, split_dtype = len(doc_split), doc_split.dtype
+    return {
+        "starts": Pieces(np.dtype(np.int64), (n,), starts),
+        "doc_split": Pieces(
+            split_dtype, (n,), lambda: (np.full(len(picks(k, i)), k, split_dtype) for k, i in segments)
         ),
-        doc_index=Pieces(np.dtype(np.int64), (n,), lambda: (first_doc[i] + picks(k, i) for k, i in segments)),
-        doc_source=Pieces(src.dtype, (n,), column("doc_src")),
-        ingredient_lines=Pieces(ingr.dtype, (n, *ingr.shape[1:]), column("doc_ingr")),
-        windows=windows,
-        ranges=ranges,
-        counts=counts,
-    )
-    _write_h5(tmp, built, job.settings, job.fingerprint, job.sources, segments=tokens(), map_tmp=map_tmp)
-    return counts
+        "doc_index": Pieces(np.dtype(np.int64), (n,), lambda: (first_doc[i] + picks(k, i) for k, i in segments)),
+        "doc_source": Pieces(src.dtype, (n,), column("doc_src")),
+        "ingredient_lines": Pieces(ingr.dtype, (n, *ingr.shape[1:]), column("doc_ingr")),
+    }
 
 
 def _enc(job: ShardJob, i: int):
