@@ -1,14 +1,17 @@
 """Scaling (issue 27): preprocessing and a training rank's memory as the corpus grows, and what that implies at
 a billion tokens and more.
 
-    python bench/scale.py [--sizes 1 2 4 8] [--shards 1 2 auto] [--train-sizes 1 2 4] [--work DIR]
+    python bench/scale.py [--sizes 1 2 4 8] [--shards 1 2 auto] [--auto-copies 0.5] [--train-sizes 1 2 4]
+                          [--titles numbered|prefixed] [--work DIR]
 
 - **Corpora**: k x recipes-all (the shared ``recipes-all.txt.xz``, 35.6M tokens), synthesized by writing it k
-  times, copy j's titles prefixed ``j-`` so that no two documents are the same (written once into
-  ``--work``, default ``scratch/bench-scale``; 8x is ~1.15 GB of text).
+  times with distinct titles (written once into ``--work``, default ``scratch/bench-scale``; 8x is ~1.15 GB of
+  text): copy j's titles end in " j" (``numbered``, the default: a word the corpus has, so the vocabulary is
+  one copy's, as a real corpus' grows slowly), or begin with "j-" (``prefixed``: new words every copy).
 - **Preprocessing**: each size with each ``--shards`` setting, every run in a fresh child process (its own
   peak memory): ``1`` (one process), ``N`` (N tasks on min(N, CPUs) workers), ``auto`` (``data.shards: 0``
-  with ``data.shard_mb`` set to one copy's text, so the tasks grow with the corpus and each holds one copy).
+  with ``data.shard_mb`` set to ``--auto-copies`` copies' text, so the tasks grow in number with the corpus
+  and each holds the same slice).
   Wall time, the main process' peak RSS (plan, reduce, finish) and the largest task's (``VmHWM`` each task
   logs).
 - **A training rank's memory**: a child sets up the trainer's data (its ``load_data``) and trains
@@ -43,16 +46,23 @@ SOURCE = ROOT.parent / "shared" / "data" / "recipes" / "recipes-all.txt.xz"
 DATA = {"document_start": "^Title:", "min_count": 5, "window": 50}
 
 
-def make_corpus(work: Path, k: int) -> Path:
-    """k x recipes-all, copy j's titles prefixed ``j-`` (written once)."""
-    out = work / f"recipes-all-{k}x.txt"
+def make_corpus(work: Path, k: int, titles: str = "numbered") -> Path:
+    """k x recipes-all (written once). Copy j (from 1) makes its titles distinct with words the corpus has
+    (``numbered``: " j" appended, a number every recipe's quantities use, so the vocabulary stays that of
+    one copy) or new ones (``prefixed``: "j-" before the first word, a new word per title word and copy)."""
+    out = work / f"recipes-all-{k}x{'' if titles == 'prefixed' else '-numbered'}.txt"
     if out.exists():
         return out
     text = lzma.decompress(SOURCE.read_bytes())
     tmp = out.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         for j in range(k):
-            f.write(text if j == 0 else re.sub(rb"(?m)^Title: *", f"Title: {j}-".encode(), text))
+            if j == 0:
+                f.write(text)
+            elif titles == "prefixed":
+                f.write(re.sub(rb"(?m)^Title: *", f"Title: {j}-".encode(), text))
+            else:
+                f.write(re.sub(rb"(?m)^(Title:[^\r\n]*?)[ \t]*(\r?)$", rf"\1 {j}\2".encode(), text))
             f.write(b"\n\n")
     os.replace(tmp, out)
     return out
@@ -110,10 +120,10 @@ def _child(code: str, raw: dict, *extra: str) -> tuple[dict, str]:
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stdout
 
 
-def preprocess(corpus: Path, work: Path, shards: str, one_copy_mb: int) -> dict:
+def preprocess(corpus: Path, work: Path, shards: str, slice_mb: int) -> dict:
     data = {**DATA, "corpus": str(corpus), "shards": 0 if shards == "auto" else int(shards)}
     if shards == "auto":
-        data["shard_mb"] = one_copy_mb
+        data["shard_mb"] = slice_mb
     raw = {"run": {"name": f"{corpus.stem}-{shards}"}, "paths": {"scratch": str(work / "runs")}, "data": data}
     got, log = _child(_CHILD_PREPROCESS, raw)
     m = re.search(r"(\d+) shards on \d+ processes: (.*); peak RSS (\d+) MiB in a shard task", log)
@@ -204,6 +214,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--train-what", nargs="+", default=["data", "train"], choices=["data", "train"])
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench-scale")
+    ap.add_argument("--titles", choices=["numbered", "prefixed"], default="numbered")
+    ap.add_argument("--auto-copies", type=float, default=1.0, help="auto: a task's slice, in copies of recipes-all")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
@@ -211,15 +223,17 @@ def main() -> None:
         f"# bench/scale — {time.strftime('%Y-%m-%dT%H:%M:%S')} on {os.uname().nodename}: {os.cpu_count()} cores "
         f"({cpu_model()}), load {load:.1f}, Python {sys.version.split()[0]}"
     )
-    one_copy_mb = math.ceil(len(lzma.decompress(SOURCE.read_bytes())) / 2**20)
+    # a little above the slice's text, so that k copies (each a few title bytes longer) make k/F tasks
+    slice_mb = math.ceil(1.01 * args.auto_copies * len(lzma.decompress(SOURCE.read_bytes())) / 2**20)
     pre: dict = {}
+    print(f"(titles {args.titles}; auto: data.shard_mb {slice_mb}, {args.auto_copies:g} copies a task)")
     print("\n## preprocessing: wall, peak RSS of the main process and of the largest task")
     print("| size | tokens | vocabulary | shards | tasks | wall s | tokens/s | main MiB | largest task MiB | steps |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for k in args.sizes:
-        corpus = make_corpus(args.work, k)
+        corpus = make_corpus(args.work, k, args.titles)
         for s in args.shards:
-            r = pre[(k, s)] = preprocess(corpus, args.work, s, one_copy_mb)
+            r = pre[(k, s)] = preprocess(corpus, args.work, s, slice_mb)
             print(
                 f"| {k}x | {r['tokens'] / 1e6:.1f}M | {r['vocab']:,} | {s} | {r['tasks']} | {r['wall']:.0f} | "
                 f"{r['tokens'] / r['wall'] / 1e6:.2f}M | {r['main_mib']:.0f} | {r['task_mib']:.0f} | {r['steps']} |",
@@ -234,10 +248,10 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for k in args.train_sizes:
             shards = args.shards[0]
-            corpus = make_corpus(args.work, k)
+            corpus = make_corpus(args.work, k, args.titles)
             run = args.work / "runs" / f"{corpus.stem}-{shards}"
             if not (run / "corpus.h5").exists():
-                preprocess(corpus, args.work, shards, one_copy_mb)
+                preprocess(corpus, args.work, shards, slice_mb)
             vocab = len(open_corpus(run / "corpus.h5").vocab)
             for mode in ("stream", "windows"):
                 for what in args.train_what:
