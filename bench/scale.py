@@ -6,8 +6,9 @@ a billion tokens and more.
 
 - **Corpora**: k x recipes-all (the shared ``recipes-all.txt.xz``, 35.6M tokens), synthesized by writing it k
   times with distinct titles (written once into ``--work``, default ``scratch/bench-scale``; 8x is ~1.15 GB of
-  text): copy j's titles end in " j" (``numbered``, the default: a word the corpus has, so the vocabulary is
-  one copy's, as a real corpus' grows slowly), or begin with "j-" (``prefixed``: new words every copy).
+  text): copy j's titles end in " j" (``numbered``, the default: a word the corpus has; with ``min_count``
+  5 per copy, since k copies count every word k times, the vocabulary is one copy's, as a real corpus' grows
+  slowly), or begin with "j-" (``prefixed``, min_count 5 at every size: the vocabulary grows with k).
 - **Preprocessing**: each size with each ``--shards`` setting, every run in a fresh child process (its own
   peak memory): ``1`` (one process), ``N`` (N tasks on min(N, CPUs) workers), ``auto`` (``data.shards: 0``
   with ``data.shard_mb`` set to ``--auto-copies`` copies' text, so the tasks grow in number with the corpus
@@ -120,8 +121,18 @@ def _child(code: str, raw: dict, *extra: str) -> tuple[dict, str]:
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stdout
 
 
-def preprocess(corpus: Path, work: Path, shards: str, slice_mb: int) -> dict:
-    data = {**DATA, "corpus": str(corpus), "shards": 0 if shards == "auto" else int(shards)}
+def _min_count(k: int, titles: str) -> int:
+    """k copies count every word k times: min_count 5 per copy keeps one copy's vocabulary (numbered titles)."""
+    return DATA["min_count"] * (k if titles == "numbered" else 1)
+
+
+def preprocess(corpus: Path, work: Path, shards: str, slice_mb: int, k: int = 1, titles: str = "numbered") -> dict:
+    data = {
+        **DATA,
+        "min_count": _min_count(k, titles),
+        "corpus": str(corpus),
+        "shards": 0 if shards == "auto" else int(shards),
+    }
     if shards == "auto":
         data["shard_mb"] = slice_mb
     raw = {"run": {"name": f"{corpus.stem}-{shards}"}, "paths": {"scratch": str(work / "runs")}, "data": data}
@@ -133,13 +144,19 @@ def preprocess(corpus: Path, work: Path, shards: str, slice_mb: int) -> dict:
     return got
 
 
-def train_memory(corpus: Path, corpus_run: Path, work: Path, steps: int, mode: str, what: str) -> dict:
+def train_memory(corpus: Path, corpus_run: Path, work: Path, steps: int, mode: str, what: str, min_count: int) -> dict:
     """A training rank's data path (the trainer's own load_data and batches) for ``steps`` steps, alone
     (``what`` "data") or with the lecture's network trained on them ("train"): its memory after them."""
     raw = {
         "run": {"name": corpus_run.name + "-train"},
         "paths": {"scratch": str(work / "runs")},
-        "data": {**DATA, "corpus": str(corpus), "h5_path": str(corpus_run / "corpus.h5"), "sequences": mode},
+        "data": {
+            **DATA,
+            "min_count": min_count,
+            "corpus": str(corpus),
+            "h5_path": str(corpus_run / "corpus.h5"),
+            "sequences": mode,
+        },
         "model": {"hidden": 256, "embedding": 256},
         "train": {
             "batch_size": 20,
@@ -161,8 +178,9 @@ def _steps(r: dict) -> dict:
 
 def extrapolate(pre: dict, train: dict, cores: int) -> None:
     """The measured rates carried to 1B and 10B tokens (see the module doc): read and encode run in waves of
-    one task a core over the nodes; reduce grows with the tasks; finish (one process writing corpus.h5)
-    and its memory (the window starts and per-document arrays, held whole) grow with the tokens."""
+    one task a core over the nodes; reduce grows with the tasks; finish (one process writing corpus.h5, its
+    compression on this machine's cores) grows with the tokens, its memory as measured between the two
+    largest sizes."""
     auto = sorted((k, v) for (k, s), v in pre.items() if s == "auto" and v["tasks"] > 1)
     if not auto:
         print("\n(no sharded auto run: nothing to extrapolate from)")
@@ -177,6 +195,7 @@ def extrapolate(pre: dict, train: dict, cores: int) -> None:
         slope = (b["main_mib"] - a["main_mib"]) / (b["tokens"] - a["tokens"])
     else:
         slope = r["main_mib"] / r["tokens"]
+    slope = max(slope, 0.0)  # a flat finish (it holds a shard, not the corpus) measures ~0, noise either way
     fixed = r["main_mib"] - slope * r["tokens"]
     rank_mib = min(t["anon"] for t in train.values()) if train else float("nan")
     h5 = r["h5"] / r["tokens"]
@@ -233,7 +252,7 @@ def main() -> None:
     for k in args.sizes:
         corpus = make_corpus(args.work, k, args.titles)
         for s in args.shards:
-            r = pre[(k, s)] = preprocess(corpus, args.work, s, slice_mb)
+            r = pre[(k, s)] = preprocess(corpus, args.work, s, slice_mb, k, args.titles)
             print(
                 f"| {k}x | {r['tokens'] / 1e6:.1f}M | {r['vocab']:,} | {s} | {r['tasks']} | {r['wall']:.0f} | "
                 f"{r['tokens'] / r['wall'] / 1e6:.2f}M | {r['main_mib']:.0f} | {r['task_mib']:.0f} | {r['steps']} |",
@@ -251,11 +270,11 @@ def main() -> None:
             corpus = make_corpus(args.work, k, args.titles)
             run = args.work / "runs" / f"{corpus.stem}-{shards}"
             if not (run / "corpus.h5").exists():
-                preprocess(corpus, args.work, shards, slice_mb)
+                preprocess(corpus, args.work, shards, slice_mb, k, args.titles)
             vocab = len(open_corpus(run / "corpus.h5").vocab)
             for mode in ("stream", "windows"):
                 for what in args.train_what:
-                    t = train_memory(corpus, run, args.work, args.train_steps, mode, what)
+                    t = train_memory(corpus, run, args.work, args.train_steps, mode, what, _min_count(k, args.titles))
                     if (mode, what) == ("stream", "data"):
                         train[k] = t
                     print(
