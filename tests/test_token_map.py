@@ -135,3 +135,31 @@ def test_a_readers_private_memory_does_not_hold_the_corpus(tmp_path):
     assert got["bytes"] > 3_000_000
     assert got["loaded"] > 0.9 * got["bytes"]  # the measurement sees a loaded stream
     assert got["mapped"] < 0.2 * got["bytes"], got
+
+
+@pytest.mark.parametrize("window, stride", [(12, 12), (7, 3)])
+def test_window_ranges_are_the_stored_window_starts(tmp_path, window, stride):
+    """Training's windows mode computes each start from the split's range instead of holding them."""
+    corpus = tmp_path / "recipes.txt"
+    corpus.write_text(make_recipes(120))
+    cfg = prepared(tmp_path, corpus, data={"window": window, "stride": stride})[1]
+    c = open_corpus(cfg.h5_path)
+    for s in ("train", "val", "test"):
+        assert np.array_equal(np.array(c.window_range(s), dtype=np.int64), c.windows(s)), s
+
+
+def test_window_order_is_the_seeded_permutation_without_the_starts_held():
+    """The same batches as holding the starts and their permuted copy (16 bytes a window), from 4 bytes a
+    window: every rank, across epochs."""
+    from hpcrnn.data.batches import WindowBatches
+
+    starts = range(5, 5 + 3 * 997, 3)
+    held = np.array(starts, dtype=np.int64)
+    for rank in (0, 1):
+        wb = WindowBatches(starts, 20, rank, 2, seed=7, window=3)
+        for step in (0, 1, 48, 49, 50, 120):
+            epoch, pos = divmod(step, len(held) // 20)
+            want = held[np.random.default_rng([7, epoch]).permutation(len(held))][pos * 20 + rank * 10 :][:10]
+            assert np.array_equal(wb.rank_starts(step), want), (rank, step)
+        assert wb._order.dtype == np.int32 and isinstance(wb.starts, range)
+        assert np.array_equal(WindowBatches(held, 20, rank, 2, seed=7).rank_starts(77), wb.rank_starts(77))

@@ -30,12 +30,17 @@ def gather_windows(tokens: np.ndarray, starts: np.ndarray, window: int) -> torch
 
 
 class WindowBatches:
-    """The ``windows`` mode: independent windows in a seeded order, each from a zero state."""
+    """The ``windows`` mode: independent windows in a seeded order, each from a zero state.
 
-    def __init__(self, starts: np.ndarray, global_batch: int, rank: int, world: int, seed: int, window: int = 0):
+    ``starts``: the window start offsets, an array or a ``range`` (a corpus' windows are ``range(a, b -
+    window, stride)`` of its split, ``Corpus.window_range``: then none is held, each is computed). The
+    epoch's order is a permutation of window indices, in 4 bytes an entry below 2**31 windows: a rank holds
+    4 bytes a window, not the 16 of the starts and their permuted copy."""
+
+    def __init__(self, starts, global_batch: int, rank: int, world: int, seed: int, window: int = 0):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by world size {world}")
-        self.starts = np.asarray(starts, dtype=np.int64)
+        self.starts = starts if isinstance(starts, range) else np.asarray(starts, dtype=np.int64)
         self.global_batch, self.rank, self.world, self.seed = global_batch, rank, world, seed
         self.window = window
         self.local = global_batch // world
@@ -49,16 +54,23 @@ class WindowBatches:
         return divmod(step, self.batches_per_epoch)
 
     def order(self, epoch: int) -> np.ndarray:
+        """The epoch's window indices in training order: ``rng.permutation(n)`` of the seed and epoch (the
+        same draws shuffling a narrower arange: the order does not depend on the index type)."""
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order, self._epoch = self.starts[rng.permutation(len(self.starts))], epoch
+            n = len(self.starts)
+            perm = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+            np.random.default_rng([self.seed, epoch]).shuffle(perm)
+            self._order, self._epoch = perm, epoch
         return self._order
 
     def rank_starts(self, step: int) -> np.ndarray:
         """This rank's window start offsets for global training step ``step``."""
         epoch, pos = self.position(step)
         lo = pos * self.global_batch + self.rank * self.local
-        return self.order(epoch)[lo : lo + self.local]
+        idx = self.order(epoch)[lo : lo + self.local].astype(np.int64)
+        if isinstance(self.starts, range):
+            return self.starts.start + idx * self.starts.step
+        return self.starts[idx]
 
     def resets(self, step: int) -> bool:
         return True  # every window starts from a zero state

@@ -204,6 +204,14 @@ class Corpus:
             self._windows[split] = w
         return self._windows[split]
 
+    def window_range(self, split: str) -> range:
+        """The start offsets of ``split``'s windows as the range they are (``windows(split)``'s values,
+        none of them held): every ``stride`` tokens from the split's start while ``window + 1`` fit."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r} (expected train, val or test)")
+        a, b = self.split_ranges[split]
+        return range(a, b - self.window, self.stride)
+
     def window_tokens(self, split: str, i: int) -> np.ndarray:
         """Tokens of window ``i`` of ``split``: ``window + 1`` ids (inputs, and targets shifted by one)."""
         s = int(self.windows(split)[i])

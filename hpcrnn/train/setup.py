@@ -128,7 +128,7 @@ def make_batches(cfg: Config, corpus: Corpus, rank: int, world: int):
             )
         starts, ends = split_documents(corpus, "train")
         return DocumentBatches(starts, ends, t.batch_size, t.seed, boundary, rank, world)
-    return WindowBatches(corpus.windows("train"), t.batch_size, rank, world, t.seed, d.window)
+    return WindowBatches(corpus.window_range("train"), t.batch_size, rank, world, t.seed, d.window)
 
 
 def build_state(cfg: Config, info: D.DistInfo, data: TrainData, precision: str = "fp32") -> TrainState:
