@@ -52,6 +52,28 @@ def test_preprocessing_writes_the_map_with_the_corpus_never_reading_it_back(tmp_
     assert not list(cfg.h5_path.parent.glob(".corpus.h5.*"))  # no temporary left
 
 
+def test_a_map_copy_that_cannot_be_written_never_fails_the_corpus(tmp_path, monkeypatch):
+    """A full disk while the writer copies the tokens for the map: the partial copy is deleted (its space
+    goes back to corpus.h5), the corpus is written, and the map is made from it afterwards as a reader
+    would."""
+    import errno
+    import io
+
+    from hpcrnn.data import write_h5
+
+    class Full(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(write_h5._MapCopy, "_open", lambda self, header: setattr(self, "fh", Full(self.path, "wb")))
+    corpus = tmp_path / "recipes.txt"
+    corpus.write_text(make_recipes(200))
+    cfg = prepared(tmp_path, corpus)[1]
+    (m,) = _maps(cfg)
+    assert np.array_equal(np.load(m), _h5_tokens(cfg.h5_path))
+    assert not list(cfg.h5_path.parent.glob(".corpus.h5.*"))
+
+
 def test_preprocessing_writes_the_map_and_readers_share_it(built):
     (m,) = _maps(built)
     c = open_corpus(built.h5_path)

@@ -165,16 +165,12 @@ def _write_token_segments(f, segments, n_tok: int, dtype, map_tmp: Path | None =
     layout = _token_layout(n_tok, dtype)
     ds = f.create_dataset("tokens", shape=(n_tok,), dtype=dtype, **layout)
     chunk, shuffle = layout["chunks"][0], layout["shuffle"]
-    raw = open(map_tmp, "wb") if map_tmp is not None else None
+    copy = _MapCopy(map_tmp, n_tok, dtype)
     try:
-        if raw is not None:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tok,)}
-            np.lib.format.write_array_header_1_0(raw, header)
         pos, pending, threads = 0, deque(), _compress_threads()
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for data in _whole_chunks(segments, chunk, dtype):
-                if raw is not None:
-                    raw.write(data.tobytes())
+                copy.write(data)
                 pending.append((pos, pool.submit(_deflated, data, chunk, shuffle)))
                 pos += len(data)
                 while len(pending) > 2 * threads or (pending and pending[0][1].done()):
@@ -183,14 +179,54 @@ def _write_token_segments(f, segments, n_tok: int, dtype, map_tmp: Path | None =
             while pending:
                 at, fut = pending.popleft()
                 ds.id.write_direct_chunk((at,), fut.result())
-        if raw is not None:
-            raw.flush()
-            os.fsync(raw.fileno())
+        copy.finish()
     finally:
-        if raw is not None:
-            raw.close()
+        copy.close()
     if pos != n_tok:  # cannot happen: the segments are the shards' own counts
         raise RuntimeError(f"wrote {pos} tokens, expected {n_tok}")
+
+
+class _MapCopy:
+    """The token map's ``.npy`` written beside the corpus, best effort: the corpus matters, the copy is a
+    convenience (readers write it, or load the stream, when it is missing). On the first error (a full
+    disk) the partial copy is deleted, giving its space back to corpus.h5, and the rest is skipped."""
+
+    def __init__(self, path: Path | None, n_tok: int, dtype):
+        self.path, self.fh = path, None
+        if path is None:
+            return
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tok,)}
+        self._guard(lambda: self._open(header))
+
+    def _open(self, header: dict) -> None:
+        self.fh = open(self.path, "wb")
+        np.lib.format.write_array_header_1_0(self.fh, header)
+
+    def write(self, data: np.ndarray) -> None:
+        if self.fh is not None:
+            self._guard(lambda: self.fh.write(data.tobytes()))
+
+    def finish(self) -> None:
+        if self.fh is not None:
+            self._guard(lambda: (self.fh.flush(), os.fsync(self.fh.fileno())))
+
+    def _guard(self, op) -> None:
+        try:
+            op()
+        except OSError:
+            self.close()
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        fh, self.fh = self.fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
 
 
 def _compress_threads() -> int:
