@@ -21,6 +21,8 @@ a billion tokens and more.
   and its file pages (``RssFile``: the memory-mapped tokens it touched, shared with every rank of the node
   and dropped under memory pressure).
 - **Extrapolation**: the measured per-token rates carried to 1B and 10B tokens on 16 and 64 nodes.
+- **This machine** (``--parallelism``): one shard read alone and as two concurrent copies, which bounds
+  what N workers can reach here (a VM's cores are rarely twice one core).
 
 Prints figures with the machine and the date; never asserted as a test. Heavy: minutes per size.
 """
@@ -81,6 +83,54 @@ hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmH
 print(json.dumps(dict(wall=wall, tokens=res.counts["tokens"], text=res.counts["input_bytes"], main_mib=hwm,
                       vocab=res.counts["vocab_size"], h5=res.path.stat().st_size)))
 """
+
+# one shard task's read step (tokenize and intern half of one copy), timed inside the child
+_CHILD_READ = """
+import json, sys, time
+from hpcrnn.config import from_dict
+from hpcrnn.data.build import shard_job
+from hpcrnn.data.shards import read_shard
+job = shard_job(from_dict(json.loads(sys.argv[1]), "scale"), 2)
+t0 = time.perf_counter()
+read_shard(job, 0)
+print(json.dumps(dict(wall=time.perf_counter() - t0)))
+"""
+
+
+def machine_parallelism(corpus: Path, work: Path) -> float:
+    """How fast two processes run side by side on this machine, relative to one alone: the same shard
+    read, alone and as two concurrent copies (the slower copy counts). N workers can take no less than
+    1/(N x this) of one process, whatever the serial part."""
+    import shutil
+
+    def reads(n: int) -> float:
+        runs = [work / "runs" / f"parallelism-{i}" for i in range(n)]
+        for r in runs:
+            shutil.rmtree(r, ignore_errors=True)
+        raws = [
+            {
+                "run": {"name": r.name},
+                "paths": {"scratch": str(work / "runs")},
+                "data": {**DATA, "corpus": str(corpus), "shards": 2},
+            }
+            for r in runs
+        ]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CHILD_READ, json.dumps(raw)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            )
+            for raw in raws
+        ]
+        return max(json.loads(p.communicate()[0].strip().splitlines()[-1])["wall"] for p in procs)
+
+    alone, together = min(reads(1) for _ in range(2)), min(reads(2) for _ in range(2))
+    print(
+        f"\n## this machine: two processes side by side run at {alone / together:.2f}x the speed of one "
+        f"(one shard read: {alone:.1f} s alone, {together:.1f} s as two concurrent copies); 2 workers can take "
+        f"no less than {0.5 * together / alone:.2f} of one process"
+    )
+    return alone / together
+
 
 _CHILD_TRAIN = """
 import json, sys, time, torch
@@ -235,6 +285,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench-scale")
     ap.add_argument("--titles", choices=["numbered", "prefixed"], default="numbered")
     ap.add_argument("--auto-copies", type=float, default=1.0, help="auto: a task's slice, in copies of recipes-all")
+    ap.add_argument("--parallelism", action="store_true", help="measure two processes side by side against one")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
@@ -244,8 +295,10 @@ def main() -> None:
     )
     # a little above the slice's text, so that k copies (each a few title bytes longer) make k/F tasks
     slice_mb = math.ceil(1.01 * args.auto_copies * len(lzma.decompress(SOURCE.read_bytes())) / 2**20)
-    pre: dict = {}
     print(f"(titles {args.titles}; auto: data.shard_mb {slice_mb}, {args.auto_copies:g} copies a task)")
+    if args.parallelism:
+        machine_parallelism(make_corpus(args.work, 1, args.titles), args.work)
+    pre: dict = {}
     print("\n## preprocessing: wall, peak RSS of the main process and of the largest task")
     print("| size | tokens | vocabulary | shards | tasks | wall s | tokens/s | main MiB | largest task MiB | steps |")
     print("|---|---|---|---|---|---|---|---|---|---|")
