@@ -65,6 +65,17 @@ def reexec_with_tuned_heap() -> None:
         return  # the untuned heap is slower, not wrong
 
 
+def available_cpus() -> int:
+    """The CPUs this task may use: Slurm's allocation, else the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def ignore_stop_signal(name: str) -> None:
     """The trainer's outcome is on disk (done, or stopped with its checkpoint): from here to the process's
     exit a stop signal has nothing left to stop. Ignore it, rather than leave a Python handler: interpreter

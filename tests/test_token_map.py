@@ -65,7 +65,7 @@ def test_a_map_copy_that_cannot_be_written_never_fails_the_corpus(tmp_path, monk
         def write(self, b):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(write_h5._MapCopy, "_open", lambda self, header: setattr(self, "fh", Full(self.path, "wb")))
+    monkeypatch.setattr(write_h5._MapCopy, "_open", lambda self, n, dtype: setattr(self, "fh", Full(self.path, "wb")))
     corpus = tmp_path / "recipes.txt"
     corpus.write_text(make_recipes(200))
     cfg = prepared(tmp_path, corpus)[1]

@@ -53,6 +53,7 @@ from hpcrnn.data.stream import _new_stream, _read_source
 from hpcrnn.data.write_h5 import BuiltCorpus, Pieces, write_h5
 from hpcrnn.errors import InputError
 from hpcrnn.fsutil import fsync_dir
+from hpcrnn.process import available_cpus
 
 
 @dataclass
@@ -374,7 +375,7 @@ def run_local(job: ShardJob, given, tmp: Path, map_tmp: Path | None = None) -> d
             f"data.shards={job.count}: the inputs split into only {job.count - empty} slices (a file without "
             f"data.document_start is one document, and a slice holds whole documents)"
         )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = available_cpus()
     t = [time.perf_counter()]
     with multiprocessing.get_context("spawn").Pool(min(job.count, cpus)) as pool:
         peaks = pool.starmap(read_shard, [(job, i) for i in range(job.count)])

@@ -83,13 +83,18 @@ def _open(path: Path, n_tokens: int, dtype: np.dtype) -> np.ndarray | None:
     return m
 
 
+def write_npy_header(fh, n_tokens: int, dtype) -> None:
+    """The header of a 1-d ``.npy`` of ``n_tokens`` values of ``dtype``; the raw values follow it."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tokens,)}
+    np.lib.format.write_array_header_1_0(fh, header)
+
+
 def _write(path: Path, n_tokens: int, dtype: np.dtype, read_chunk) -> None:
     """Plain writes, not a writable map: the copy's pages never count as the writer's memory."""
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tokens,)}
     try:
         with open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
+            write_npy_header(f, n_tokens, dtype)
             for lo in range(0, n_tokens, _CHUNK):
                 f.write(np.ascontiguousarray(read_chunk(lo, min(lo + _CHUNK, n_tokens)), dtype=dtype).tobytes())
             f.flush()

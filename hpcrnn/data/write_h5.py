@@ -21,6 +21,8 @@ import numpy as np
 from hpcrnn import __version__
 from hpcrnn.data.corpus import FORMAT_VERSION, create_h5, h5py_module
 from hpcrnn.data.sources import SPLITS, Source
+from hpcrnn.data.token_map import write_npy_header
+from hpcrnn.process import available_cpus
 
 _H5_CHUNK = 1 << 20  # tokens per HDF5 chunk
 
@@ -167,7 +169,7 @@ def _write_token_segments(f, segments, n_tok: int, dtype, map_tmp: Path | None =
     chunk, shuffle = layout["chunks"][0], layout["shuffle"]
     copy = _MapCopy(map_tmp, n_tok, dtype)
     try:
-        pos, pending, threads = 0, deque(), _compress_threads()
+        pos, pending, threads = 0, deque(), available_cpus()
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for data in _whole_chunks(segments, chunk, dtype):
                 copy.write(data)
@@ -195,12 +197,11 @@ class _MapCopy:
         self.path, self.fh = path, None
         if path is None:
             return
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n_tok,)}
-        self._guard(lambda: self._open(header))
+        self._guard(lambda: self._open(n_tok, dtype))
 
-    def _open(self, header: dict) -> None:
+    def _open(self, n_tok: int, dtype) -> None:
         self.fh = open(self.path, "wb")
-        np.lib.format.write_array_header_1_0(self.fh, header)
+        write_npy_header(self.fh, n_tok, dtype)
 
     def write(self, data: np.ndarray) -> None:
         if self.fh is not None:
@@ -227,10 +228,6 @@ class _MapCopy:
                 fh.close()
             except OSError:
                 pass
-
-
-def _compress_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _write_attrs(a, built: BuiltCorpus, settings: dict, fp: str, sources: list[Source]) -> None:

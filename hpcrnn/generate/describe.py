@@ -155,17 +155,6 @@ def recipe_text(vocab: list[str], tokenizer: str, shown: list[int], toks: list[i
     return text if text.endswith("\n") else text + "\n"
 
 
-def available_cpus() -> int:
-    """The CPUs this task may use: Slurm's allocation, else the affinity mask."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
-    if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def quality_workers(device: torch.device, cpus: int) -> int:
     """Worker processes for describing recipes (detokenizing, parsing, the novelty search), forked before
     the generation loop starts.

@@ -59,7 +59,6 @@ from hpcrnn.generate.describe import (
     Describer,
     QualityContext,
     RecipeWriter,
-    available_cpus,
     build_quality_context,
     ingredient_openers,
     ingredient_words,
@@ -73,7 +72,7 @@ from hpcrnn.model.file import ModelFile, read_model_file
 from hpcrnn.model.precision import resolve_precision
 from hpcrnn.model.restore import open_latest
 from hpcrnn.model.source import generation_done  # noqa: F401 -- the tests ask the job module
-from hpcrnn.process import keep_freed_memory
+from hpcrnn.process import available_cpus, keep_freed_memory
 from hpcrnn.progress import Meter
 from hpcrnn.run.checkpoints import CheckpointInfo, names_file
 from hpcrnn.run.compat import check_compatible
