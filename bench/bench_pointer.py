@@ -1,9 +1,11 @@
 """The pointer's cost (model.pointer, issue 28): training and generation, with and without it, in one run.
 
     python bench/bench_pointer.py [--corpus ../shared/data/recipes/recipes-5k.txt] [--hidden 256]
-                                  [--memory 512] [--rounds 3] [--train-steps 40] [--slots 1000] [--recipes 1000]
+                                  [--memory 512] [--keys 0,64] [--rounds 3] [--train-steps 40] [--slots 1000]
+                                  [--recipes 1000]
 
-Same network both ways (the plain model is the pointer model's weights without the pointer), same machine,
+Same network both ways (the plain model is the pointer model's weights without the pointer), once for each
+key width in ``--keys`` (model.pointer_key: 0, the outputs themselves; d, a projection to d), same machine,
 same run, trials alternating (plain, pointer, plain, ...) so that a burst of load elsewhere hits both alike;
 ratios are per round, then their median.
 
@@ -88,14 +90,19 @@ def corpus_tokens(corpus: str) -> tuple[np.ndarray, int, int]:
     return c.tokens()[lo:hi], len(c.vocab), -1 if boundary is None else int(boundary)
 
 
-def _pair(hidden: int, memory: int, vocab: int, boundary: int, dropout: float = 0.0):
-    """(plain, pointer): one network, the plain one the pointer model's weights without the pointer."""
-    torch.manual_seed(0)
+def _models(hidden: int, memory: int, keys: list[int], vocab: int, boundary: int, dropout: float = 0.0):
+    """(plain, {name: pointer model}): one network, the plain one the pointer models' weights without the
+    pointer, one pointer model for each key width."""
     mk = dict(cell="lstm", hidden=hidden, embedding=hidden, dropout=dropout)
-    pointer = build_model(ModelConfig(**mk, pointer=memory), vocab, boundary)
+    pointers = {}
+    for key in keys:
+        torch.manual_seed(0)
+        name = "pointer" + (f", key {key}" if key else "")
+        pointers[name] = build_model(ModelConfig(**mk, pointer=memory, pointer_key=key), vocab, boundary)
     plain = build_model(ModelConfig(**mk), vocab, boundary)
-    plain.load_state_dict({k: v for k, v in pointer.state_dict().items() if not k.startswith("pointer.")})
-    return plain, pointer
+    first = next(iter(pointers.values()))
+    plain.load_state_dict({k: v for k, v in first.state_dict().items() if not k.startswith("pointer.")})
+    return plain, pointers
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -130,16 +137,16 @@ def train_part(args) -> dict:
     if args.train_threads:
         torch.set_num_threads(args.train_threads)
     tokens, vocab, boundary = corpus_tokens(args.corpus)
-    plain, pointer = _pair(args.hidden, args.memory, vocab, boundary, dropout=0.2)
-    runs = {
-        "plain": lambda: train_trial(plain, tokens, args.train_steps, False, args.batch, args.window),
-        "pointer (loss from the targets)": lambda: train_trial(
-            pointer, tokens, args.train_steps, False, args.batch, args.window
-        ),
-        "pointer (whole distribution)": lambda: train_trial(
-            pointer, tokens, args.train_steps, True, args.batch, args.window
-        ),
-    }
+    plain, pointers = _models(args.hidden, args.memory, args.keys, vocab, boundary, dropout=0.2)
+
+    def trial(model, whole):
+        return lambda: train_trial(model, tokens, args.train_steps, whole, args.batch, args.window)
+
+    runs = {"plain": trial(plain, False)}
+    for name, m in pointers.items():
+        runs[f"{name} (loss from the targets)"] = trial(m, False)
+    name, m = next(iter(pointers.items()))
+    runs[f"{name} (whole distribution)"] = trial(m, True)
     got = {k: [] for k in runs}
     for _ in range(args.rounds):
         for k, fn in runs.items():
@@ -165,15 +172,15 @@ def gen_trial(model, vocab: int, stop: int, args) -> dict:
 
 
 def gen_part(args, vocab: int, boundary: int) -> dict:
-    plain, pointer = _pair(args.hidden, args.memory, vocab, boundary)
+    plain, pointers = _models(args.hidden, args.memory, args.keys, vocab, boundary)
     stop = boundary if boundary >= 0 else 1
     with torch.no_grad():  # a stop bias for recipes of about --mean-len tokens (near-uniform random logits)
-        for m in (plain, pointer):
+        for m in (plain, *pointers.values()):
             m.head.bias[stop] = float(np.log(vocab / args.mean_len))
-    plain.eval(), pointer.eval()
+            m.eval()
     runs = {
         "plain": lambda: gen_trial(plain, vocab, stop, args),
-        "pointer": lambda: gen_trial(pointer, vocab, stop, args),
+        **{name: (lambda m=m: gen_trial(m, vocab, stop, args)) for name, m in pointers.items()},
         "lecture loop (plain model)": lambda: _lecture(lambda: lecture_loop(plain, vocab, 50, 60, CPU)),
         "lecture loop, one-hot": lambda: _lecture(lambda: lecture_onehot_loop(vocab, args.hidden, 50, 10, CPU)),
     }
@@ -221,6 +228,9 @@ def main() -> None:
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared/data/recipes/recipes-5k.txt"))
     ap.add_argument("--hidden", type=int, default=256, help="LSTM width (the lecture's: 256; recipes-best: 512)")
     ap.add_argument("--memory", type=int, default=512, help="model.pointer")
+    ap.add_argument(
+        "--keys", type=lambda v: [int(k) for k in v.split(",")], default=[0, 64], help="model.pointer_key widths"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=128, help="training streams")
@@ -239,7 +249,8 @@ def main() -> None:
     keep_freed_memory()  # as the generation job does (hpcrnn/generate/job.py)
     torch.set_num_threads(1)  # the generation job's setting on a 2-core node (its other core describes)
     print(header("bench_pointer"))
-    print(f"# LSTM {args.hidden}, pointer {args.memory}; {args.rounds} rounds, trials alternating")
+    keys = ", ".join(str(k) for k in args.keys)
+    print(f"# LSTM {args.hidden}, pointer {args.memory}, key widths {keys}; {args.rounds} rounds, trials alternating")
     if args.skip != "train":
         child = [sys.executable, __file__, "--train-child", *sys.argv[1:]]
         r = subprocess.run(child, env=tuned_env(os.environ), capture_output=True, text=True, check=False)
@@ -262,7 +273,7 @@ def main() -> None:
         _table("generation (tokens/s)", got, "plain")
         lec = statistics.median(x["tps"] for x in got["lecture loop (plain model)"])
         one = statistics.median(x["tps"] for x in got["lecture loop, one-hot"])
-        for k in ("plain", "pointer"):
+        for k in [k for k in got if not k.startswith("lecture")]:
             tps = statistics.median(x["tps"] for x in got[k])
             print(f"# {k}: {tps / lec:,.0f}x the lecture's loop with the same network, {tps / one:,.0f}x its one-hot")
     print("# provisional when the machine was shared: ratios come from alternating trials")

@@ -93,7 +93,7 @@ def _is_estimate(rec: dict, cfg: Config) -> bool:
 
 def _describe(cfg: Config) -> str:
     m = cfg.model
-    pointer = f", pointer {m.pointer}" if m.pointer else ""
+    pointer = f", pointer {m.pointer}" + (f" (key {m.pointer_key})" if m.pointer_key else "") if m.pointer else ""
     return f"{m.cell.upper()} {m.layers}x{m.hidden}{pointer}, {cfg.data.sequences}"
 
 

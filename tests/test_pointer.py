@@ -22,32 +22,54 @@ torch.set_num_threads(1)
 V, B = 50, 3
 
 
-def lively(cell: str = "lstm", memory: int = 64, boundary: int = 3, layers: int = 2):
-    """A random model whose pointer takes a real share of the mass."""
+def lively(cell: str = "lstm", memory: int = 64, boundary: int = 3, layers: int = 2, key: int = 0):
+    """A random model whose pointer takes a real share of the mass (``key``: model.pointer_key)."""
     torch.manual_seed(0)
-    m = build_model(ModelConfig(cell=cell, hidden=16, embedding=8, layers=layers, pointer=memory), V, boundary)
+    cfg = ModelConfig(cell=cell, hidden=16, embedding=8, layers=layers, pointer=memory, pointer_key=key)
+    m = build_model(cfg, V, boundary)
     with torch.no_grad():
         m.pointer.sentinel_bias.fill_(0.0)
         m.pointer.query.weight.normal_(0, 1)
+        if key:
+            m.pointer.key.weight.normal_(0, 1)
     return m.eval()
 
 
+# the outputs as keys (Merity et al.), and a key projected to 6 of the 16 dimensions
+KEYS = pytest.mark.parametrize("key", [0, 6], ids=["outputs", "projected"])
+
+
+@KEYS
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_output_is_a_distribution_and_the_state_carries_the_memory(cell):
-    m = lively(cell)
+def test_output_is_a_distribution_and_the_state_carries_the_memory(cell, key):
+    m = lively(cell, key=key)
+    width = key or 16
     x = torch.randint(4, V, (B, 20))
     logp, state = m(x)
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(B, 20))
     keys, toks = state[-2:]
     # the newest places only, never padded to the 64 it may grow to (a windows step allocates its window)
-    assert keys.shape == (20, B, 16) and toks.shape == (20, B)
+    assert keys.shape == (20, B, width) and toks.shape == (20, B)
     assert toks.t().tolist() == (x + 1).tolist()  # token + 1, newest last
     _, state = m(torch.randint(4, V, (B, 50)), state)
-    assert state[-2].shape == (64, B, 16)  # at most the memory
+    assert state[-2].shape == (64, B, width)  # at most the memory
 
 
-def test_chunks_with_the_carried_memory_equal_one_pass():
-    m = lively(memory=64)
+def test_a_projected_key_is_what_the_memory_holds_and_scores():
+    """model.pointer_key: the memory holds K h (not h), and the key's weights reach the loss."""
+    m = lively(key=6).train()
+    x = torch.randint(4, V, (B, 10))
+    h, _ = m.rnn(m.embed(x))
+    logp, state = m(x)
+    torch.testing.assert_close(state[-2], m.pointer.key(h).transpose(0, 1).detach())
+    logp[..., 7].sum().backward()
+    assert m.pointer.key.weight.grad.abs().sum() > 0
+    assert m.pointer.sentinel.shape == (6,) and m.pointer.query.weight.shape == (6, 16)
+
+
+@KEYS
+def test_chunks_with_the_carried_memory_equal_one_pass(key):
+    m = lively(memory=64, key=key)
     x = torch.randint(0, V, (B, 30))
     x[1, 12] = 3  # a document boundary inside a chunk
     whole, _ = m(x)
@@ -83,9 +105,10 @@ def test_nothing_before_the_document_boundary_is_pointed_at():
     assert (logp3[0, 4:, 10].exp() > share).all()
 
 
+@KEYS
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_stepper_equals_the_model_with_temperature_and_banned_tokens(cell):
-    m = lively(cell, memory=40)
+def test_stepper_equals_the_model_with_temperature_and_banned_tokens(cell, key):
+    m = lively(cell, memory=40, key=key)
     x = torch.randint(4, V, (B, 25))
     x[0, 0] = x[2, 9] = 3  # a boundary at the start of one slot and inside another
     want, _ = m(x)
@@ -151,6 +174,8 @@ def test_pointer_must_not_be_negative(tmp_path, tiny_corpus):
 
     with pytest.raises(ConfigError, match=r"model\.pointer"):
         load_config(tiny_config(tmp_path, tiny_corpus, model={"pointer": -1}))
+    with pytest.raises(ConfigError, match=r"model\.pointer_key: 8 needs a pointer"):
+        load_config(tiny_config(tmp_path, tiny_corpus, model={"pointer_key": 8}))
 
 
 @pytest.mark.slow
@@ -159,13 +184,15 @@ def test_a_pointer_model_exports_loads_and_generates_the_same(tmp_path, tiny_cor
     from tests.helpers import run_module
 
     stream = {"sequences": "stream", "window": 12}
-    _, cfg = prepared(tmp_path, tiny_corpus, data=stream, model={"pointer": 30}, train={"max_steps": 10})
+    model = {"pointer": 30, "pointer_key": 8}
+    _, cfg = prepared(tmp_path, tiny_corpus, data=stream, model=model, train={"max_steps": 10})
     assert run_train(cfg).status == "done"
     out = tmp_path / "tiny.pt"
     r = run_module("hpcrnn.export", str(cfg.run_dir), "-o", str(out))
     assert r.returncode == 0, r.stderr
     run_lm, file_lm = hpcrnn.load(cfg.run_dir), hpcrnn.load(out)
-    assert file_lm.config.model.pointer == 30
+    assert file_lm.config.model.pointer == 30 and file_lm.config.model.pointer_key == 8
+    assert file_lm.model.pointer.key.weight.shape == (8, file_lm.config.model.hidden)
     assert int(file_lm.model.pointer.boundary) == int(run_lm.model.pointer.boundary) >= 0
     assert file_lm.generate(n=3) == run_lm.generate(n=3)
 
@@ -193,12 +220,13 @@ def _chunked_losses(m, x, y, chunk: int, carry: bool, targets: bool, **kw):
     return torch.stack(losses).detach(), _grads(m, total)
 
 
+@KEYS
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("carry", [True, False], ids=["memory carried", "windows"])
-def test_the_loss_from_the_targets_equals_the_loss_of_the_whole_distribution(cell, carry):
+def test_the_loss_from_the_targets_equals_the_loss_of_the_whole_distribution(cell, carry, key):
     """model(x, state, targets=y) gives log p(y) without building the mixture: the same losses and
     gradients as the whole distribution's, chunk after chunk, with document boundaries inside chunks."""
-    m = lively(cell, memory=12).train()  # the memory (12) fills up and wraps within the 40 positions
+    m = lively(cell, memory=12, key=key).train()  # the memory (12) fills up and wraps within the 40 positions
     x, y = torch.randint(0, V, (B, 40)), torch.randint(0, V, (B, 40))
     x[0, 5] = x[1, 17] = x[2, 30] = 3  # boundaries inside chunks
     y[:, ::3] = x[:, ::3]  # targets the pointer can copy: its mass takes part
@@ -275,11 +303,12 @@ def _one_at_a_time(m, seq: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).log_softmax(-1)
 
 
-def test_the_ring_follows_slots_that_end_are_refilled_and_dropped_without_moving():
+@KEYS
+def test_the_ring_follows_slots_that_end_are_refilled_and_dropped_without_moving(key):
     """The decoder's row operations on the state (a refilled slot's row zeroed, a shrink keeping some rows,
     hpcrnn/generate/decode.py) give every slot what the model gives its own tokens; the ring is neither
     copied nor reallocated, and the state's pointer parts are two numbers a slot."""
-    m = lively(memory=8)  # the memory wraps within the 14 steps
+    m = lively(memory=8, key=key)  # the memory wraps within the 14 steps
     seqs = {k: torch.randint(4, V, (14,)) for k in range(7)}
     seqs[2][6] = 3  # a boundary inside a slot's recipe
     # the ring's 8 places hold the current token and the 7 before it: the model carrying 7 scores the same
@@ -289,7 +318,7 @@ def test_the_ring_follows_slots_that_end_are_refilled_and_dropped_without_moving
     step = Stepper(m)
     state = step.zero_state(4)
     keys = step.ring.keys
-    assert [tuple(s.shape) for s in state[-2:]] == [(1, 4), (1, 4)] and keys.shape == (4, 8, 16)
+    assert [tuple(s.shape) for s in state[-2:]] == [(1, 4), (1, 4)] and keys.shape == (4, 8, key or 16)
     slots, pos = [0, 1, 2, 3], [0, 0, 0, 0]  # the recipe each slot reads, and where it is in it
     events = {
         3: ("refill", 1, 4),

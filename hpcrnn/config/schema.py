@@ -75,6 +75,10 @@ class ModelConfig:
     # positions of the document so far that a pointer may copy a word from (hpcrnn/model/pointer.py:
     # pointer sentinel mixture); 0: no pointer, the plain recurrent LM
     pointer: int = _f(0, min=0)
+    # the width of the pointer's keys and queries: 0, the outputs themselves are the keys (model.hidden
+    # wide); d > 0, a learned projection of the outputs to d dimensions, what the pointer's memory holds
+    # and scores against (its arithmetic and memory scale with this width)
+    pointer_key: int = _f(0, min=0)
     # the output layer: a softmax over the whole vocabulary, or an adaptive softmax (hpcrnn/model/adaptive.py:
     # the frequent words in a head, the rarer ones in clusters behind it; for vocabularies of 100k words)
     softmax: Literal["full", "adaptive"] = "full"

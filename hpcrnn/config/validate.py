@@ -112,6 +112,8 @@ def _check_model_and_train(cfg: Config, src: str) -> None:
         raise ConfigError(
             f"{src}: model.tie_weights: needs model.embedding == model.hidden ({m.embedding} != {m.hidden})"
         )
+    if m.pointer_key and not m.pointer:
+        raise ConfigError(f"{src}: model.pointer_key: {m.pointer_key} needs a pointer (model.pointer > 0)")
     if m.tie_weights and m.softmax == "adaptive":
         raise ConfigError(
             f"{src}: model.tie_weights: needs model.softmax: full (the adaptive softmax has no [V, H] weight)"

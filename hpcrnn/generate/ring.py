@@ -1,11 +1,12 @@
 """The pointer's memory in generation: one preallocated ring per slot, never copied when slots come and go.
 
 A pointer model (hpcrnn/model/pointer.py) generating in a batch of slots remembers, per slot, the
-last-layer outputs (keys) and the tokens of the newest ``memory`` positions of its recipe: ``[B, M, H]``,
-a gigabyte for 1,000 slots x 512 places x 512 floats. The decoder (hpcrnn/generate/decode.py) treats every
-part of the state alike: it zeroes a slot's row when the slot takes a new recipe and keeps the rows of the
-live slots (``index_select`` on dim 1) when the batch shrinks. Done to the keys themselves, every shrink
-copied the whole ring into freshly mapped pages (the kernel's time, page faults, was half the job's).
+keys (its last-layer outputs, or their projection: ``model.pointer_key``) and the tokens of the newest
+``memory`` positions of its recipe: ``[B, M, D]``, a gigabyte for 1,000 slots x 512 places x 512 floats.
+The decoder (hpcrnn/generate/decode.py) treats every part of the state alike: it zeroes a slot's row when
+the slot takes a new recipe and keeps the rows of the live slots (``index_select`` on dim 1) when the batch
+shrinks. Done to the keys themselves, every shrink copied the whole ring into freshly mapped pages (the
+kernel's time, page faults, was half the job's).
 
 So the keys and tokens live here, allocated once, and the state carries only two small tensors per slot
 (rows on dim 1, like ``(h, c)``): ``slot [1, B]``, the ring row a slot uses (plus 1; 0: a new recipe, any
@@ -26,10 +27,10 @@ from hpcrnn.model.pointer import Pointer
 
 
 class Ring:
-    def __init__(self, pointer: Pointer, batch: int, hidden: int, device: torch.device):
+    def __init__(self, pointer: Pointer, batch: int, device: torch.device):
         self.pointer = pointer
         self.memory = M = pointer.memory
-        self.keys = torch.zeros(batch, M, hidden, device=device)
+        self.keys = torch.zeros(batch, M, pointer.width, device=device)
         self.toks = torch.zeros(batch, M, dtype=torch.long, device=device)
         self.rows = batch  # rows in use: [0, rows)
         self.in_order = True  # slot i uses row i (until the first shrink)
@@ -96,7 +97,7 @@ class Ring:
         rows, c = self.place(slot), count[0]
         c.mul_(tokens != P.boundary)
         at = c % M
-        self.keys[rows, at] = x
+        self.keys[rows, at] = P.keys(x)
         self.toks[rows, at] = tokens
         c.add_(1)
         n = min(M, int(c.max())) if self.cpu else M
@@ -115,7 +116,7 @@ class Ring:
         return logits
 
     def _scores(self, q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``q . key`` for every slot's places: q [B, H], keys [B, n, H] (a view of the ring) -> [B, n].
+        """``q . key`` for every slot's places: q [B, D], keys [B, n, D] (a view of the ring) -> [B, n].
         The step's largest read (a gigabyte a step for 1,000 slots x 512 places x 512 floats), bound by
         memory bandwidth: on a CPU, numpy's einsum streams the keys once, where ``bmm`` with one query row
         a slot runs well below the bandwidth."""

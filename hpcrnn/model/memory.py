@@ -46,7 +46,8 @@ def train_bytes(cfg: Config, vocab_size: int, world_size: int = 1) -> int:
     if m.pointer:
         # windows start from an empty memory; stream and documents carry up to model.pointer places
         mem = 0 if d.sequences == "windows" else m.pointer
-        total += 2 * b * d.window * (mem + d.window) * F32 + b * mem * m.hidden * F32 + rows * cols * F32
+        total += 2 * b * d.window * (mem + d.window) * F32 + b * mem * (m.pointer_key or m.hidden) * F32
+        total += rows * cols * F32
     return total
 
 
@@ -56,7 +57,7 @@ def generate_bytes(cfg: Config, model_cfg: ModelConfig, vocab_size: int, ring: i
     b = cfg.generate.batch_size
     total = parameters(model_cfg, vocab_size) * F32 + 3 * b * vocab_size * F32
     if model_cfg.pointer:
-        total += b * min(model_cfg.pointer, ring) * (model_cfg.hidden * F32 + 8)
+        total += b * min(model_cfg.pointer, ring) * ((model_cfg.pointer_key or model_cfg.hidden) * F32 + 8)
         total += 2 * b * vocab_size * F32  # the ring's mixture: its work and mass buffers
     return total
 

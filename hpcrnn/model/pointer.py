@@ -1,11 +1,15 @@
 """A pointer over the document so far: lets the recurrent LM copy a word it has already read.
 
 Pointer sentinel mixture (Merity et al. 2016, "Pointer sentinel mixture models"). At every position the
-last layer's output ``h_t`` asks ``q_t = tanh(W h_t + b)``; it scores the outputs ``h_j`` of the positions
+last layer's output ``h_t`` asks ``q_t = tanh(W h_t + b)``; it scores the keys ``k_j`` of the positions
 read so far in the same document (the current one included; the newest ``memory`` before the current
 chunk, plus the chunk's own up to ``t``) and a learned sentinel:
-``a = softmax([q_t . h_j ..., q_t . s + b_s])``. The sentinel's weight ``g`` is the share left to the
-softmax over the vocabulary; the rest points at the words read at those positions:
+``a = softmax([q_t . k_j ..., q_t . s + b_s])``. The keys are the outputs themselves, ``k_j = h_j`` (Merity
+et al.), or with ``key`` > 0 a learned projection ``k_j = K h_j`` of ``key`` dimensions (``q_t`` too):
+generation rescans every remembered key at every step, and training scores ``memory`` places at every
+position, so the width of a key is what the pointer's arithmetic and its memory scale with. The
+sentinel's weight ``g`` is the share left to the softmax over the vocabulary; the rest points at the words
+read at those positions:
 
     p(w) = g * softmax(W_o h_t)(w) + sum over j with x_j = w of a_j
 
@@ -17,8 +21,8 @@ the identity). Training's loss needs only the target's probability: given the ta
 ``log p(y)`` alone (:meth:`Pointer.target_logp`), never building the [B, T, V] mixture, which cost 43% of
 training's speed.
 
-The memory is carried like the recurrent state: the keys (outputs, detached) and the tokens of the newest
-(up to) ``memory`` positions, ``[M, B, H]`` and ``[M, B]`` (token + 1; 0 marks an empty place), rows on
+The memory is carried like the recurrent state: the keys (detached) and the tokens of the newest (up to)
+``memory`` positions, ``[M, B, D]`` (D: the key width) and ``[M, B]`` (token + 1; 0 marks an empty place), rows on
 dim 1 like ``nn.LSTM``'s state, so truncated BPTT, checkpoints (rows split by rank) and evaluation carry
 it as they carry ``(h, c)``. A document starts at the boundary token (``<eor>``, which precedes every
 recipe): nothing before the newest boundary is pointed at. Generation keeps it in a ring of its own
@@ -39,11 +43,13 @@ SENTINEL_BIAS = 7.0
 
 
 class Pointer(nn.Module):
-    def __init__(self, hidden: int, memory: int, boundary: int = -1):
+    def __init__(self, hidden: int, memory: int, boundary: int = -1, key: int = 0):
         super().__init__()
         self.memory = memory
-        self.query = nn.Linear(hidden, hidden)
-        self.sentinel = nn.Parameter(torch.zeros(hidden))
+        self.width = key or hidden  # of a key, a query and the sentinel
+        self.query = nn.Linear(hidden, self.width)
+        self.key = nn.Linear(hidden, key, bias=False) if key else None
+        self.sentinel = nn.Parameter(torch.zeros(self.width))
         self.sentinel_bias = nn.Parameter(torch.full((), SENTINEL_BIAS))
         # the document boundary token travels with the weights (a checkpoint's model knows its corpus');
         # -1: none, the memory is one document
@@ -67,7 +73,7 @@ class Pointer(nn.Module):
         B, T, H = h.shape
         # no memory yet (windows mode, a stream's first step): score the chunk alone rather than a memory
         # of empty places, which would be masked out anyway
-        keys_m, toks_m = self._none(B, H, h.device) if mem is None else mem
+        keys_m, toks_m = self._none(B, self.width, h.device) if mem is None else mem
         M = keys_m.shape[0]
         h, keys_m = h.float(), keys_m.float()
         toks = torch.cat([toks_m.t(), x + 1], 1)  # [B, M + T]
@@ -80,8 +86,9 @@ class Pointer(nn.Module):
             vocab_logp = None if vocab_logp is None else vocab_logp[:, None]
         with torch.autocast(h.device.type, enabled=False):
             q = torch.tanh(self.query(hq))
-            # the memory's scores and the chunk's, apart: no [B, M + T, H] copy of the keys
-            scores = torch.cat([torch.bmm(q, keys_m.permute(1, 2, 0)), torch.bmm(q, h.transpose(1, 2))], -1)
+            k = self.keys(h)
+            # the memory's scores and the chunk's, apart: no [B, M + T, D] copy of the keys
+            scores = torch.cat([torch.bmm(q, keys_m.permute(1, 2, 0)), torch.bmm(q, k.transpose(1, 2))], -1)
             scores = scores.masked_fill(~valid, float("-inf"))
             if targets is None:
                 out = self.mix(q, scores, toks, logits.float())
@@ -90,14 +97,18 @@ class Pointer(nn.Module):
                     y = targets.clamp_min(0)[..., None]
                     vocab_logp = torch.log_softmax(logits.float(), -1).gather(-1, y)[..., 0]
                 out = self.target_logp(q, scores, toks, vocab_logp.float(), targets)
-        return (out[:, 0] if last_only else out), self._newest(keys_m, h.detach(), toks)
+        return (out[:, 0] if last_only else out), self._newest(keys_m, k.detach(), toks)
+
+    def keys(self, h: torch.Tensor) -> torch.Tensor:
+        """The keys of outputs ``h`` [..., H] -> [..., D]: the outputs themselves, or their projection."""
+        return h if self.key is None else self.key(h)
 
     def _none(self, batch: int, hidden: int, device):
         return torch.zeros(0, batch, hidden, device=device), torch.zeros(0, batch, dtype=torch.long, device=device)
 
     def _newest(self, keys_m: torch.Tensor, h: torch.Tensor, toks: torch.Tensor):
-        """The carried memory: the newest ``memory`` places of the memory ``keys_m`` [M, B, H] followed by
-        the chunk's outputs ``h`` [B, T, H] (tokens: of ``toks`` [B, M + T]). Never padded to ``memory``: it
+        """The carried memory: the newest ``memory`` places of the memory ``keys_m`` [M, B, D] followed by
+        the chunk's keys ``h`` [B, T, D] (tokens: of ``toks`` [B, M + T]). Never padded to ``memory``: it
         grows to that length over the first steps of a stream (every rank's carry has the same length at
         the same step, so checkpoints join it by rows), and a windows-mode step, whose carry is dropped,
         allocates no more than its window."""
@@ -121,7 +132,7 @@ class Pointer(nn.Module):
 
     def mix(self, q, scores, toks, logits) -> torch.Tensor:
         """log p: the vocabulary softmax weighted by the sentinel's share, plus the pointer's mass on the
-        remembered tokens. q [B, T, H], scores [B, T, L] (-inf where not pointed at), toks [B, L], logits
+        remembered tokens. q [B, T, D], scores [B, T, L] (-inf where not pointed at), toks [B, L], logits
         [B, T, V]."""
         sentinel = (q @ self.sentinel + self.sentinel_bias)[..., None]
         a = torch.softmax(torch.cat([scores, sentinel], -1), -1)

@@ -48,7 +48,7 @@ class RecurrentLM(nn.Module):
             self.head = nn.Linear(cfg.hidden, vocab_size)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight  # same shape when embedding == hidden (validated)
-        self.pointer = Pointer(cfg.hidden, cfg.pointer, boundary) if cfg.pointer else None
+        self.pointer = Pointer(cfg.hidden, cfg.pointer, boundary, cfg.pointer_key) if cfg.pointer else None
         self.whole = False  # see whole_distribution
         # what forward returns for the whole distribution: log-probabilities (a pointer's mixture, the
         # adaptive softmax) or logits
