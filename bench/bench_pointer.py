@@ -1,7 +1,7 @@
 """The pointer's cost (model.pointer, issue 28): training and generation, with and without it, in one run.
 
     python bench/bench_pointer.py [--corpus ../shared/data/recipes/recipes-5k.txt] [--hidden 256]
-                                  [--memory 512] [--keys 0,64] [--rounds 3] [--train-steps 40] [--slots 1000]
+                                  [--memory 512] [--keys 0] [--rounds 3] [--train-steps 40] [--slots 1000]
                                   [--recipes 1000]
 
 Same network both ways (the plain model is the pointer model's weights without the pointer), once for each
@@ -229,7 +229,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256, help="LSTM width (the lecture's: 256; recipes-best: 512)")
     ap.add_argument("--memory", type=int, default=512, help="model.pointer")
     ap.add_argument(
-        "--keys", type=lambda v: [int(k) for k in v.split(",")], default=[0, 64], help="model.pointer_key widths"
+        "--keys", type=lambda v: [int(k) for k in v.split(",")], default=[0], help="model.pointer_key widths, e.g. 0,64"
     )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=20)

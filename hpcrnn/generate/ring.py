@@ -30,7 +30,9 @@ class Ring:
     def __init__(self, pointer: Pointer, batch: int, device: torch.device):
         self.pointer = pointer
         self.memory = M = pointer.memory
-        self.keys = torch.zeros(batch, M, pointer.width, device=device)
+        # never read beyond a slot's count (a CPU scores each slot's filled places, a GPU masks the rest), so
+        # not zeroed: a gigabyte's pages are touched only as recipes fill them
+        self.keys = torch.empty(batch, M, pointer.width, device=device)
         self.toks = torch.zeros(batch, M, dtype=torch.long, device=device)
         self.rows = batch  # rows in use: [0, rows)
         self.in_order = True  # slot i uses row i (until the first shrink)
@@ -87,8 +89,8 @@ class Ring:
         """One generation step of every slot: x [B, H] the last layer's output, tokens [B] the tokens read,
         logits [B, V] fp32 (overwritten: the result), ``work`` a float32 buffer of its shape -> the
         mixture's log p [B, V] up to a constant per row (what sampling and argmax need), with the ring and
-        ``slot``/``count`` [1, B] updated in place. A boundary token empties its slot's memory first. Only
-        the places up to the fullest slot's count are scored (one host read; worth it on a CPU).
+        ``slot``/``count`` [1, B] updated in place. A boundary token empties its slot's memory first. On a CPU
+        only each slot's filled places are scored (one host read of the counts).
 
         ``p(w) = g softmax(z)(w) + sum over j with x_j = w of a_j`` is ``z_w`` shifted by ``log g - lse(z)``
         for a word not remembered; the remembered words' entries become ``logaddexp(z_w, log mass_w +
@@ -102,27 +104,35 @@ class Ring:
         c.add_(1)
         n = min(M, int(c.max())) if self.cpu else M
         q = torch.tanh(P.query(x))
-        keys, toks = self.keys[: len(rows), :n], self.toks[: len(rows), :n]
-        if self.in_order:  # every slot in its own row (no shrink yet): nothing to reorder
-            scores = self._scores(q, keys)
+        toks = self.toks[: len(rows), :n]
+        if self.cpu:
+            scores = self._filled_scores(q, rows, c, n)
+        elif self.in_order:  # every slot in its own row (no shrink yet): nothing to reorder
+            scores = torch.bmm(q[:, None], self.keys[: len(rows), :n].transpose(1, 2))[:, 0]
         else:  # the ring is read in place, in row order: q goes to the rows, the scores come back
             by_row = torch.empty_like(q).index_copy_(0, rows, q)
-            scores = self._scores(by_row, keys).index_select(0, rows)
+            scores = torch.bmm(by_row[:, None], self.keys[: len(rows), :n].transpose(1, 2))[:, 0].index_select(0, rows)
+        if not self.in_order:
             toks = toks.index_select(0, rows)
-        scores.masked_fill_(torch.arange(n, device=c.device) >= c[:, None], float("-inf"))
+        if not self.cpu:
+            scores.masked_fill_(torch.arange(n, device=c.device) >= c[:, None], float("-inf"))
         la = torch.log_softmax(torch.cat([scores, (q @ P.sentinel + P.sentinel_bias)[:, None]], 1), 1)
         lse = logits[:, :1] - torch.log_softmax(logits, 1, out=work)[:, :1]
         self._add_pointer_mass(logits, toks, la[:, :-1].exp_(), lse - la[:, -1:])
         return logits
 
-    def _scores(self, q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``q . key`` for every slot's places: q [B, D], keys [B, n, D] (a view of the ring) -> [B, n].
-        The step's largest read (a gigabyte a step for 1,000 slots x 512 places x 512 floats), bound by
-        memory bandwidth: on a CPU, numpy's einsum streams the keys once, where ``bmm`` with one query row
-        a slot runs well below the bandwidth."""
-        if not self.cpu:
-            return torch.bmm(q[:, None], keys.transpose(1, 2))[:, 0]
-        return torch.from_numpy(np.einsum("bnh,bh->bn", keys.numpy(), q.numpy()))
+    def _filled_scores(self, q: torch.Tensor, rows: torch.Tensor, count: torch.Tensor, n: int) -> torch.Tensor:
+        """``q . key`` for the filled places of every slot, -inf beyond them: q [B, D] -> [B, n]. The step's
+        largest read (a gigabyte a step for 1,000 slots x 512 places x 512 floats, bound by memory
+        bandwidth), so on a CPU each slot reads its own filled places only, in place in its ring row: slots
+        are at every stage of their recipes, and reading the fullest one's ``n`` places for all (one
+        batched product) reads about twice the keys. One matrix-vector product a slot costs microseconds
+        of Python; a GPU takes the batched product instead (the host loop would be its bottleneck)."""
+        keys, qn = self.keys.numpy(), q.numpy()
+        out = np.full((len(q), n), -np.inf, dtype=np.float32)
+        for i, (r, k) in enumerate(zip(rows.tolist(), count.clamp(max=n).tolist())):
+            np.dot(keys[r, :k], qn[i], out=out[i, :k])
+        return torch.from_numpy(out)
 
     def _add_pointer_mass(self, z: torch.Tensor, toks: torch.Tensor, a: torch.Tensor, shift: torch.Tensor) -> None:
         """``z[w] = logaddexp(z[w], log mass(w) + shift)`` for the remembered words, where a word's mass
