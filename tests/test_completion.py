@@ -34,7 +34,7 @@ def test_keys_one_level_at_a_time_after_a_config(monkeypatch):
     assert ask("hpcrnn launch configs/lstm256.yaml train.wandb.pro") == ["train.wandb.project="]
     # the override habits: --key=value, +key=value, ~key (no value)
     assert ask("hpcrnn sweep configs/lstm256.yaml --train.max_s") == ["--train.max_steps="]
-    assert ask("hpcrnn launch configs/lstm256.yaml ~model.poi") == ["~model.pointer"]
+    assert ask("hpcrnn launch configs/lstm256.yaml ~model.poi") == ["~model.pointer", "~model.pointer_key"]
     # a value is the user's to type
     assert ask("hpcrnn launch configs/lstm256.yaml train.lr=0.") == []
 
