@@ -354,3 +354,20 @@ def test_the_generation_ring_has_the_places_a_recipe_reads():
         step = Stepper(model, memory=memory)
         step.zero_state(3)
         assert step.ring.keys.shape == (3, places, 16) and step.ring.toks.shape == (3, places)
+
+
+@KEYS
+def test_the_ring_s_batched_scores_for_a_gpu_equal_the_per_slot_scores(monkeypatch, key):
+    """A GPU scores every slot's places in one batched product, masked beyond each slot's count (the CPU
+    loops over slots' filled places): run here on the CPU, it gives the model's distribution through refills
+    and shrinks as well."""
+    import hpcrnn.generate.ring as ring
+
+    made = ring.Ring.__init__
+
+    def batched(self, *a, **kw):
+        made(self, *a, **kw)
+        self.cpu = False
+
+    monkeypatch.setattr(ring.Ring, "__init__", batched)
+    test_the_ring_follows_slots_that_end_are_refilled_and_dropped_without_moving(key)

@@ -105,16 +105,14 @@ class Ring:
         n = min(M, int(c.max())) if self.cpu else M
         q = torch.tanh(P.query(x))
         toks = self.toks[: len(rows), :n]
-        if self.cpu:
-            scores = self._filled_scores(q, rows, c, n)
-        elif self.in_order:  # every slot in its own row (no shrink yet): nothing to reorder
-            scores = torch.bmm(q[:, None], self.keys[: len(rows), :n].transpose(1, 2))[:, 0]
-        else:  # the ring is read in place, in row order: q goes to the rows, the scores come back
-            by_row = torch.empty_like(q).index_copy_(0, rows, q)
-            scores = torch.bmm(by_row[:, None], self.keys[: len(rows), :n].transpose(1, 2))[:, 0].index_select(0, rows)
         if not self.in_order:
             toks = toks.index_select(0, rows)
-        if not self.cpu:
+        if self.cpu:
+            scores = self._filled_scores(q, rows, c, n)
+        else:  # one batched product over the ring in place, in row order: q goes to the rows, scores come back
+            by_row = q if self.in_order else torch.empty_like(q).index_copy_(0, rows, q)
+            scores = torch.bmm(by_row[:, None], self.keys[: len(rows), :n].transpose(1, 2))[:, 0]
+            scores = scores if self.in_order else scores.index_select(0, rows)
             scores.masked_fill_(torch.arange(n, device=c.device) >= c[:, None], float("-inf"))
         la = torch.log_softmax(torch.cat([scores, (q @ P.sentinel + P.sentinel_bias)[:, None]], 1), 1)
         lse = logits[:, :1] - torch.log_softmax(logits, 1, out=work)[:, :1]
