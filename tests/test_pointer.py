@@ -124,6 +124,27 @@ def test_stepper_equals_the_model_with_temperature_and_banned_tokens(cell, key):
         torch.testing.assert_close(got.log_softmax(-1), ref.log_softmax(-1), rtol=1e-4, atol=1e-4)
 
 
+@KEYS
+def test_bf16_products_take_the_pointer_s_projections_and_stay_close_to_fp32(key):
+    """generate.precision bf16 (autocast's rule): the query and key projections are bf16 products summed
+    in fp32; the ring's keys, the scores and the mixture stay fp32; the mixture stays close to fp32's over
+    carried steps, through a boundary."""
+    m = lively("lstm", memory=40, key=key)
+    x = torch.randint(4, V, (B, 20))
+    x[1, 7] = 3
+    f32, b16 = Stepper(m), Stepper(m, precision="bf16")
+    s32 = s16 = None
+    for t in range(20):
+        want, s32 = f32(x[:, t], s32)
+        got, s16 = b16(x[:, t], s16)
+        assert got.dtype == torch.float32 and b16.ring.keys.dtype == torch.float32
+        torch.testing.assert_close(got.log_softmax(-1), want.log_softmax(-1), rtol=0, atol=0.1)
+    assert b16.ring.query_w.dtype == torch.bfloat16 and f32.ring.query_w is None
+    assert (b16.ring.key_w is None) == (key == 0) and (key == 0 or b16.ring.key_w.dtype == torch.bfloat16)
+    # the bf16 products are used: not bitwise the fp32 mixture
+    assert not torch.equal(got.log_softmax(-1), want.log_softmax(-1))
+
+
 @pytest.mark.slow
 def test_the_pointer_learns_to_copy_what_a_plain_lm_cannot_predict():
     """Sequences ``a b c d = a b c d`` of random words: the second half is predictable only by copying."""

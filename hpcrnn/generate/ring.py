@@ -16,6 +16,8 @@ of the recipe it replaces; after a shrink the live rows above B move into the fr
 copy per finished recipe at most.
 
 A ring serves one batch (one state) at a time: the Stepper makes a new one for every ``zero_state``.
+Its projections (the query; the key, if any) take the stepper's product precision, as under autocast:
+bf16 inputs summed in fp32; the keys, the scores and the mixture stay fp32.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from hpcrnn.model.pointer import Pointer
 
 
 class Ring:
-    def __init__(self, pointer: Pointer, batch: int, device: torch.device):
+    def __init__(self, pointer: Pointer, batch: int, device: torch.device, dtype: torch.dtype = torch.float32):
         self.pointer = pointer
+        low = dtype != torch.float32  # transposed weights in the product precision (bf16)
+        self.query_w = pointer.query.weight.detach().t().to(dtype).contiguous() if low else None
+        self.key_w = pointer.key.weight.detach().t().to(dtype).contiguous() if low and pointer.key else None
         self.memory = M = pointer.memory
         # never read beyond a slot's count (a CPU scores each slot's filled places, a GPU masks the rest), so
         # not zeroed: a gigabyte's pages are touched only as recipes fill them
@@ -99,11 +104,11 @@ class Ring:
         rows, c = self.place(slot), count[0]
         c.mul_(tokens != P.boundary)
         at = c % M
-        self.keys[rows, at] = P.keys(x)
+        self.keys[rows, at] = P.keys(x) if self.key_w is None else self._low(x, self.key_w)
         self.toks[rows, at] = tokens
         c.add_(1)
         n = min(M, int(c.max())) if self.cpu else M
-        q = torch.tanh(P.query(x))
+        q = torch.tanh(P.query(x) if self.query_w is None else self._low(x, self.query_w, P.query.bias))
         toks = self.toks[: len(rows), :n]
         if not self.in_order:
             toks = toks.index_select(0, rows)
@@ -118,6 +123,12 @@ class Ring:
         lse = logits[:, :1] - torch.log_softmax(logits, 1, out=work)[:, :1]
         self._add_pointer_mass(logits, toks, la[:, :-1].exp_(), lse - la[:, -1:])
         return logits
+
+    @staticmethod
+    def _low(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ w_t (+ bias)`` in fp32 from a product in ``w_t``'s precision."""
+        prod = torch.mm(x.to(w_t.dtype), w_t)
+        return prod.float() if bias is None else torch.add(bias, prod)
 
     def _filled_scores(self, q: torch.Tensor, rows: torch.Tensor, count: torch.Tensor, n: int) -> torch.Tensor:
         """``q . key`` for the filled places of every slot, -inf beyond them: q [B, D] -> [B, n]. The step's

@@ -162,7 +162,7 @@ class Stepper:
         state = (z, z.clone()) if self.cell == "lstm" else z
         if self.pointer is None:
             return state
-        self.ring = Ring(self.pointer, batch, self.device)
+        self.ring = Ring(self.pointer, batch, self.device, self.mm_dtype)
         return (*(state if isinstance(state, tuple) else (state,)), *self.ring.state(batch))
 
     def _mm(self, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor | None = None):
