@@ -11,8 +11,9 @@ once the perplexity of the real instructions given the real ingredient block; wi
 also the coherence, structure and repeated 4-grams of N recipes written from the start of a recipe at
 the ``--unprompted-bias`` pairs (default: the first and the last of ``--bias``), beside N real test
 recipes' (issue 28: unprompted generation must stay as good). ``key=value``: config overrides
-(``generate.temperature=0.7``). Runs on the CPU, as ``--complete`` does. Not a test: it prints figures
-with the machine and the date.
+(``generate.temperature=0.7``, ``generate.precision=fp32``). Runs on the CPU, as ``--complete`` does, with
+``generate.precision`` resolved as the job resolves it (bf16 products on a CPU with bf16 kernels). Not a
+test: it prints figures with the machine and the date.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from hpcrnn.generate.corpus_view import CorpusView  # noqa: E402
 from hpcrnn.generate.describe import Describer, build_quality_context, real_sample_quality  # noqa: E402
 from hpcrnn.generate.job import decode_recipes  # noqa: E402
 from hpcrnn.generate.prompts import plan_prompt  # noqa: E402
+from hpcrnn.model.precision import resolve_precision  # noqa: E402
 from hpcrnn.model.restore import open_checked  # noqa: E402
 
 
@@ -70,7 +72,9 @@ def unprompted(cfg, cv: CorpusView, n: int, qc) -> dict:
     describe = Describer(cv, qc, 0)
     pp = plan_prompt(c, cv)
     qs, ended = [], 0
-    for _, shown, toks, stopped in decode_recipes(c, cv, model, pp, list(range(1, n + 1)), torch.device("cpu"), "fp32"):
+    cpu = torch.device("cpu")
+    precision = resolve_precision(g.precision, cpu, "generate")  # as --complete and the job resolve it
+    for _, shown, toks, stopped in decode_recipes(c, cv, model, pp, list(range(1, n + 1)), cpu, precision):
         qs.append(describe.submit(shown, toks)()[2])
         ended += int(stopped)
     s = Q.summarize(qs)
@@ -96,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     cv = CorpusView.open(base.h5_path)
     print(header("bench_constrain"))
     g = base.generate
-    print(f"# run {base.run.name}: temperature {g.temperature}, top_k {g.top_k}, top_p {g.top_p}, max {g.max_tokens}")
+    prec = resolve_precision(g.precision, torch.device("cpu"), "generate")
+    print(
+        f"# run {base.run.name}: temperature {g.temperature}, top_k {g.top_k}, top_p {g.top_p}, max {g.max_tokens}, "
+        f"{prec} products"
+    )
     cols = ("listed_used_mean", "extra_items_mean", "structure", "stopped_at_end_of_recipe", "coherence_mean")
     print(f"{'listed:unlisted':<16}" + "".join(f"{c.split('_mean')[0][:14]:>16}" for c in cols) + f"{'seconds':>10}")
     with tempfile.TemporaryDirectory(prefix="bench-constrain-") as d:

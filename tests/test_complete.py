@@ -66,16 +66,25 @@ def test_perplexity_scores_only_the_tokens_after_the_cut(run):
     assert math.isclose(got["loss"], total / n, rel_tol=1e-5)
 
 
-def test_complete_generates_like_the_job_and_reports_both_sides(run, capsys):
+@pytest.mark.parametrize("bf16", ["0", "1"], ids=["fp32 CPU", "bf16 CPU"])
+def test_complete_generates_like_the_job_and_reports_both_sides(run, capsys, monkeypatch, bf16):
+    """The job's recipes, figures and precision: generate.precision auto resolved as the job resolves it
+    (a CPU with bf16 kernels, or without: forced by HPCRNN_CPU_BF16)."""
+    monkeypatch.setenv("HPCRNN_CPU_BF16", bf16)
     tmp, cfg_path, cfg = run
     res = C.run_complete(cfg, None, tmp / "real.txt")
     assert res["recipes"] == 2 and res["step"] == 5 and res["real_instructions"]["tokens"] > 0
+    assert res["precision"] == ("bf16" if bf16 == "1" else "fp32")
+    assert f"{res['precision']} products" in C.format_complete(res)
     # the job primed by the same cuts writes the same recipes: same figures
     job = with_(
         cfg_path, f"generate.prompts={tmp / 'real.txt'}", "generate.prompts_cut=ingredients", "~generate.num_recipes"
     )
-    s = json.loads((G.run_generate(job).out_dir / "summary.json").read_text())
+    out = G.run_generate(job).out_dir
+    s = json.loads((out / "summary.json").read_text())
     assert res["generated"] == s["generated"] and res["real"] == s["real_prompted"]
+    index = (out / "index.jsonl").read_text().splitlines()
+    assert {json.loads(line)["precision"] for line in index} == {res["precision"]}
     # both real recipes' instructions use all they list (beans, salt; figs, sugar) and nothing else
     assert res["real"]["listed_used_mean"] == 1.0 and res["real"]["extra_items_mean"] == 0
     assert 0 <= res["generated"]["listed_used_mean"] <= 1 and "stopped_at_end_of_recipe" in res["generated"]

@@ -8,8 +8,10 @@ line) is cut after its ingredient block (:func:`hpcrnn.generate.prompts.cut_afte
   and only the tokens after the cut are scored (the closing end-of-recipe token included: knowing where
   the recipe ends is part of writing it);
 * **generation of the rest** with the config's sampling (``generate.temperature``, ``top_k``, ``top_p``,
-  ``max_tokens``, ``seed``), recipe ``i`` primed by the cut of recipe ``i`` exactly as a
-  ``generate.prompts`` job with ``generate.prompts_cut: ingredients`` would prime it;
+  ``max_tokens``, ``seed``) and ``generate.precision`` resolved as the job resolves it on this CPU (bf16
+  products where it has bf16 kernels: the figures are those of the recipes the job would write), recipe
+  ``i`` primed by the cut of recipe ``i`` exactly as a ``generate.prompts`` job with
+  ``generate.prompts_cut: ingredients`` would prime it;
 * the figures of the generated recipes and of the real ones side by side (:mod:`hpcrnn.generate.quality`):
   ``listed_used``, ``extra_items``, ``structure``, ``coherence`` and the **ending** (the share of
   generated recipes that ended with the end-of-recipe token before ``generate.max_tokens``).
@@ -36,6 +38,7 @@ from hpcrnn.generate.corpus_view import CorpusView
 from hpcrnn.generate.describe import Describer, build_quality_context, real_prompted_quality
 from hpcrnn.generate.job import decode_recipes
 from hpcrnn.generate.prompts import PromptSet, plan_prompts
+from hpcrnn.model.precision import resolve_precision
 from hpcrnn.model.restore import open_checked
 from hpcrnn.text.tokenize import tokenize
 
@@ -89,7 +92,9 @@ def run_complete(cfg: Config, checkpoint: str | None, path: str | Path, score: b
     describe = Describer(cv, qc, 0)  # in this process: a few recipes
     gen, lengths, stopped = [], [], 0
     todo = list(range(1, len(pp.entries) + 1))
-    for i, shown, toks, ended in decode_recipes(gcfg, cv, model, pp, todo, torch.device("cpu"), "fp32"):
+    cpu = torch.device("cpu")
+    precision = resolve_precision(g.precision, cpu, "generate", cfg.source, say=lambda m: print(m, file=sys.stderr))
+    for i, shown, toks, ended in decode_recipes(gcfg, cv, model, pp, todo, cpu, precision):
         gen.append((i, describe.submit(shown, toks, pp.entry(i).listed)()[2]))
         lengths.append(len(toks))
         stopped += int(ended)
@@ -102,6 +107,7 @@ def run_complete(cfg: Config, checkpoint: str | None, path: str | Path, score: b
         "step": info.step,
         "file": str(Path(path).absolute()),
         "recipes": len(pp.entries),
+        "precision": precision,
         "sampling": {
             k: getattr(g, k)
             for k in ("temperature", "top_k", "top_p", "max_tokens", "seed", "listed_bias", "unlisted_bias")
@@ -128,7 +134,7 @@ def format_complete(res: dict) -> str:
     r = res["real_instructions"]
     lines = [
         f"{res['run']}: checkpoint {res['checkpoint']} (step {res['step']}): {res['recipes']} recipes of "
-        f"{res['file']}, each cut after its ingredient block",
+        f"{res['file']}, each cut after its ingredient block; {res['precision']} products",
         f"real instructions given the real ingredients: ppl {r['ppl']:.2f}, acc {r['acc']:.2%} "
         f"({r['tokens']:,} tokens)",
         f"{'figure':<14} {'generated':>10} {'real':>10}",
