@@ -49,6 +49,7 @@ from bench.common import header  # noqa: E402
 from hpcrnn.config import ModelConfig, from_dict  # noqa: E402
 from hpcrnn.generate.decode import Job, generate_batched  # noqa: E402
 from hpcrnn.generate.sampling import uniforms_per_token  # noqa: E402
+from hpcrnn.model.precision import resolve_precision  # noqa: E402
 from hpcrnn.model.rnn import build_model, whole_distribution  # noqa: E402
 from hpcrnn.process import heap_tuned, keep_freed_memory, tuned_env  # noqa: E402
 
@@ -164,7 +165,9 @@ def gen_trial(model, vocab: int, stop: int, args) -> dict:
         Job(k, [stop, int(rng.integers(2, vocab))], rng.random((MAX_TOKENS, rounds), dtype=np.float32))
         for k in range(args.recipes)
     ]
-    kw = dict(max_tokens=MAX_TOKENS, stop_id=stop, temperature=1.0, top_p=args.top_p, banned=[0])
+    kw = dict(
+        max_tokens=MAX_TOKENS, stop_id=stop, temperature=1.0, top_p=args.top_p, banned=[0], precision=args.precision
+    )
     list(generate_batched(model, jobs[:2], batch_size=2, **{**kw, "max_tokens": 4}))  # warm-up
     t0 = _usage()
     n = sum(len(t) + 1 for _, t, _ in generate_batched(model, jobs, batch_size=args.slots, memory=MAX_TOKENS + 2, **kw))
@@ -240,6 +243,12 @@ def main() -> None:
     ap.add_argument("--recipes", type=int, default=1000)
     ap.add_argument("--mean-len", type=float, default=270.0)
     ap.add_argument("--top-p", type=float, default=0.98)
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="fp32",
+        help="of the engine's matrix products (generate.precision; auto: the job's choice on this CPU)",
+    )
     ap.add_argument("--skip", choices=["train", "generate"], help="leave one part out")
     ap.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -264,10 +273,11 @@ def main() -> None:
         )
         _table("training (supervised tokens/s)", tr["trials"], "plain")
     if args.skip != "generate":
+        args.precision = resolve_precision(args.precision, CPU, "generate", say=print)
         _, vocab, boundary = corpus_tokens(args.corpus)
         print(
             f"\n# generation: {args.recipes} recipes in {args.slots} slots, T 1.0, top_p {args.top_p}, mean length "
-            f"~{args.mean_len:.0f}, 1 thread, vocabulary {vocab:,}"
+            f"~{args.mean_len:.0f}, 1 thread, {args.precision} products, vocabulary {vocab:,}"
         )
         got = gen_part(args, vocab, boundary)
         _table("generation (tokens/s)", got, "plain")
