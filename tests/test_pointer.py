@@ -392,3 +392,31 @@ def test_the_ring_s_batched_scores_for_a_gpu_equal_the_per_slot_scores(monkeypat
 
     monkeypatch.setattr(ring.Ring, "__init__", batched)
     test_the_ring_follows_slots_that_end_are_refilled_and_dropped_without_moving(key)
+
+
+def test_the_scan_shared_over_torch_s_threads_gives_the_same_scores_bitwise(monkeypatch):
+    """With several torch threads the slots' scans are shared out over a pool (the matrix products use
+    every thread; a scan on one would be the bottleneck): each slot's product is the same call wherever it
+    runs, so the scores are bitwise those of one thread, -inf beyond each slot's count."""
+    import hpcrnn.generate.ring as ring
+
+    torch.manual_seed(0)
+    b, m = 4 * ring.MIN_SLOTS_A_THREAD + 3, 20
+    r = ring.Ring(Pointer(16, m), b, torch.device("cpu"))
+    r.keys.normal_()
+    q, rows = torch.randn(b, 16), torch.randperm(b)
+    count = torch.randint(0, m + 5, (b,))  # some beyond the ring's places: all of them are read
+    used = []
+    monkeypatch.setattr(ring, "_pool", lambda w: used.append(w) or ring.ThreadPoolExecutor(w))
+    one = r._filled_scores(q, rows, count, m)
+    assert used == []
+    torch.set_num_threads(3)
+    try:
+        three = r._filled_scores(q, rows, count, m)
+    finally:
+        torch.set_num_threads(1)
+    assert used == [2] and torch.equal(one, three)
+    want = torch.einsum("bd,bmd->bm", q, r.keys[rows])
+    filled = torch.arange(m) < count.clamp(max=m)[:, None]
+    torch.testing.assert_close(one[filled], want[filled])
+    assert bool(one[~filled].eq(float("-inf")).all()) and bool(filled.sum(1).eq(count.clamp(max=m)).all())

@@ -22,10 +22,26 @@ bf16 inputs summed in fp32; the keys, the scores and the mixture stay fp32.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 from hpcrnn.model.pointer import Pointer
+
+MIN_SLOTS_A_THREAD = 32  # fewer: a thread's hand-off costs more than its share of the scan
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads for the scan (made once; its threads idle between steps)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="hpcrnn-ring")
+    return _POOLS[workers]
+
+
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of its parent's threads
 
 
 class Ring:
@@ -136,11 +152,26 @@ class Ring:
         bandwidth), so on a CPU each slot reads its own filled places only, in place in its ring row: slots
         are at every stage of their recipes, and reading the fullest one's ``n`` places for all (one
         batched product) reads about twice the keys. One matrix-vector product a slot costs microseconds
-        of Python; a GPU takes the batched product instead (the host loop would be its bottleneck)."""
+        of Python; a GPU takes the batched product instead (the host loop would be its bottleneck). The
+        slots are shared out over torch's threads (numpy's product releases the GIL): the matrix products
+        use them all, and a scan on one would be the step's bottleneck on a many-core node."""
         keys, qn = self.keys.numpy(), q.numpy()
         out = np.full((len(q), n), -np.inf, dtype=np.float32)
-        for i, (r, k) in enumerate(zip(rows.tolist(), count.clamp(max=n).tolist())):
-            np.dot(keys[r, :k], qn[i], out=out[i, :k])
+        slots = list(zip(range(len(q)), rows.tolist(), count.clamp(max=n).tolist()))
+
+        def score(part) -> None:
+            for i, r, k in part:
+                np.dot(keys[r, :k], qn[i], out=out[i, :k])
+
+        ways = min(torch.get_num_threads(), len(slots) // MIN_SLOTS_A_THREAD)
+        if ways <= 1:
+            score(slots)
+        else:  # interleaved: every part gets slots at every stage of their recipes
+            pool = _pool(ways - 1)
+            done = [pool.submit(score, slots[w::ways]) for w in range(1, ways)]
+            score(slots[0::ways])
+            for d in done:
+                d.result()
         return torch.from_numpy(out)
 
     def _add_pointer_mass(self, z: torch.Tensor, toks: torch.Tensor, a: torch.Tensor, shift: torch.Tensor) -> None:
