@@ -15,7 +15,8 @@ ratios are per round, then their median.
   35), the state and the pointer's memory carried, SGD, clip 0.25, dropout 0.2, through the trainer's own
   ``lm_loss``: plain; pointer, the loss from the targets alone (what the trainer runs); pointer, the whole
   distribution built (what it ran before, and still runs at a log point). Supervised tokens/s.
-- Generation (this process, 1 torch thread and malloc's settings as the generation job has them):
+- Generation (this process, 1 torch thread or ``--gen-threads``, and malloc's settings as the generation
+  job has them):
   ``generate_batched`` (the job's engine), ``--slots`` slots, ``--recipes`` recipes, temperature 1.0,
   top_p ``--top-p``, at most 600 tokens, a stop-token bias that gives recipes of ``--mean-len`` tokens on
   average (random weights cost what trained ones cost), plain and pointer; and the lecture's loop
@@ -57,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 600
 CPU = torch.device("cpu")
 DEFAULT_THREADS = torch.get_num_threads()
+GEN_THREADS = [1]  # the engine's torch threads (--gen-threads)
 
 
 def _usage() -> tuple[float, float, float, int]:
@@ -202,7 +204,7 @@ def _lecture(fn) -> dict:
     try:
         tps = fn()
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(GEN_THREADS[0])
     d = _since(t0, 1)
     d["tps"] = tps
     return d
@@ -239,6 +241,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128, help="training streams")
     ap.add_argument("--window", type=int, default=50, help="training tokens a stream a step")
     ap.add_argument("--train-threads", type=int, default=0, help="0: torch's default")
+    ap.add_argument("--gen-threads", type=int, default=1, help="the engine's torch threads (the job: 1 on 2 cores)")
     ap.add_argument("--slots", type=int, default=1000)
     ap.add_argument("--recipes", type=int, default=1000)
     ap.add_argument("--mean-len", type=float, default=270.0)
@@ -256,7 +259,10 @@ def main() -> None:
         print(json.dumps(train_part(args)))
         return
     keep_freed_memory()  # as the generation job does (hpcrnn/generate/job.py)
-    torch.set_num_threads(1)  # the generation job's setting on a 2-core node (its other core describes)
+    # 1: the generation job's setting on a 2-core node (its other core describes); a node of C cores gives
+    # it C - (describing workers)
+    GEN_THREADS[0] = args.gen_threads
+    torch.set_num_threads(args.gen_threads)
     print(header("bench_pointer"))
     keys = ", ".join(str(k) for k in args.keys)
     print(f"# LSTM {args.hidden}, pointer {args.memory}, key widths {keys}; {args.rounds} rounds, trials alternating")
@@ -277,7 +283,7 @@ def main() -> None:
         _, vocab, boundary = corpus_tokens(args.corpus)
         print(
             f"\n# generation: {args.recipes} recipes in {args.slots} slots, T 1.0, top_p {args.top_p}, mean length "
-            f"~{args.mean_len:.0f}, 1 thread, {args.precision} products, vocabulary {vocab:,}"
+            f"~{args.mean_len:.0f}, {args.gen_threads} thread(s), {args.precision} products, vocabulary {vocab:,}"
         )
         got = gen_part(args, vocab, boundary)
         _table("generation (tokens/s)", got, "plain")
