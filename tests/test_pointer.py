@@ -407,7 +407,8 @@ def test_the_scan_shared_over_torch_s_threads_gives_the_same_scores_bitwise(monk
     q, rows = torch.randn(b, 16), torch.randperm(b)
     count = torch.randint(0, m + 5, (b,))  # some beyond the ring's places: all of them are read
     used = []
-    monkeypatch.setattr(ring, "_pool", lambda w: used.append(w) or ring.ThreadPoolExecutor(w))
+    pool = ring._pool
+    monkeypatch.setattr(ring, "_pool", lambda w: used.append(w) or pool(w))
     one = r._filled_scores(q, rows, count, m)
     assert used == []
     torch.set_num_threads(3)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hpcrnn.model.pointer import Pointer
+from hpcrnn.model.precision import product
 
 MIN_SLOTS_A_THREAD = 32  # fewer: a thread's hand-off costs more than its share of the scan
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -120,11 +121,11 @@ class Ring:
         rows, c = self.place(slot), count[0]
         c.mul_(tokens != P.boundary)
         at = c % M
-        self.keys[rows, at] = P.keys(x) if self.key_w is None else self._low(x, self.key_w)
+        self.keys[rows, at] = P.keys(x) if self.key_w is None else product(x, self.key_w)
         self.toks[rows, at] = tokens
         c.add_(1)
         n = min(M, int(c.max())) if self.cpu else M
-        q = torch.tanh(P.query(x) if self.query_w is None else self._low(x, self.query_w, P.query.bias))
+        q = torch.tanh(P.query(x) if self.query_w is None else product(x, self.query_w, P.query.bias))
         toks = self.toks[: len(rows), :n]
         if not self.in_order:
             toks = toks.index_select(0, rows)
@@ -139,12 +140,6 @@ class Ring:
         lse = logits[:, :1] - torch.log_softmax(logits, 1, out=work)[:, :1]
         self._add_pointer_mass(logits, toks, la[:, :-1].exp_(), lse - la[:, -1:])
         return logits
-
-    @staticmethod
-    def _low(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x @ w_t (+ bias)`` in fp32 from a product in ``w_t``'s precision."""
-        prod = torch.mm(x.to(w_t.dtype), w_t)
-        return prod.float() if bias is None else torch.add(bias, prod)
 
     def _filled_scores(self, q: torch.Tensor, rows: torch.Tensor, count: torch.Tensor, n: int) -> torch.Tensor:
         """``q . key`` for the filled places of every slot, -inf beyond them: q [B, D] -> [B, n]. The step's

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import torch
 
 from hpcrnn.generate.ring import Ring
+from hpcrnn.model.precision import product
 
 TABLE_LIMIT_BYTES = 512 * 2**20  # larger input tables (huge vocabularies) multiply per step instead
 
@@ -165,14 +166,6 @@ class Stepper:
         self.ring = Ring(self.pointer, batch, self.device, self.mm_dtype)
         return (*(state if isinstance(state, tuple) else (state,)), *self.ring.state(batch))
 
-    def _mm(self, bias: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, out: torch.Tensor | None = None):
-        """``bias + x @ w_t`` in fp32; the product in the stepper's precision."""
-        if self.mm_dtype == torch.float32:
-            return torch.addmm(bias, x, w_t) if out is None else out.addmm_(x, w_t)
-        # bf16 inputs, fp32 sums (the product comes out bf16, as under autocast), added to fp32
-        prod = torch.mm(x.to(self.mm_dtype), w_t)
-        return torch.add(bias, prod) if out is None else out.add_(prod)
-
     def __call__(self, tokens: torch.Tensor, state=None):
         if state is None:
             state = self.zero_state(tokens.shape[0])
@@ -184,11 +177,11 @@ class Stepper:
                 gates = self.table.index_select(0, tokens)
             else:
                 inp = self.embed.index_select(0, tokens) if layer == 0 else x
-                gates = self._mm(self.bias[layer], inp, self.w_ih_t[layer])
+                gates = product(inp, self.w_ih_t[layer], self.bias[layer])
             h = hs[layer]
             if self.cell == "lstm":
                 c = state[1][layer]
-                self._mm(None, h, self.w_hh_t[layer], out=gates)
+                product(h, self.w_hh_t[layer], out=gates)
                 gates[:, : 2 * H].sigmoid_()  # input and forget gates
                 gates[:, 2 * H : 3 * H].tanh_()  # candidate
                 gates[:, 3 * H :].sigmoid_()  # output gate
@@ -196,13 +189,13 @@ class Stepper:
                 c.mul_(f).addcmul_(i, g)
                 torch.tanh(c, out=h).mul_(o)
             elif self.cell == "gru":
-                gh = self._mm(self.b_hn[layer], h, self.w_hh_t[layer])
+                gh = product(h, self.w_hh_t[layer], self.b_hn[layer])
                 rz = gates[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_()
                 r, z = rz.split(H, 1)
                 n = gates[:, 2 * H :].addcmul_(r, gh[:, 2 * H :]).tanh_()
                 h.sub_(n).mul_(z).add_(n)  # (1 - z) n + z h
             else:
-                self._mm(None, h, self.w_hh_t[layer], out=gates)
+                product(h, self.w_hh_t[layer], out=gates)
                 h.copy_(self.act(gates))
             x = h
         if self.pointer is None:

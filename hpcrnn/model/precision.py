@@ -83,3 +83,17 @@ def autocast(precision: str, device: torch.device):
     """The autocast context of ``precision`` (a disabled one for fp32)."""
     dtype = DTYPES.get(precision)
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def product(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None):
+    """``bias + x @ w_t`` (or ``out += x @ w_t``) in fp32, the product in ``w_t``'s precision: for bf16
+    weights, bf16 inputs summed in fp32 (the product comes out bf16, as under autocast), added to fp32.
+    Generation's weights are stored in its precision once, so this is its one rule for a matrix product."""
+    if w_t.dtype == torch.float32:
+        if out is not None:
+            return out.addmm_(x, w_t)
+        return x @ w_t if bias is None else torch.addmm(bias, x, w_t)
+    prod = torch.mm(x.to(w_t.dtype), w_t)
+    if out is not None:
+        return out.add_(prod)
+    return prod.float() if bias is None else torch.add(bias, prod)
